@@ -77,6 +77,78 @@ class TrainConfig:
     greedy_eval_prompts: int = 400  # held-out prompts checked greedily by the task verifier
 
 
+PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")
+
+
+@dataclass
+class PPOConfig:
+    """`hydra-rlhf ppo`: PPO with one of the paper's five memory variants."""
+
+    model: str = "outputs/hydra-sft"  # the SFT policy; a Hydra-SFT directory for j-hydra / hydra
+    reward_model: str = ""  # the reward model for full / lora / lora-dynamic; default: `model`
+    data: str = "outputs/data"  # a prepared directory (its prompts_train split)
+    output_dir: str = "outputs/ppo"
+    variant: Literal["full", "lora", "lora-dynamic", "j-hydra", "hydra"] = "hydra"
+    steps: int = 12  # PPO iterations: rollout, score, optimise
+    rollout_batch_size: int = 256  # prompts sampled per iteration
+    mini_batch_size: int = 64
+    ppo_epochs: int = 4
+    learning_rate: float = 1e-3  # actor
+    critic_learning_rate: float = 1e-3
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    kl_coef: float = 0.1
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_ceiling: float = 10.0  # warn when the mean sequence KL passes this
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    value_loss_coef: float = 0.5  # weight of the value loss where actor and critic share weights
+    whiten_advantages: bool = True
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a response with no EOS
+    max_grad_norm: float = 1.0
+    max_new_tokens: int = 6
+    max_prompt_length: int = 512
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    checkpoint_every: int = 0  # 0 = only at the end
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    eval_every: int = 0  # greedy gold accuracy every N iterations where the task has a verifier
+    greedy_eval_prompts: int = 400
+    seed: int = 0
+    device: str = ""  # "" = CUDA when available, else CPU
+    trust_remote_code: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """`hydra-rlhf eval`: pairwise judging of a candidate policy against a baseline."""
+
+    candidate: str = "outputs/ppo"
+    baseline: str = "outputs/hydra-sft"
+    prompts: str = "outputs/data"  # a prepared directory (its prompts_eval split) or a JSONL of prompts
+    output_dir: str = "outputs/eval"
+    judge: Literal["openai", "reward-model", "gold"] = "gold"
+    max_prompts: int = 200
+    max_new_tokens: int = 6
+    greedy: bool = True
+    temperature: float = 1.0
+    seed: int = 0
+    reward_model: str = ""  # for the reward-model judge; default: the baseline directory
+    judge_base_url: str = "https://api.openai.com/v1"
+    judge_model: str = "gpt-4o"
+    judge_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key, never the key
+    judge_concurrency: int = 4
+    judge_timeout: float = 60.0
+    judge_max_retries: int = 5
+    judge_cache: str = ""  # a judgments cache file; default: <output_dir>/judge_cache.jsonl
+    confidence: float = 0.95
+    trust_remote_code: bool = False
+
+
 def config_fields(cls) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init]
 
@@ -141,6 +213,9 @@ def override(cfg, **changes):
 __all__ = [
     "DATA_FORMATS",
     "DataConfig",
+    "EvalConfig",
+    "PPOConfig",
+    "PPO_VARIANTS",
     "ModelInitConfig",
     "TrainConfig",
     "add_config_args",

@@ -1,0 +1,306 @@
+"""Read preference pairs and demonstrations from files or Hugging Face datasets.
+
+A source is either an existing local file (.jsonl, .json as a list of objects or JSON lines,
+.parquet), read here so that errors can name the line, or anything else `datasets.load_dataset`
+accepts (a hub id, a local directory of data files), whose errors name the row. Each supported
+format is one converter from a raw row to a `PreferencePair`; all of them share one row reader
+and one loop that validates, counts skipped records and applies `max_records`.
+
+Prompt templates (the text the policy is conditioned on):
+
+- generic: `prompt` verbatim.
+- hh-rlhf: the transcript up to and including its last "\\n\\nAssistant:"; the responses are the
+  remainders of the `chosen` and `rejected` transcripts, which must share that prefix.
+- stack-exchange-paired: "Question: {question}\\n\\nAnswer: "; `response_j` is preferred over
+  `response_k`.
+- tldr: "SUBREDDIT: r/{subreddit}\\nTITLE: {title}\\nPOST: {post}\\nTL;DR:" (the subreddit and
+  title lines only when present); each summary gets a leading space so it reads on from "TL;DR:".
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tqdm import tqdm
+
+from hydra_core.config import DataConfig
+from hydra_core.data.schema import (
+    DataError,
+    Demonstration,
+    PreferencePair,
+    validate_demonstration,
+    validate_pair,
+)
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+MAX_SKIPPED_EXAMPLES = 5
+HH_ASSISTANT = "\n\nAssistant:"
+
+Converter = Callable[[dict, str], Any]
+
+
+@dataclass
+class LoadResult:
+    records: list  # PreferencePair or Demonstration, in input order
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (skip_bad only)
+    skipped_examples: list[str] = field(default_factory=list)  # the first few errors, with source
+
+
+# --- reading rows ----------------------------------------------------------------------------
+
+
+def iter_rows(source: str, split: str = "train", config: str = "") -> Iterator[tuple[str, Any]]:
+    """(where, row) for every record of `source`; `where` is e.g. "data.jsonl:line 3".
+
+    A record that cannot be parsed comes out as a `DataError` in place of its row, so that
+    `skip_bad` can step over it; a source that cannot be read at all raises.
+    """
+    path = Path(source)
+    if path.is_file():
+        if path.suffix not in LOCAL_SUFFIXES:
+            raise DataError(source, None, f"unsupported file type; expected one of {LOCAL_SUFFIXES}")
+        if path.suffix == ".parquet":
+            yield from _parquet_rows(path)
+        else:
+            yield from _json_rows(path)
+    elif path.suffix in LOCAL_SUFFIXES:
+        # Looks like a file name, so a hub lookup would only produce a confusing network error.
+        raise DataError(source, None, "no such file")
+    else:
+        yield from _dataset_rows(source, split, config)
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    i = 0
+    for batch in pq.ParquetFile(path).iter_batches():  # batches keep large files out of memory
+        for row in batch.to_pylist():
+            i += 1
+            yield f"{path}:row {i}", row
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+        f.seek(0)
+        if head.startswith("["):
+            try:
+                rows = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:line {e.lineno}", None, f"malformed JSON ({e.msg})") from None
+            for i, row in enumerate(rows, start=1):
+                yield f"{path}:row {i}", _object_or_error(row, f"{path}:row {i}")
+            return
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:line {i}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, DataError(where, None, f"malformed JSON ({e.msg})")
+                continue
+            yield where, _object_or_error(row, where)
+
+
+def _object_or_error(row: Any, where: str) -> Any:
+    return row if isinstance(row, dict) else DataError(where, None, "expected a JSON object")
+
+
+def _dataset_rows(source: str, split: str, config: str) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    label = _label(source, split)
+    try:
+        ds = datasets.load_dataset(source, name=config or None, split=split)
+    except (OSError, ValueError) as e:  # not found, unreachable hub, unknown split or config
+        raise DataError(label, None, f"cannot load dataset: {e}") from e
+    for i, row in enumerate(ds, start=1):
+        yield f"{label}:row {i}", row
+
+
+def _label(source: str, split: str) -> str:
+    """How messages name a source: a file by its path, a dataset by its id and split."""
+    return source if Path(source).is_file() else f"{source}[{split}]"
+
+
+# --- the shared loop -------------------------------------------------------------------------
+
+
+def load_records(
+    source: str,
+    convert: Converter,
+    *,
+    split: str = "train",
+    config: str = "",
+    max_records: int = 0,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> LoadResult:
+    """Convert every row of `source`; stop after `max_records` good records (0 = all).
+
+    With `skip_bad`, records that fail are counted by reason instead of raising; a source with
+    no good record at all is still an error.
+    """
+    if not source:
+        raise DataError("<empty source>", None, "no data source given (set 'source')")
+    result = LoadResult(records=[])
+    reasons: Counter[str] = Counter()
+    rows = tqdm(iter_rows(source, split, config), desc=f"reading {source}", unit=" records",
+                disable=None if progress else True)  # None: shown only on a terminal
+    for where, row in rows:
+        try:
+            if isinstance(row, DataError):
+                raise row
+            result.records.append(convert(row, where))
+        except DataError as e:
+            if not skip_bad:
+                raise
+            reasons[f"field '{e.field}': {e.problem}" if e.field else e.problem] += 1
+            if len(result.skipped_examples) < MAX_SKIPPED_EXAMPLES:
+                result.skipped_examples.append(str(e))
+        if max_records and len(result.records) >= max_records:
+            break
+    result.skipped = dict(reasons)
+    if not result.records:
+        problem = (f"has no valid records (skipped {sum(reasons.values())}: {result.skipped})"
+                   if reasons else "has no records")
+        raise DataError(_label(source, split), None, problem)
+    return result
+
+
+# --- field access ----------------------------------------------------------------------------
+
+
+def _lookup(row: dict, name: str) -> Any:
+    """The value at a dotted path ("info.post", "summaries.0.text"), or None if absent."""
+    value: Any = row
+    for part in name.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _value(row: dict, where: str, name: str) -> Any:
+    value = _lookup(row, name)
+    if value is None:  # a null column in Parquet or a hub dataset means the same as no key
+        raise DataError(where, name, "is missing")
+    return value
+
+
+def _text(row: dict, where: str, name: str) -> str:
+    value = _value(row, where, name)
+    if not isinstance(value, str):
+        raise DataError(where, name, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        # Checked here too, not only by validate_pair, because a template around an empty
+        # field would hide it and the message should name the input field.
+        raise DataError(where, name, "is empty")
+    return value
+
+
+def _optional_text(row: dict, name: str) -> str:
+    value = _lookup(row, name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+# --- one converter per format ----------------------------------------------------------------
+
+
+def generic_pair(row: dict, where: str) -> PreferencePair:
+    return validate_pair(PreferencePair(
+        _text(row, where, "prompt"), _text(row, where, "chosen"), _text(row, where, "rejected"),
+        source=where,
+    ))
+
+
+def _split_transcript(transcript: str, where: str, name: str) -> tuple[str, str]:
+    cut = transcript.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise DataError(where, name, f"has no {HH_ASSISTANT!r} turn")
+    cut += len(HH_ASSISTANT)
+    return transcript[:cut], transcript[cut:]
+
+
+def hh_rlhf_pair(row: dict, where: str) -> PreferencePair:
+    prompt, chosen = _split_transcript(_text(row, where, "chosen"), where, "chosen")
+    other_prompt, rejected = _split_transcript(_text(row, where, "rejected"), where, "rejected")
+    if other_prompt != prompt:
+        raise DataError(where, "rejected", "does not share the conversation before the last "
+                        "Assistant turn with 'chosen'")
+    return validate_pair(PreferencePair(prompt, chosen, rejected, source=where))
+
+
+def stack_exchange_pair(row: dict, where: str) -> PreferencePair:
+    prompt = f"Question: {_text(row, where, 'question')}\n\nAnswer: "
+    return validate_pair(PreferencePair(
+        prompt, _text(row, where, "response_j"), _text(row, where, "response_k"), source=where,
+    ))
+
+
+def tldr_pair(row: dict, where: str) -> PreferencePair:
+    post = _text(row, where, "info.post")
+    subreddit, title = _optional_text(row, "info.subreddit"), _optional_text(row, "info.title")
+    lines = [f"SUBREDDIT: r/{subreddit}"] if subreddit else []
+    lines += [f"TITLE: {title}"] if title else []
+    prompt = "\n".join(lines + [f"POST: {post}", "TL;DR:"])
+
+    summaries = _value(row, where, "summaries")
+    if not isinstance(summaries, list) or len(summaries) != 2:
+        raise DataError(where, "summaries", "expected a list of 2 summaries")
+    texts = [_text(row, where, f"summaries.{i}.text") for i in (0, 1)]
+    texts = [t if t.startswith(" ") else " " + t for t in texts]
+    choice = _value(row, where, "choice")
+    if isinstance(choice, bool) or not isinstance(choice, int) or choice not in (0, 1):
+        raise DataError(where, "choice", f"expected 0 or 1 (the preferred summary), got {choice!r}")
+    return validate_pair(PreferencePair(prompt, texts[choice], texts[1 - choice], source=where))
+
+
+def demonstration(row: dict, where: str) -> Demonstration:
+    return validate_demonstration(Demonstration(
+        _text(row, where, "prompt"), _text(row, where, "response"), source=where,
+    ))
+
+
+PAIR_FORMATS: dict[str, Converter] = {
+    "generic": generic_pair,
+    "hh-rlhf": hh_rlhf_pair,
+    "stack-exchange-paired": stack_exchange_pair,
+    "tldr": tldr_pair,
+}
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def load_preferences(cfg: DataConfig, progress: bool = True) -> LoadResult:
+    """The preference pairs of `cfg.source`, read in `cfg.format`."""
+    if cfg.format not in PAIR_FORMATS:
+        raise ValueError(f"format {cfg.format!r} is not read from a source; "
+                         f"file formats: {sorted(PAIR_FORMATS)}")
+    return load_records(cfg.source, PAIR_FORMATS[cfg.format], split=cfg.dataset_split,
+                        config=cfg.dataset_config, max_records=cfg.max_records,
+                        skip_bad=cfg.skip_bad, progress=progress)
+
+
+def load_demonstrations(
+    source: str,
+    *,
+    split: str = "train",
+    config: str = "",
+    max_records: int = 0,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> LoadResult:
+    """(prompt, response) demonstrations from a file or a dataset id."""
+    return load_records(source, demonstration, split=split, config=config,
+                        max_records=max_records, skip_bad=skip_bad, progress=progress)

@@ -1,0 +1,160 @@
+"""`hydra-rlhf prepare`: load and validate preference data, split it, write a prepared directory.
+
+The split is by prompt, so that no prompt of the eval splits was seen in training, and it is a
+seeded shuffle of the distinct prompts, so the same data and seed give the same split. The six
+split files of `schema.SPLIT_FILES` are written first and `manifest.json` last: a directory with
+no manifest is an unfinished one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+from hydra_core.config import DataConfig
+from hydra_core.data.loaders import LoadResult, load_demonstrations, load_preferences
+from hydra_core.data.schema import (
+    MANIFEST,
+    SPLIT_FILES,
+    DataError,
+    Demonstration,
+    EvalPrompt,
+    write_records,
+)
+
+
+def prepare(cfg: DataConfig, progress: bool = True) -> dict:
+    """Write the prepared directory `cfg.output_dir` and return its manifest."""
+    if cfg.format == "arithmetic":
+        # Imported here so that the file formats work without the arithmetic task module.
+        from hydra_core.data.arithmetic import build_task
+
+        task = build_task(cfg)
+        splits = {name: task[name] for name in SPLIT_FILES}
+        info = {**task["task_info"], "source": "embedded arithmetic task",
+                "demonstrations": "generated with the task", "skipped": {}}
+    else:
+        splits, info = _split_by_prompt(cfg, progress)
+
+    files = {name: f"{name}.{cfg.output_format}" for name in SPLIT_FILES}
+    manifest = {
+        **info,
+        "task": cfg.format,
+        "seed": cfg.seed,
+        "counts": {name: len(records) for name, records in splits.items()},
+        "lengths": _lengths(splits),
+        "files": files,
+        "config": asdict(cfg),
+        "created_with": _created_with(),
+    }
+    _write(Path(cfg.output_dir), splits, files, manifest)
+    return manifest
+
+
+def _split_by_prompt(cfg: DataConfig, progress: bool) -> tuple[dict[str, list], dict]:
+    if not 0 < cfg.eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be between 0 and 1, got {cfg.eval_fraction}")
+    loaded = {"pairs": load_preferences(cfg, progress)}
+    pairs = loaded["pairs"].records
+    eval_prompts = _eval_prompts([p.prompt for p in pairs], cfg)
+    if cfg.demonstrations:
+        loaded["demonstrations"] = load_demonstrations(
+            cfg.demonstrations, split=cfg.dataset_split, max_records=cfg.max_records,
+            skip_bad=cfg.skip_bad, progress=progress)
+        demos = loaded["demonstrations"].records
+        # Prompts shared with the pairs follow the pairs' split; the others get their own draw.
+        pair_prompts = {p.prompt for p in pairs}
+        eval_prompts |= _eval_prompts([d.prompt for d in demos if d.prompt not in pair_prompts], cfg)
+    else:
+        # One prompt often has several pairs with the same chosen answer; keep that answer once.
+        demos = [Demonstration(p.prompt, p.chosen, source=p.source)
+                 for p in _first_of_each(pairs, lambda p: (p.prompt, p.chosen))]
+
+    splits: dict[str, list] = {}
+    for split, in_eval in (("train", False), ("eval", True)):
+        splits[f"pairs_{split}"] = [p for p in pairs if (p.prompt in eval_prompts) == in_eval]
+        splits[f"demos_{split}"] = [d for d in demos if (d.prompt in eval_prompts) == in_eval]
+    for split in ("train", "eval"):
+        records = splits[f"pairs_{split}"] + splits[f"demos_{split}"]
+        splits[f"prompts_{split}"] = [EvalPrompt(r.prompt, source=r.source)
+                                      for r in _first_of_each(records, lambda r: r.prompt)]
+
+    for name, records in splits.items():
+        if not records:
+            source = cfg.demonstrations if name.startswith("demos") and cfg.demonstrations else cfg.source
+            raise DataError(source, None, f"too small to split: split '{name}' would be empty "
+                            f"(eval_fraction={cfg.eval_fraction}); the split is by distinct prompt, "
+                            "so it needs at least 2 distinct prompts, one for train and one for eval")
+    info = {
+        "source": cfg.source,
+        "demonstrations": cfg.demonstrations or "chosen responses of the pairs",
+        "skipped": {name: _skip_report(result) for name, result in loaded.items()},
+    }
+    return splits, info
+
+
+def _eval_prompts(prompts: list[str], cfg: DataConfig) -> set[str]:
+    """The distinct prompts drawn for eval: a seeded shuffle, at least one for each side."""
+    distinct = list(dict.fromkeys(prompts))  # not a set: set order changes from run to run
+    if len(distinct) < 2:
+        return set()  # nothing to split; the caller reports the empty split
+    random.Random(cfg.seed).shuffle(distinct)
+    n_eval = min(max(1, round(len(distinct) * cfg.eval_fraction)), len(distinct) - 1)
+    return set(distinct[:n_eval])
+
+
+def _first_of_each(records: list, key) -> list:
+    first: dict = {}
+    for record in records:
+        first.setdefault(key(record), record)
+    return list(first.values())
+
+
+def _skip_report(result: LoadResult) -> dict:
+    return {"total": sum(result.skipped.values()), "by_reason": result.skipped,
+            "examples": result.skipped_examples}
+
+
+def _lengths(splits: dict[str, list]) -> dict[str, dict]:
+    pairs = splits["pairs_train"] + splits["pairs_eval"]
+    demos = splits["demos_train"] + splits["demos_eval"]
+    return {
+        "prompt": _stats([p.prompt for p in pairs]),
+        "chosen": _stats([p.chosen for p in pairs]),
+        "rejected": _stats([p.rejected for p in pairs]),
+        "demonstration": _stats([d.response for d in demos]),
+    }
+
+
+def _stats(texts: list[str]) -> dict:
+    """Length in characters: mean, nearest-rank p50 and p95, max."""
+    n = sorted(len(t) for t in texts)
+    if not n:
+        return {}
+    return {"mean": round(sum(n) / len(n), 1), "p50": n[math.ceil(0.5 * len(n)) - 1],
+            "p95": n[math.ceil(0.95 * len(n)) - 1], "max": n[-1]}
+
+
+def _write(out: Path, splits: dict[str, list], files: dict[str, str], manifest: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # until the new one is written, the dir is unfinished
+    for name, records in splits.items():
+        # A split left over in the other format would shadow this one (split_path prefers .jsonl).
+        for suffix in (".jsonl", ".parquet"):
+            (out / f"{name}{suffix}").unlink(missing_ok=True)
+        write_records(records, out / files[name])
+    tmp = out / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+
+
+def _created_with() -> str:
+    try:
+        return f"hydra-rlhf {metadata.version('hydra-rlhf')}"
+    except metadata.PackageNotFoundError:  # run from a source checkout that was never installed
+        return "hydra-rlhf (uninstalled source checkout)"

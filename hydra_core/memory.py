@@ -1,0 +1,60 @@
+"""Memory accounting, measured rather than estimated.
+
+On CUDA the peak is `torch.cuda.max_memory_allocated`; on CPU it is the process peak RSS. Beside
+the peak we count the exact bytes of parameters, trainable parameters, gradients and optimizer
+state, which is what the paper's variants trade against each other.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+
+
+def peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return peak_rss_bytes()
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _unique(params):
+    seen = {}
+    for p in params:
+        seen.setdefault(id(p), p)  # tied weights count once
+    return seen.values()
+
+
+def model_memory(modules, optimizers=()) -> dict[str, int]:
+    """Exact bytes held by the given modules and optimizers."""
+    params = list(_unique(p for m in modules for p in m.parameters()))
+    optimizer_state = sum(
+        _tensor_bytes(v)
+        for opt in optimizers
+        for state in opt.state.values()
+        for v in state.values()
+        if torch.is_tensor(v)
+    )
+    return {
+        "memory/params": sum(p.numel() for p in params),
+        "memory/trainable_params": sum(p.numel() for p in params if p.requires_grad),
+        "memory/param_bytes": sum(_tensor_bytes(p) for p in params),
+        "memory/trainable_param_bytes": sum(_tensor_bytes(p) for p in params if p.requires_grad),
+        "memory/grad_bytes": sum(_tensor_bytes(p.grad) for p in params if p.grad is not None),
+        "memory/optimizer_bytes": optimizer_state,
+    }

@@ -1,0 +1,174 @@
+"""The Hydra model: one causal-LM backbone with a scalar reward head and a per-token value head.
+
+A Hydra directory is an ordinary Hugging Face model directory (backbone in safetensors plus the
+tokenizer) with two extra files: `heads.safetensors` and `hydra_config.json`. Because the root is a
+plain HF directory, `AutoModelForCausalLM.from_pretrained(dir)` loads its policy anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hydra_core.runtime import default_dtype
+
+HEADS_FILE = "heads.safetensors"
+CONFIG_FILE = "hydra_config.json"
+HEAD_NAMES = ("reward", "value")
+
+
+@dataclass
+class HydraOutput:
+    logits: torch.Tensor | None  # [B, T', V] for the requested positions
+    rewards: torch.Tensor | None  # [B] at the last non-pad token
+    values: torch.Tensor | None  # [B, T]
+    hidden: torch.Tensor  # [B, T, H] final hidden states
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-pad token per row, for left or right padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask * positions).argmax(dim=-1)
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Left-padded rows must count positions from their first real token, as `generate` does;
+    # otherwise scoring a rollout sees other positions than sampling it did.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class HydraModel(nn.Module):
+    def __init__(self, backbone: nn.Module, tokenizer, heads=HEAD_NAMES, meta: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.meta = dict(meta or {})
+        hidden = self.base_model.config.hidden_size
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, 1) for name in heads})
+        for head in self.heads.values():
+            nn.init.normal_(head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            nn.init.zeros_(head.bias)
+
+    # --- structure -----------------------------------------------------------------------
+    @property
+    def base_model(self) -> nn.Module:
+        """The HF causal LM, under any PEFT wrapper (LoRA layers are injected into it in place)."""
+        inner = self.backbone
+        return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def has_head(self, name: str) -> bool:
+        return name in self.heads
+
+    # --- forward -------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        lm: bool = True,
+        lm_select=None,
+        reward: bool = False,
+        value: bool = False,
+    ) -> HydraOutput:
+        """One backbone pass; the heads read what the caller asks for.
+
+        `lm_select` indexes the hidden states the LM head reads (rows, positions): PPO needs logits
+        for the response only, Hydra-SFT for the demonstration rows only, and with a large
+        vocabulary the full logits are the biggest activation of all.
+        """
+        decoder = self.base_model.get_decoder()
+        hidden = decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
+        logits = rewards = values = None
+        if lm:
+            lm_hidden = hidden if lm_select is None else hidden[lm_select]
+            logits = self.base_model.get_output_embeddings()(lm_hidden)
+        if reward:
+            last = last_token_index(attention_mask)
+            picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            rewards = self.heads["reward"](picked.to(self.heads["reward"].weight.dtype)).squeeze(-1)
+        if value:
+            values = self.heads["value"](hidden.to(self.heads["value"].weight.dtype)).squeeze(-1)
+        return HydraOutput(logits, rewards, values, hidden)
+
+    # --- persistence ---------------------------------------------------------------------
+    def save(self, path: str | Path, **meta) -> Path:
+        """Write the backbone (LoRA merged), tokenizer, heads and config as one directory."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        backbone = self.backbone
+        if hasattr(backbone, "merge_and_unload"):
+            backbone = _merged_copy(backbone)
+        backbone.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        tensors = {f"{name}.{k}": v.detach().float().cpu().contiguous()
+                   for name, head in self.heads.items() for k, v in head.state_dict().items()}
+        save_file(tensors, out / HEADS_FILE)
+        config = {**self.meta, **meta, "heads": list(self.heads)}
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        return out
+
+    def export_policy(self, path: str | Path) -> Path:
+        """A plain HF causal-LM directory (LoRA merged, no heads) that any server can load."""
+        out = Path(path)
+        backbone = _merged_copy(self.backbone) if hasattr(self.backbone, "merge_and_unload") else self.backbone
+        backbone.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        return out
+
+
+def _merged_copy(peft_model: nn.Module) -> nn.Module:
+    """Merge the active LoRA weights into a copy, leaving the live (training) model untouched."""
+    import copy
+
+    return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def is_hydra_dir(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).exists()
+
+
+def load_hydra(
+    path: str,
+    *,
+    heads=HEAD_NAMES,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> HydraModel:
+    """Load a Hydra directory, or wrap any causal LM (local path or hub id) with fresh heads.
+
+    A head saved in the directory is restored; a requested head that is not saved starts fresh,
+    except that a missing value head starts as a copy of the reward head (the PPO critic's
+    initialisation in the paper).
+    """
+    dtype = dtype or default_dtype(device)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # common for Llama/GPT-style tokenizers
+    backbone = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    meta = json.loads((Path(path) / CONFIG_FILE).read_text()) if is_hydra_dir(path) else {"base_model": str(path)}
+    meta.pop("heads", None)
+    model = HydraModel(backbone, tokenizer, heads=heads, meta=meta)
+    saved = load_file(Path(path) / HEADS_FILE) if (Path(path) / HEADS_FILE).exists() else {}
+    for name, head in model.heads.items():
+        source = name if f"{name}.weight" in saved else ("reward" if name == "value" else None)
+        if source and f"{source}.weight" in saved:
+            head.load_state_dict({"weight": saved[f"{source}.weight"], "bias": saved[f"{source}.bias"]})
+    if device is not None:
+        model.to(device)
+    return model

@@ -1,0 +1,54 @@
+"""Held-out measurements shared by training, PPO and evaluation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hydra_core.data.encoding import IGNORE_INDEX, lm_batch, pair_batch
+from hydra_core.models.generation import Decoding, generate
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (response) positions."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+
+def pairwise_loss(rewards: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry loss; `rewards` holds the chosen rows then the rejected rows."""
+    chosen, rejected = rewards.float().chunk(2)
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+@torch.no_grad()
+def reward_accuracy(model, pairs, max_length: int, batch_size: int = 256) -> dict[str, float]:
+    correct, margins = 0, []
+    for start in range(0, len(pairs), batch_size):
+        batch = pair_batch(model.tokenizer, pairs[start:start + batch_size], max_length)
+        out = model(**{k: v.to(model.device) for k, v in batch.items()}, lm=False, reward=True)
+        chosen, rejected = out.rewards.float().chunk(2)
+        correct += (chosen > rejected).sum().item()
+        margins.append(chosen - rejected)
+    margin = torch.cat(margins)
+    return {"eval/reward_accuracy": correct / len(pairs), "eval/reward_margin": margin.mean().item()}
+
+
+@torch.no_grad()
+def demo_loss(model, demos, max_length: int, batch_size: int = 256) -> float:
+    total, count = 0.0, 0
+    for start in range(0, len(demos), batch_size):
+        batch = {k: v.to(model.device) for k, v in lm_batch(model.tokenizer, demos[start:start + batch_size], max_length).items()}
+        out = model(batch["input_ids"], batch["attention_mask"])
+        n = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
+        total += lm_loss(out.logits, batch["labels"]).item() * n
+        count += n
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def gold_accuracy(model, prompts, verifier, max_new_tokens: int = 8, max_prompt_length: int = 512) -> float:
+    """Share of held-out prompts whose greedy response the task's verifier accepts."""
+    out = generate(model, [p.prompt for p in prompts], Decoding(max_new_tokens=max_new_tokens, greedy=True),
+                   max_prompt_length=max_prompt_length)
+    ok = [bool(end) and verifier(p.prompt, text) for p, text, end in zip(prompts, out.texts, out.ended.tolist())]
+    return sum(ok) / len(ok)

@@ -1,0 +1,211 @@
+"""One training loop for SFT, reward modelling and Hydra-SFT.
+
+`sft` trains the LM head on demonstrations, `rm` the reward head on preference pairs, `hydra`
+both on one backbone: the demonstrations and the pairs go through the backbone in a single
+forward pass (one batch, demo rows first) so the two losses share every activation, and DDP sees
+one forward per backward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from hydra_core.config import TrainConfig, save_config, to_dict
+from hydra_core.data.encoding import lm_batch, pad_right, pair_batch
+from hydra_core.data.schema import load_split
+from hydra_core.data.tasks import verifier_for
+from hydra_core.memory import model_memory, peak_bytes
+from hydra_core.models.hydra import HydraModel, load_hydra
+from hydra_core.models.lora import add_lora
+from hydra_core.runtime import configure_cpu_threads, seed_everything
+from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
+from hydra_core.train.batching import BatchStream
+from hydra_core.train.metrics import demo_loss, gold_accuracy, lm_loss, pairwise_loss, reward_accuracy
+
+SUMMARY_FILE = "train_summary.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _merge_rows(demo: dict, pairs: dict, pad_id: int) -> dict:
+    """One batch of demo rows then pair rows, padded to a common width."""
+    width = max(demo["input_ids"].shape[1], pairs["input_ids"].shape[1])
+
+    def widen(t, value):
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return {
+        "input_ids": torch.cat([widen(demo["input_ids"], pad_id), widen(pairs["input_ids"], pad_id)]),
+        "attention_mask": torch.cat([widen(demo["attention_mask"], 0), widen(pairs["attention_mask"], 0)]),
+        "labels": widen(demo["labels"], -100),
+    }
+
+
+def _build_batch(cfg: TrainConfig, tokenizer, demos, pairs) -> dict:
+    if cfg.mode == "sft":
+        return lm_batch(tokenizer, demos, cfg.max_length)
+    pb = pair_batch(tokenizer, pairs, cfg.max_length)
+    if cfg.mode == "rm":
+        return pb
+    return _merge_rows(lm_batch(tokenizer, demos, cfg.max_length), pb, tokenizer.pad_token_id)
+
+
+def _losses(cfg: TrainConfig, model, batch: dict, n_demos: int) -> dict[str, torch.Tensor]:
+    out = model(
+        batch["input_ids"],
+        batch["attention_mask"],
+        lm=cfg.mode != "rm",
+        lm_select=slice(0, n_demos) if cfg.mode == "hydra" else None,
+        reward=cfg.mode != "sft",
+    )
+    losses = {}
+    if cfg.mode != "rm":
+        losses["train/lm_loss"] = lm_loss(out.logits, batch["labels"])
+    if cfg.mode != "sft":
+        rewards = out.rewards if cfg.mode == "rm" else out.rewards[n_demos:]
+        losses["train/reward_loss"] = pairwise_loss(rewards)
+        chosen, rejected = rewards.detach().chunk(2)
+        losses["train/reward_accuracy"] = (chosen > rejected).float().mean()
+    losses["train/loss"] = losses.get("train/lm_loss", 0) + cfg.reward_loss_weight * losses.get("train/reward_loss", 0)
+    return losses
+
+
+def _evaluate(cfg: TrainConfig, model: HydraModel, data: dict) -> dict[str, float]:
+    model.eval()
+    metrics = {}
+    if cfg.mode != "sft":
+        metrics.update(reward_accuracy(model, data["pairs_eval"], cfg.max_length, cfg.eval_batch_size))
+    if cfg.mode != "rm":
+        metrics["eval/lm_loss"] = demo_loss(model, data["demos_eval"], cfg.max_length, cfg.eval_batch_size)
+    model.train()
+    return metrics
+
+
+def _save_checkpoint(model: HydraModel, optimizer, scheduler, step: int, output_dir: Path, meta: dict) -> Path:
+    root = output_dir / "checkpoints"
+    path = model.save(root / f"step-{step}", **meta)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+               path / "trainer_state.pt")
+    for old in root.glob("step-*"):  # keep the newest only: each one is a whole model
+        if old != path:
+            shutil.rmtree(old)
+    return path
+
+
+def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
+    """Train per `cfg`; writes the model and `train_summary.json` to `cfg.output_dir`."""
+    configure_cpu_threads()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.mode == "rm" else []
+    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no",
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              kwargs_handlers=handlers)
+    seed_everything(cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    main = accelerator.is_main_process
+    tracker = MultiTracker(JsonlTracker(output_dir), tracker) if main else Tracker()
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "train_config.json")
+        tracker.log_params(to_dict(cfg))
+
+    data = {name: load_split(cfg.data, name) for name in ("demos_train", "pairs_train", "demos_eval", "pairs_eval")}
+    verifier = verifier_for(cfg.data)
+    prompts_eval = load_split(cfg.data, "prompts_eval")[: cfg.greedy_eval_prompts] if verifier else []
+
+    heads = () if cfg.mode == "sft" else ("reward",)
+    model = load_hydra(cfg.model, heads=heads, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    if cfg.lora_rank:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.gradient_checkpointing:
+        model.base_model.gradient_checkpointing_enable()
+    model.to(accelerator.device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    demos = BatchStream(data["demos_train"], cfg.demo_batch_size, cfg.seed, rank, world)
+    pairs = BatchStream(data["pairs_train"], cfg.pair_batch_size, cfg.seed + 1, rank, world)
+    meta = {"kind": f"{cfg.mode}-model" if cfg.mode != "hydra" else "hydra-sft", "base_model": cfg.model,
+            "data": cfg.data, "mode": cfg.mode}
+
+    bar = tqdm(total=cfg.steps, desc=f"{cfg.mode} training", disable=not (progress and main))
+    start = last_log = time.perf_counter()
+    samples = tokens = 0
+    checkpoint = None
+    history: dict[str, float] = {}
+    for step in range(1, cfg.steps + 1):
+        for _ in range(cfg.gradient_accumulation_steps):
+            demo_rows = demos.next() if cfg.mode != "rm" else []
+            pair_rows = pairs.next() if cfg.mode != "sft" else []
+            batch = {k: v.to(accelerator.device) for k, v in _build_batch(cfg, model.tokenizer, demo_rows, pair_rows).items()}
+            with accelerator.accumulate(wrapped):
+                losses = _losses(cfg, wrapped, batch, len(demo_rows))
+                loss = losses["train/loss"]
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"step {step}: training loss is {loss.item()}; stopping. The last good checkpoint is "
+                        f"{checkpoint or 'none (no checkpoint was written yet)'}. Lower --learning-rate or check the data."
+                    )
+                accelerator.backward(loss)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            samples += len(demo_rows) + 2 * len(pair_rows)
+            tokens += int(batch["attention_mask"].sum())
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.perf_counter()
+            row = {k: float(v.detach()) for k, v in losses.items()}
+            row.update({
+                "train/lr": scheduler.get_last_lr()[0],
+                "time/samples_per_s": samples * world / (now - last_log),
+                "time/tokens_per_s": tokens * world / (now - last_log),
+                "memory/peak_bytes": peak_bytes(accelerator.device),
+            })
+            samples = tokens = 0
+            last_log = now
+            tracker.log_metrics(row, step)
+            bar.set_postfix(loss=f"{row['train/loss']:.3f}", **(
+                {"acc": f"{row['train/reward_accuracy']:.2f}"} if "train/reward_accuracy" in row else {}))
+            history.update(row)
+        if main and (step % cfg.eval_every == 0 or step == cfg.steps):
+            evals = _evaluate(cfg, model, data)
+            tracker.log_metrics(evals, step)
+            history.update(evals)
+        if main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            checkpoint = _save_checkpoint(model, optimizer, scheduler, step, output_dir, meta)
+        accelerator.wait_for_everyone()
+    bar.close()
+
+    summary = {"steps": cfg.steps, "train_seconds": time.perf_counter() - start, "processes": world}
+    if main:
+        memory = model_memory([model], [optimizer])
+        model.eval()
+        if verifier:
+            summary["eval/gold_accuracy"] = gold_accuracy(model, prompts_eval, verifier)
+            tracker.log_metrics({"eval/gold_accuracy": summary["eval/gold_accuracy"]}, cfg.steps)
+        tracker.log_metrics(memory, cfg.steps)
+        summary.update(history)
+        summary.update(memory)
+        model.save(output_dir, **meta)
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+        summary = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in summary.items()}
+        (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return summary
