@@ -35,11 +35,31 @@ def _cmd_sft(cfg: C.TrainConfig) -> None:
     print(f"model written to {cfg.output_dir}")
 
 
+def _cmd_ppo(cfg: C.PPOConfig) -> None:
+    from hydra_core.ppo.trainer import run_ppo
+
+    summary = run_ppo(cfg)
+    for key in ("eval/gold_accuracy_before", "eval/gold_accuracy"):
+        if key in summary:
+            print(f"{key}: {summary[key]:.4f}")
+    print(f"policy written to {cfg.output_dir}")
+
+
+def _cmd_eval(cfg: C.EvalConfig) -> None:
+    from hydra_core.eval.runner import run_eval
+
+    result = run_eval(cfg)
+    print(result["headline"])
+    print(f"report written to {cfg.output_dir}")
+
+
 # name -> (config class, handler, help)
 COMMANDS = {
     "init-model": (C.ModelInitConfig, _cmd_init_model, "build a small random-init base model and tokenizer"),
     "prepare": (C.DataConfig, _cmd_prepare, "load, validate, split and write preference data"),
     "sft": (C.TrainConfig, _cmd_sft, "train SFT, a reward model, or Hydra-SFT (--mode sft|rm|hydra)"),
+    "ppo": (C.PPOConfig, _cmd_ppo, "PPO from an SFT / Hydra-SFT model (--variant full|lora|lora-dynamic|j-hydra|hydra)"),
+    "eval": (C.EvalConfig, _cmd_eval, "judge a candidate policy against a baseline, pairwise"),
 }
 
 
