@@ -46,7 +46,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict:
         **info,
         "task": cfg.format,
         "seed": cfg.seed,
-        "counts": {name: len(records) for name, records in splits.items()},
+        "counts": {name: len(splits[name]) for name in SPLIT_FILES},
         "lengths": _lengths(splits),
         "files": files,
         "config": asdict(cfg),
@@ -77,12 +77,11 @@ def _split_by_prompt(cfg: DataConfig, progress: bool) -> tuple[dict[str, list], 
 
     splits: dict[str, list] = {}
     for split, in_eval in (("train", False), ("eval", True)):
-        splits[f"pairs_{split}"] = [p for p in pairs if (p.prompt in eval_prompts) == in_eval]
-        splits[f"demos_{split}"] = [d for d in demos if (d.prompt in eval_prompts) == in_eval]
-    for split in ("train", "eval"):
-        records = splits[f"pairs_{split}"] + splits[f"demos_{split}"]
+        side_pairs = [p for p in pairs if (p.prompt in eval_prompts) == in_eval]
+        side_demos = [d for d in demos if (d.prompt in eval_prompts) == in_eval]
+        splits[f"pairs_{split}"], splits[f"demos_{split}"] = side_pairs, side_demos
         splits[f"prompts_{split}"] = [EvalPrompt(r.prompt, source=r.source)
-                                      for r in _first_of_each(records, lambda r: r.prompt)]
+                                      for r in _first_of_each(side_pairs + side_demos, lambda r: r.prompt)]
 
     for name, records in splits.items():
         if not records:
