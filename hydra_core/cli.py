@@ -8,6 +8,7 @@ import sys
 
 from hydra_core import config as C
 from hydra_core.data.schema import DataError
+from hydra_core.eval.judges import JudgeConfigError
 
 
 def _cmd_init_model(cfg: C.ModelInitConfig) -> None:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     cls, handler, _ = COMMANDS[args.command]
     try:
         handler(C.from_args(cls, args))
-    except (DataError, FileNotFoundError) as e:
+    except (DataError, FileNotFoundError, JudgeConfigError) as e:
         print(f"hydra-rlhf {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,121 @@
+"""The judge protocol and the two local judges (the task's gold verifier and a reward head).
+
+A judge sees one prompt and two responses, A and B, and says which is better. It does not know
+which response is the candidate's: `pairwise` shows it both orders and reads the two verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+
+from hydra_core.data.encoding import pair_batch
+from hydra_core.data.schema import PreferencePair
+from hydra_core.data.tasks import Verifier
+from hydra_core.models.hydra import CONFIG_FILE, load_hydra
+from hydra_core.runtime import pick_device
+
+Verdict = Literal["A", "B", "tie", "error"]
+REWARD_TIE_EPSILON = 1e-6  # rewards closer than this are a tie: identical inputs may differ in the last bit
+
+
+class JudgeConfigError(ValueError):
+    """A judge cannot be set up as configured (missing key variable, no verifier, no reward head)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    text: str
+    ended: bool = True  # finished with EOS within the token cap; a cut-off answer may look right
+
+
+@dataclass(frozen=True)
+class Judgment:
+    verdict: Verdict
+    rationale: str = ""
+
+
+class Judge(Protocol):
+    name: str
+    concurrency: int  # how many judgments may run at once
+
+    def judge(self, prompt: str, a: Response, b: Response, reference: str = "") -> Judgment: ...
+
+    def settings(self) -> dict:
+        """What identifies this judge in a report; never a secret."""
+        ...
+
+
+class GoldJudge:
+    """The task's own verifier: a correct response beats a wrong one, otherwise a tie."""
+
+    name = "gold"
+    concurrency = 1
+
+    def __init__(self, verifier: Verifier, task: str):
+        self.verifier = verifier
+        self.task = task
+
+    def _correct(self, prompt: str, response: Response) -> bool:
+        return response.ended and self.verifier(prompt, response.text)
+
+    def judge(self, prompt: str, a: Response, b: Response, reference: str = "") -> Judgment:
+        ok_a, ok_b = self._correct(prompt, a), self._correct(prompt, b)
+        verdict = "tie" if ok_a == ok_b else ("A" if ok_a else "B")
+        return Judgment(verdict, f"A {_grade(ok_a, a)}, B {_grade(ok_b, b)}")
+
+    def settings(self) -> dict:
+        return {"name": self.name, "task": self.task}
+
+
+def _grade(correct: bool, response: Response) -> str:
+    if correct:
+        return "correct"
+    return "wrong" if response.ended else "wrong (no EOS)"
+
+
+class RewardModelJudge:
+    """A reward head scores both responses; the higher reward wins."""
+
+    name = "reward-model"
+    concurrency = 1  # one model on one device: threads would only contend for it
+
+    def __init__(self, path: str, *, trust_remote_code: bool = False):
+        config = Path(path) / CONFIG_FILE
+        heads = json.loads(config.read_text()).get("heads", []) if config.exists() else []
+        if "reward" not in heads:
+            # load_hydra would give such a directory a fresh random head: judgments by noise.
+            raise JudgeConfigError(
+                f"{path} has no trained reward head (no 'reward' in its {CONFIG_FILE}); "
+                "pass --reward-model a Hydra-SFT or reward-model directory"
+            )
+        self.path = path
+        self.trust_remote_code = trust_remote_code
+
+    @cached_property
+    def model(self):
+        # Loaded on first use, so the policies that generate before judging never share memory with it.
+        model = load_hydra(self.path, heads=("reward",), device=pick_device(),
+                           trust_remote_code=self.trust_remote_code)
+        return model.eval()
+
+    @torch.no_grad()
+    def judge(self, prompt: str, a: Response, b: Response, reference: str = "") -> Judgment:
+        model = self.model
+        max_length = getattr(model.base_model.config, "max_position_embeddings", 2048)
+        batch = pair_batch(model.tokenizer, [PreferencePair(prompt, a.text, b.text)], max_length)
+        reward_a, reward_b = model(**{k: v.to(model.device) for k, v in batch.items()},
+                                   lm=False, reward=True).rewards.float().tolist()
+        if abs(reward_a - reward_b) <= REWARD_TIE_EPSILON:
+            verdict = "tie"
+        else:
+            verdict = "A" if reward_a > reward_b else "B"
+        return Judgment(verdict, f"reward A {reward_a:.4f}, B {reward_b:.4f}")
+
+    def settings(self) -> dict:
+        return {"name": self.name, "reward_model": self.path, "tie_epsilon": REWARD_TIE_EPSILON}

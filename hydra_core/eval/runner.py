@@ -1,0 +1,112 @@
+"""`hydra-rlhf eval`: generate with the candidate and the baseline, judge every pair, report."""
+
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from hydra_core.config import EvalConfig, to_dict
+from hydra_core.data.schema import DataError, EvalPrompt, load_split, read_manifest, read_records
+from hydra_core.data.tasks import verifier_for
+from hydra_core.eval.judges import GoldJudge, Judge, Response, RewardModelJudge
+from hydra_core.eval.openai_judge import OpenAIJudge
+from hydra_core.eval.pairwise import judge_pairs, tally
+from hydra_core.eval.report import headline, write_report
+from hydra_core.eval.stats import win_rate
+from hydra_core.models.generation import Decoding, generate
+from hydra_core.models.hydra import load_hydra
+from hydra_core.runtime import pick_device, seed_everything
+from hydra_core.tracking.base import Tracker
+
+METRICS = ("win_rate", "win_rate_low", "win_rate_high", "wins", "ties", "losses", "errors", "position_bias")
+
+
+def load_prompts(source: str, max_prompts: int = 0) -> list[EvalPrompt]:
+    """The prompts_eval split of a prepared directory, or a JSONL file of {"prompt", "reference"?}."""
+    if Path(source).is_dir():
+        prompts = load_split(source, "prompts_eval")
+    else:
+        if not Path(source).exists():
+            raise FileNotFoundError(f"{source}: no such prompts file or prepared directory")
+        prompts = read_records(Path(source), EvalPrompt)
+        if not prompts:
+            raise DataError(source, None, "has no prompts")
+    for p in prompts:
+        if not isinstance(p.prompt, str) or not p.prompt.strip():
+            raise DataError(p.source, "prompt", "must be a non-empty string")
+        if not isinstance(p.reference, str):
+            raise DataError(p.source, "reference", "must be a string")
+    return prompts[:max_prompts] if max_prompts > 0 else prompts
+
+
+def make_judge(cfg: EvalConfig) -> Judge:
+    """The configured judge; fails here, before any generation, when it cannot work."""
+    if cfg.judge == "openai":
+        return OpenAIJudge(
+            cfg.judge_base_url, cfg.judge_model, cfg.judge_api_key_env,
+            cache_path=cfg.judge_cache or str(Path(cfg.output_dir) / "judge_cache.jsonl"),
+            concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout, max_retries=cfg.judge_max_retries)
+    if cfg.judge == "reward-model":
+        return RewardModelJudge(cfg.reward_model or cfg.baseline, trust_remote_code=cfg.trust_remote_code)
+    if cfg.judge == "gold":
+        verifier = verifier_for(cfg.prompts)
+        if verifier is None:
+            raise DataError(cfg.prompts, None,
+                            "the gold judge needs a task verifier, and these prompts have none (it needs a "
+                            "prepared directory whose manifest names a task with one, e.g. arithmetic); "
+                            "use --judge openai or --judge reward-model")
+        return GoldJudge(verifier, read_manifest(cfg.prompts)["task"])
+    raise ValueError(f"unknown judge {cfg.judge!r}")
+
+
+def decoding_of(cfg: EvalConfig) -> Decoding:
+    return Decoding(max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, temperature=cfg.temperature)
+
+
+def respond(policy: str, prompts: list[EvalPrompt], cfg: EvalConfig) -> list[Response]:
+    """One response per prompt from `policy`, which is then freed before the next model loads."""
+    model = load_hydra(policy, heads=(), device=pick_device(), trust_remote_code=cfg.trust_remote_code).eval()
+    # Seeding per policy makes each one's samples independent of which policy went first.
+    seed_everything(cfg.seed)
+    out = generate(model, [p.prompt for p in prompts], decoding_of(cfg))
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return [Response(text, bool(ended)) for text, ended in zip(out.texts, out.ended.tolist())]
+
+
+def run_eval(cfg: EvalConfig, tracker: Tracker | None = None) -> dict:
+    """Judge `cfg.candidate` against `cfg.baseline` and write the report; returns the summary."""
+    if not cfg.baseline:
+        raise ValueError("no baseline: pass --baseline, normally the Hydra-SFT model the candidate started from")
+    tracker = tracker or Tracker()
+    prompts = load_prompts(cfg.prompts, cfg.max_prompts)
+    judge = make_judge(cfg)
+    candidate = respond(cfg.candidate, prompts, cfg)
+    baseline = respond(cfg.baseline, prompts, cfg)
+    results = judge_pairs(judge, prompts, candidate, baseline)
+
+    counts = tally(results)
+    summary = {
+        "candidate": cfg.candidate,
+        "baseline": cfg.baseline,
+        "prompts": cfg.prompts,
+        **counts,
+        **win_rate(counts["wins"], counts["ties"], counts["losses"], cfg.confidence),
+        "decoding": {**asdict(decoding_of(cfg)), "seed": cfg.seed},
+        "judge": judge.settings(),
+    }
+    summary["headline"] = headline(summary)
+    paths = write_report(cfg.output_dir, results, summary)
+
+    tracker.log_params(to_dict(cfg))
+    tracker.log_metrics({f"eval/{name}": math.nan if summary[name] is None else summary[name]
+                         for name in METRICS}, step=0)
+    for name in ("report", "chart", "judgments", "judgments_csv", "summary"):
+        tracker.log_artifact(paths[name], artifact_path="eval")
+    return summary
