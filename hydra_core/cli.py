@@ -29,6 +29,8 @@ def _cmd_sft(cfg: C.TrainConfig) -> None:
     from hydra_core.train.trainer import train
 
     summary = train(cfg)
+    if not summary:  # not the main process of a distributed run
+        return
     if "eval/reward_accuracy" in summary:
         print(f"held-out reward pairwise accuracy: {summary['eval/reward_accuracy']:.4f}")
     if "eval/gold_accuracy" in summary:

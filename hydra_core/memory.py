@@ -40,9 +40,14 @@ def _unique(params):
     return seen.values()
 
 
-def model_memory(modules, optimizers=()) -> dict[str, int]:
-    """Exact bytes held by the given modules and optimizers."""
+def model_memory(modules, optimizers=(), trainable=None) -> dict[str, int]:
+    """Exact bytes held by the given modules and optimizers.
+
+    `trainable` names the trained parameters where `requires_grad` does not tell (PEFT switches it
+    off on every adapter but the active one).
+    """
     params = list(_unique(p for m in modules for p in m.parameters()))
+    trained = {id(p) for p in (trainable if trainable is not None else [p for p in params if p.requires_grad])}
     optimizer_state = sum(
         _tensor_bytes(v)
         for opt in optimizers
@@ -52,9 +57,9 @@ def model_memory(modules, optimizers=()) -> dict[str, int]:
     )
     return {
         "memory/params": sum(p.numel() for p in params),
-        "memory/trainable_params": sum(p.numel() for p in params if p.requires_grad),
+        "memory/trainable_params": sum(p.numel() for p in params if id(p) in trained),
         "memory/param_bytes": sum(_tensor_bytes(p) for p in params),
-        "memory/trainable_param_bytes": sum(_tensor_bytes(p) for p in params if p.requires_grad),
+        "memory/trainable_param_bytes": sum(_tensor_bytes(p) for p in params if id(p) in trained),
         "memory/grad_bytes": sum(_tensor_bytes(p.grad) for p in params if p.grad is not None),
         "memory/optimizer_bytes": optimizer_state,
     }

@@ -48,7 +48,7 @@ def generate(model, prompts: list[str], decoding: Decoding, *, max_prompt_length
     for start in range(0, len(prompts), batch_size):
         batch = left_padded_prompts(tokenizer, prompts[start:start + batch_size], max_prompt_length)
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        sampling = {} if decoding.greedy else {
+        sampling = {"do_sample": False} if decoding.greedy else {
             "do_sample": True,
             "temperature": decoding.temperature,
             "top_k": decoding.top_k or None,
@@ -57,7 +57,6 @@ def generate(model, prompts: list[str], decoding: Decoding, *, max_prompt_length
         out = model.backbone.generate(
             **batch,
             max_new_tokens=decoding.max_new_tokens,
-            do_sample=not decoding.greedy,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             **sampling,

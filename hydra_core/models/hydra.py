@@ -106,8 +106,12 @@ class HydraModel(nn.Module):
         return HydraOutput(logits, rewards, values, hidden)
 
     # --- persistence ---------------------------------------------------------------------
-    def save(self, path: str | Path, **meta) -> Path:
-        """Write the backbone (LoRA merged), tokenizer, heads and config as one directory."""
+    def save(self, path: str | Path, heads=None, **meta) -> Path:
+        """Write the backbone (active LoRA merged), tokenizer, heads and config as one directory.
+
+        `heads` limits the heads written: a PPO policy keeps none, since its merged backbone is
+        no longer the one the reward head was trained on.
+        """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         backbone = self.backbone
@@ -115,10 +119,11 @@ class HydraModel(nn.Module):
             backbone = _merged_copy(backbone)
         backbone.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
+        kept = [name for name in self.heads if heads is None or name in heads]
         tensors = {f"{name}.{k}": v.detach().float().cpu().contiguous()
-                   for name, head in self.heads.items() for k, v in head.state_dict().items()}
+                   for name in kept for k, v in self.heads[name].state_dict().items()}
         save_file(tensors, out / HEADS_FILE)
-        config = {**self.meta, **meta, "heads": list(self.heads)}
+        config = {**self.meta, **meta, "heads": kept}
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         return out
 

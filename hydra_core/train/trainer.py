@@ -26,7 +26,7 @@ from hydra_core.data.tasks import verifier_for
 from hydra_core.memory import model_memory, peak_bytes
 from hydra_core.models.hydra import HydraModel, load_hydra
 from hydra_core.models.lora import add_lora
-from hydra_core.runtime import configure_cpu_threads, seed_everything
+from hydra_core.runtime import seed_everything
 from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 from hydra_core.train.batching import BatchStream
 from hydra_core.train.metrics import demo_loss, gold_accuracy, lm_loss, pairwise_loss, reward_accuracy
@@ -104,11 +104,14 @@ def _save_checkpoint(model: HydraModel, optimizer, scheduler, step: int, output_
 
 
 def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
-    """Train per `cfg`; writes the model and `train_summary.json` to `cfg.output_dir`."""
-    configure_cpu_threads()
+    """Train per `cfg`; writes the model and `train_summary.json` to `cfg.output_dir`.
+
+    Returns the summary on the main process and {} on the others of a distributed run.
+    """
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.mode == "rm" else []
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no",
+    # cpu=True on a GPU-less machine: several processes there then form a gloo group, not N singles
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if use_bf16 else "no",
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               kwargs_handlers=handlers)
     seed_everything(cfg.seed)
@@ -208,4 +211,4 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
         summary = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in summary.items()}
         (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
-    return summary
+    return summary if main else {}

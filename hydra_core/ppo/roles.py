@@ -1,0 +1,180 @@
+"""How each PPO variant assembles its models. This is the only place the variants differ.
+
+PPO needs four roles: the actor (policy, LM head), the critic (value head), the reference policy
+(LM head) and the reward model (reward head). A role is a model plus the adapter that must be
+active for it: a named LoRA adapter, FULL (no adapters, the weights themselves train) or OFF
+(adapters switched off, i.e. the frozen model underneath):
+
+| variant      | actor          | critic           | reference   | reward      | backbones |
+|--------------|----------------|------------------|-------------|-------------|-----------|
+| full         | policy FULL    | critic FULL      | ref FULL    | rm FULL     | 4         |
+| lora         | policy "actor" | critic "critic"  | ref FULL    | rm FULL     | 4         |
+| lora-dynamic | policy "actor" | critic "critic"  | policy OFF  | critic OFF  | 2         |
+| j-hydra      | hydra "shared" | hydra "shared"   | hydra OFF   | hydra OFF   | 1         |
+| hydra        | hydra "actor"  | hydra "critic"   | hydra OFF   | hydra OFF   | 1         |
+
+Roles that name the same model and adapter share one forward pass: in j-hydra and hydra the
+reference log-probs and the reward come from ONE pass with the adapters off, reading the LM head
+and the reward head together; in j-hydra the actor's logits and the critic's values likewise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hydra_core.config import PPOConfig
+from hydra_core.models.hydra import HydraModel, load_hydra
+from hydra_core.models.lora import add_lora
+from hydra_core.runtime import default_dtype
+
+FULL, OFF = "<full>", "<off>"
+
+
+@dataclass(frozen=True)
+class Role:
+    model: str  # a key of PolicyStack.models
+    adapter: str  # a LoRA adapter name, FULL or OFF
+
+
+# variant -> (actor, critic, reference, reward)
+LAYOUTS = {
+    "full": (Role("policy", FULL), Role("critic", FULL), Role("reference", FULL), Role("reward", FULL)),
+    "lora": (Role("policy", "actor"), Role("critic", "critic"), Role("reference", FULL), Role("reward", FULL)),
+    "lora-dynamic": (Role("policy", "actor"), Role("critic", "critic"), Role("policy", OFF), Role("critic", OFF)),
+    "j-hydra": (Role("hydra", "shared"), Role("hydra", "shared"), Role("hydra", OFF), Role("hydra", OFF)),
+    "hydra": (Role("hydra", "actor"), Role("hydra", "critic"), Role("hydra", OFF), Role("hydra", OFF)),
+}
+
+# model key -> (source: "policy" | "reward", heads)
+SOURCES = {
+    "policy": ("policy", ()),
+    "reference": ("policy", ()),
+    "reward": ("reward", ("reward",)),
+    "hydra": ("policy", ("reward", "value")),
+}
+
+
+class PolicyStack:
+    """The models of one variant and the forward passes PPO asks of them."""
+
+    def __init__(self, cfg: PPOConfig, device: torch.device):
+        if cfg.variant not in LAYOUTS:
+            raise ValueError(f"unknown PPO variant {cfg.variant!r}; choose one of {sorted(LAYOUTS)}")
+        self.variant = cfg.variant
+        self.actor, self.critic, self.reference, self.reward = LAYOUTS[cfg.variant]
+        self.device = device
+        self.autocast_dtype = default_dtype(device) if device.type == "cuda" else None
+        paths = {"policy": cfg.model, "reward": cfg.reward_model or cfg.model}
+        # A critic that also serves as the reward model (lora-dynamic) keeps its reward head.
+        critic_heads = ("reward", "value") if self.reward.model == "critic" else ("value",)
+        sources = {**SOURCES, "critic": ("reward", critic_heads)}
+
+        self.models: dict[str, HydraModel] = {}
+        for role in (self.actor, self.critic, self.reference, self.reward):
+            if role.model in self.models:
+                continue
+            source, heads = sources[role.model]
+            trains_in_full = role in (self.actor, self.critic) and role.adapter == FULL
+            # Trained weights stay fp32 (autocast does the bf16 maths); frozen ones take bf16 on GPU.
+            dtype = torch.float32 if trains_in_full else default_dtype(device)
+            model = load_hydra(paths[source], heads=heads, device=device, dtype=dtype,
+                               trust_remote_code=cfg.trust_remote_code)
+            model.requires_grad_(trains_in_full)
+            self.models[role.model] = model
+        for role in dict.fromkeys((self.actor, self.critic)):  # ordered: adapter init draws from the RNG
+            if role.adapter not in (FULL, OFF):
+                add_lora(self.models[role.model], cfg.lora_rank, cfg.lora_alpha, name=role.adapter)
+                self.models[role.model].to(device)
+        critic_model = self.models[self.critic.model]
+        critic_model.heads["value"].float().requires_grad_(True)
+        for model in self.models.values():
+            model.eval()  # dropout off in every model during PPO
+
+        self.actor_params = self._params_of(self.actor)
+        self.critic_params = self._params_of(self.critic, extra=list(critic_model.heads["value"].parameters()))
+        if self.actor == self.critic:  # j-hydra: the shared adapter trains at the actor's rate
+            self.critic_params = [p for p in self.critic_params if all(p is not q for q in self.actor_params)]
+
+    # --- parameters ----------------------------------------------------------------------
+    def _params_of(self, role: Role, extra=()) -> list[nn.Parameter]:
+        model = self.models[role.model]
+        if role.adapter == FULL:
+            params = [p for name, p in model.backbone.named_parameters()]
+        else:
+            params = [p for name, p in model.backbone.named_parameters() if f".{role.adapter}." in name
+                      and "lora_" in name]
+        return _unique([*params, *extra])
+
+    def named_trainable(self) -> dict[str, nn.Parameter]:
+        """Every trained parameter under a stable name, for checkpoints."""
+        wanted = {id(p) for p in self.actor_params + self.critic_params}
+        return {f"{key}.{name}": p for key, model in self.models.items()
+                for name, p in model.named_parameters() if id(p) in wanted}
+
+    # --- forward passes ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def active(self, role: Role):
+        """Make `role`'s adapter the active one (or switch adapters off) for a forward pass."""
+        backbone = self.models[role.model].backbone
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype else contextlib.nullcontext())
+        if role.adapter == OFF:
+            with backbone.disable_adapter(), autocast:
+                yield self.models[role.model]
+            return
+        if role.adapter != FULL:
+            backbone.set_adapter(role.adapter)
+        with autocast:
+            yield self.models[role.model]
+
+    def actor_forward(self, ids, mask, lm_select, with_values: bool):
+        """The actor's logits; with j-hydra also the critic's values from the same pass."""
+        with self.active(self.actor) as model:
+            return model(ids, mask, lm_select=lm_select, value=with_values)
+
+    def critic_values(self, ids, mask) -> torch.Tensor:
+        with self.active(self.critic) as model:
+            return model(ids, mask, lm=False, value=True).values
+
+    @property
+    def shared_actor_critic(self) -> bool:
+        return self.actor == self.critic
+
+    @torch.no_grad()
+    def reference_and_scores(self, ids, mask, lm_select) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference logits and reward-model scores; one pass where the two roles coincide."""
+        if self.reference == self.reward:
+            with self.active(self.reference) as model:
+                out = model(ids, mask, lm_select=lm_select, reward=True)
+            return out.logits, out.rewards
+        with self.active(self.reference) as model:
+            logits = model(ids, mask, lm_select=lm_select).logits
+        with self.active(self.reward) as model:
+            scores = model(ids, mask, lm=False, reward=True).rewards
+        return logits, scores
+
+    @contextlib.contextmanager
+    def generator(self):
+        """The actor, ready to sample rollouts."""
+        with self.active(self.actor) as model:
+            yield model
+
+    def unique_modules(self) -> list[nn.Module]:
+        return list(self.models.values())
+
+    @property
+    def policy_model(self) -> HydraModel:
+        return self.models[self.actor.model]
+
+
+def _unique(params) -> list[nn.Parameter]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out

@@ -1,0 +1,93 @@
+import json
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hydra_core.data.encoding import left_padded_prompts, pair_batch
+from hydra_core.data.schema import PreferencePair
+from hydra_core.models.hydra import CONFIG_FILE, last_token_index, load_hydra
+from hydra_core.models.lora import add_lora
+from hydra_core.models.presets import char_tokenizer
+
+
+def test_char_tokenizer_round_trips_text_and_loads_with_autotokenizer(base_model_dir):
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    text = "23+48=71\n\nHuman: hi!"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text)
+    assert tok.decode(ids) == text
+    assert tok.eos_token_id == char_tokenizer().eos_token_id
+
+
+def test_base_model_is_a_plain_hf_directory(base_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir)
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.8e6 < n < 1.3e6  # the ~1M-parameter tiny preset
+    assert model.config.tie_word_embeddings
+
+
+def test_last_token_index_for_left_and_right_padding():
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
+    assert last_token_index(right).tolist() == [2, 4]
+    assert last_token_index(left).tolist() == [4, 4]
+
+
+def test_reward_does_not_depend_on_padding_side(base_model_dir):
+    model = load_hydra(base_model_dir, heads=("reward",)).eval()
+    tok = model.tokenizer
+    pairs = [PreferencePair("1+1=", "2", "3"), PreferencePair("10+15=", "25", "24")]
+    right = pair_batch(tok, pairs, 64)
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(right["input_ids"], right["attention_mask"])]
+    width = max(map(len, rows))
+    left_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+    left_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        r_right = model(**right, lm=False, reward=True).rewards
+        r_left = model(left_ids, left_mask, lm=False, reward=True).rewards
+    torch.testing.assert_close(r_right, r_left, rtol=1e-5, atol=1e-5)
+
+
+def test_hydra_round_trip_gives_identical_logits_and_rewards(tmp_path, hydra_sft_dir):
+    model = load_hydra(hydra_sft_dir, heads=("reward", "value")).eval()
+    batch = left_padded_prompts(model.tokenizer, ["12+34=46", "99+1=100"], 64)
+    with torch.no_grad():
+        before = model(**batch, reward=True, value=True)
+    model.save(tmp_path / "copy")
+    again = load_hydra(str(tmp_path / "copy"), heads=("reward", "value")).eval()
+    with torch.no_grad():
+        after = again(**batch, reward=True, value=True)
+    assert torch.equal(before.logits, after.logits)
+    assert torch.equal(before.rewards, after.rewards)
+    assert torch.equal(before.values, after.values)
+    config = json.loads((tmp_path / "copy" / CONFIG_FILE).read_text())
+    assert config["kind"] == "hydra-sft" and config["heads"] == ["reward", "value"]
+
+
+def test_value_head_starts_as_a_copy_of_the_reward_head(hydra_sft_dir):
+    model = load_hydra(hydra_sft_dir, heads=("reward", "value"))
+    assert torch.equal(model.heads["value"].weight, model.heads["reward"].weight)
+
+
+def test_export_merges_lora_into_a_plain_causal_lm(tmp_path, hydra_sft_dir):
+    model = load_hydra(hydra_sft_dir, heads=("reward",)).eval()
+    add_lora(model, rank=4, alpha=8)
+    with torch.no_grad():  # make the adapter non-zero so merging matters
+        for name, p in model.backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    batch = left_padded_prompts(model.tokenizer, ["12+34="], 64)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    model.export_policy(tmp_path / "plain")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval()
+    assert not (tmp_path / "plain" / CONFIG_FILE).exists()
+    with torch.no_grad():
+        got = plain(**batch, position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_trust_remote_code_is_off_by_default():
+    import inspect
+
+    assert inspect.signature(load_hydra).parameters["trust_remote_code"].default is False
