@@ -9,26 +9,27 @@ import sys
 from hydra_core import config as C
 from hydra_core.data.schema import DataError
 from hydra_core.eval.judges import JudgeConfigError
+from hydra_core.tracking.stages import Tracking
 
 
-def _cmd_init_model(cfg: C.ModelInitConfig) -> None:
+def _cmd_init_model(cfg: C.ModelInitConfig, _tracking: Tracking) -> None:
     from hydra_core.models.presets import build_base_model
 
     print(f"base model written to {build_base_model(cfg)}")
 
 
-def _cmd_prepare(cfg: C.DataConfig) -> None:
-    from hydra_core.data.prepare import prepare
+def _cmd_prepare(cfg: C.DataConfig, tracking: Tracking) -> None:
+    from hydra_core.tracking.stages import prepare_data
 
-    summary = prepare(cfg)
+    summary = prepare_data(cfg, tracking)
     print(json.dumps({"output_dir": cfg.output_dir, "counts": summary.get("counts"),
                       "skipped": summary.get("skipped")}, indent=2))
 
 
-def _cmd_sft(cfg: C.TrainConfig) -> None:
-    from hydra_core.train.trainer import train
+def _cmd_sft(cfg: C.TrainConfig, tracking: Tracking) -> None:
+    from hydra_core.tracking.stages import sft
 
-    summary = train(cfg)
+    summary = sft(cfg, tracking)
     if not summary:  # not the main process of a distributed run
         return
     if "eval/reward_accuracy" in summary:
@@ -38,20 +39,20 @@ def _cmd_sft(cfg: C.TrainConfig) -> None:
     print(f"model written to {cfg.output_dir}")
 
 
-def _cmd_ppo(cfg: C.PPOConfig) -> None:
-    from hydra_core.ppo.trainer import run_ppo
+def _cmd_ppo(cfg: C.PPOConfig, tracking: Tracking) -> None:
+    from hydra_core.tracking.stages import ppo
 
-    summary = run_ppo(cfg)
+    summary = ppo(cfg, tracking)
     for key in ("eval/gold_accuracy_before", "eval/gold_accuracy"):
         if key in summary:
             print(f"{key}: {summary[key]:.4f}")
     print(f"policy written to {cfg.output_dir}")
 
 
-def _cmd_eval(cfg: C.EvalConfig) -> None:
-    from hydra_core.eval.runner import run_eval
+def _cmd_eval(cfg: C.EvalConfig, tracking: Tracking) -> None:
+    from hydra_core.tracking.stages import evaluate
 
-    result = run_eval(cfg)
+    result = evaluate(cfg, tracking)
     print(result["headline"])
     print(f"report written to {cfg.output_dir}")
 
@@ -66,20 +67,39 @@ COMMANDS = {
 }
 
 
+TRACKED = ("prepare", "sft", "ppo", "eval")  # the stages that log to MLflow when given a tracking URI
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.commands import COMMANDS as TOOLS
+
     parser = argparse.ArgumentParser(prog="hydra-rlhf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         C.add_config_args(p, cls)
+        if name in TRACKED:
+            p.add_argument("--tracking-uri", default="", help="log to this MLflow tracking URI "
+                           "(default: $MLFLOW_TRACKING_URI; no MLflow logging when neither is set)")
+    for name, (add_arguments, _, help_text) in TOOLS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.commands import COMMANDS as TOOLS
+
     args = build_parser().parse_args(argv)
+    if args.command in TOOLS:
+        try:
+            TOOLS[args.command][1](args)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"hydra-rlhf {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     cls, handler, _ = COMMANDS[args.command]
     try:
-        handler(C.from_args(cls, args))
+        handler(C.from_args(cls, args), Tracking(getattr(args, "tracking_uri", "")))
     except (DataError, FileNotFoundError, JudgeConfigError) as e:
         print(f"hydra-rlhf {args.command}: error: {e}", file=sys.stderr)
         return 2

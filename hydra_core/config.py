@@ -62,6 +62,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 50
     reward_loss_weight: float = 1.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    adam_beta2: float = 0.999
     max_length: int = 512
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
@@ -128,7 +130,7 @@ class EvalConfig:
     """`hydra-rlhf eval`: pairwise judging of a candidate policy against a baseline."""
 
     candidate: str = "outputs/ppo"
-    baseline: str = "outputs/hydra-sft"
+    baseline: str = ""  # default: the SFT model the candidate's PPO run started from
     prompts: str = "outputs/data"  # a prepared directory (its prompts_eval split) or a JSONL of prompts
     output_dir: str = "outputs/eval"
     judge: Literal["openai", "reward-model", "gold"] = "gold"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gc
+import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from hydra_core.eval.pairwise import judge_pairs, tally
 from hydra_core.eval.report import headline, write_report
 from hydra_core.eval.stats import win_rate
 from hydra_core.models.generation import Decoding, generate
-from hydra_core.models.hydra import load_hydra
+from hydra_core.models.hydra import CONFIG_FILE, load_hydra
 from hydra_core.runtime import pick_device, seed_everything
 from hydra_core.tracking.base import Tracker
 
@@ -80,10 +81,20 @@ def respond(policy: str, prompts: list[EvalPrompt], cfg: EvalConfig) -> list[Res
     return [Response(text, bool(ended)) for text, ended in zip(out.texts, out.ended.tolist())]
 
 
+def _started_from(candidate: str) -> str:
+    """The SFT model a PPO policy started from, as its hydra_config.json records it."""
+    config = Path(candidate) / CONFIG_FILE
+    sft = json.loads(config.read_text()).get("sft_model") if config.exists() else None
+    if not sft:
+        raise ValueError(f"{candidate}: no --baseline given and the candidate does not record the SFT model it "
+                         "started from (hydra_config.json 'sft_model'); pass --baseline")
+    return sft
+
+
 def run_eval(cfg: EvalConfig, tracker: Tracker | None = None) -> dict:
     """Judge `cfg.candidate` against `cfg.baseline` and write the report; returns the summary."""
     if not cfg.baseline:
-        raise ValueError("no baseline: pass --baseline, normally the Hydra-SFT model the candidate started from")
+        cfg = replace(cfg, baseline=_started_from(cfg.candidate))
     tracker = tracker or Tracker()
     prompts = load_prompts(cfg.prompts, cfg.max_prompts)
     judge = make_judge(cfg)

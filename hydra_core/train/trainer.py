@@ -136,7 +136,8 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
     model.to(accelerator.device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, cfg.adam_beta2))
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -164,6 +165,8 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
                         f"{checkpoint or 'none (no checkpoint was written yet)'}. Lower --learning-rate or check the data."
                     )
                 accelerator.backward(loss)
+                if cfg.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()

@@ -1,0 +1,338 @@
+"""MLflow behind the Tracker interface: one MLflow run per stage, nested under a pipeline run.
+
+Every record goes through one of the operations of `_Sender` (start, params, metrics, artifact,
+table, dataset, tags, register, end). While the tracking server answers, an operation is sent at
+once. From the first one that fails, the tracker stops trying and appends the operations to
+`<stage output>/mlflow_pending/journal.jsonl` instead, which `hydra-rlhf sync-tracking` replays
+later: an outage never stops training, and what it would have recorded is kept, not lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from hydra_core.tracking.base import Tracker
+
+DEFAULT_EXPERIMENT = "hydra-rlhf"
+PENDING_DIR = "mlflow_pending"
+JOURNAL = "journal.jsonl"
+SYSTEM_METRICS_INTERVAL_S = 5.0
+PROBE_TIMEOUT_S = 5.0
+PARENT_TAG = "mlflow.parentRunId"
+_BATCH = 100  # MLflow's log_batch limit on params and tags (metrics allow 1000)
+
+
+class TrackingUnreachable(ConnectionError):
+    pass
+
+
+def redact(uri: str) -> str:
+    """The URI without user:password, for summaries and journals."""
+    parts = urlsplit(uri)
+    if not parts.password and not parts.username:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
+def _probe(uri: str) -> None:
+    """Fail fast on a server that does not answer at all; any HTTP answer counts as reachable."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri, timeout=PROBE_TIMEOUT_S)
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise TrackingUnreachable(f"no answer from {redact(uri)}: {type(e).__name__}") from None
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Beside a sqlite database, not MLflow's default `./mlruns` under whatever the cwd happens to be."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///"):])
+    return (database.resolve().parent / "mlartifacts" / experiment).as_uri()
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
+
+
+class _Sender:
+    """Applies tracking operations to an MLflow server or database; one method per operation."""
+
+    OPERATIONS = ("start", "params", "metrics", "artifact", "table", "dataset", "tags", "register", "end")
+
+    def __init__(self, tracking_uri: str):
+        # A stage must not stall on a dead server: MLflow's default is 7 retries with exponential
+        # backoff, minutes per call. An explicit setting in the environment still wins.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        self.run_id = ""
+
+    def apply(self, op: str, args: dict):
+        if op not in self.OPERATIONS:
+            raise ValueError(f"unknown tracking operation {op!r}")
+        return getattr(self, op)(**args)
+
+    def start(self, experiment: str, run_name: str, parent_run_id: str = "", tags: dict | None = None,
+              run_id: str = "") -> None:
+        _probe(self.uri)
+        if run_id and self._exists(run_id):
+            self.run_id = run_id
+            return
+        tags = {**(tags or {}), **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
+        self.run_id = self.client.create_run(self._experiment_id(experiment), run_name=run_name,
+                                             tags=tags).info.run_id
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException:
+            return False
+
+    def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri, name))
+        except MlflowException:  # a parallel task created it first
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + _BATCH])
+
+    def metrics(self, metrics: dict, step: int, timestamp: int) -> None:
+        from mlflow.entities import Metric
+
+        items = [Metric(k, v, timestamp, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 10 * _BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 10 * _BATCH])
+
+    def artifact(self, path: str, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, path, artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def table(self, path: str, artifact_file: str) -> None:
+        self.client.log_table(self.run_id, _read_table(Path(path)), artifact_file)
+
+    def dataset(self, path: str, name: str, context: str) -> None:
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice, and hints about integer columns in model
+            # schemas: neither matters for a dataset record.
+            warnings.simplefilter("ignore", UserWarning)
+            data = mlflow.data.from_pandas(_read_table(Path(path)), source=Path(path).resolve().as_uri(), name=name)
+            entity = data._to_mlflow_entity()
+        self.client.log_inputs(self.run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+
+    def tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, v) for k, v in tags.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, tags=items[i:i + _BATCH])
+
+    def register(self, name: str, artifact_path: str, tags: dict, aliases: list[str],
+                 source_run_id: str = "") -> str:
+        from mlflow.exceptions import MlflowException
+
+        run_id = source_run_id or self.run_id
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = self.client.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id,
+                                                   tags=tags).version
+        for alias in aliases:
+            self.client.set_registered_model_alias(name, alias, version)
+        return str(version)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run. With an empty `tracking_uri` it records nothing (tracking is off).
+
+    `run_id` attaches to an existing run instead of creating one; `parent_run_id` nests the new
+    run under a pipeline run. Paths logged from inside `pending_dir`'s parent are journaled
+    relative to it, so a stage output copied elsewhere still replays.
+    """
+
+    def __init__(self, tracking_uri: str, run_name: str, pending_dir: str | Path, *,
+                 experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str = "", run_id: str = "",
+                 tags: dict | None = None, system_metrics: bool = True):
+        self.tracking_uri = tracking_uri
+        self.pending_dir = Path(pending_dir)
+        self.error = ""
+        self.closed = False
+        self._sender: _Sender | None = None
+        self._monitor = None
+        self._start = dict(experiment=experiment or DEFAULT_EXPERIMENT, run_name=run_name,
+                           parent_run_id=parent_run_id, tags={k: str(v) for k, v in (tags or {}).items()},
+                           run_id=run_id)
+        if not tracking_uri:
+            return
+        try:
+            self._sender = _Sender(tracking_uri)
+            self._sender.start(**self._start)
+        except Exception as e:  # noqa: BLE001 - whatever fails, the stage goes on and the record is kept
+            self._fall_back(e)
+            return
+        if system_metrics:
+            self._start_monitor()
+
+    @property
+    def run_id(self) -> str:
+        return self._sender.run_id if self._sender else ""
+
+    @property
+    def state(self) -> str:
+        """off (no tracking URI), sent (everything reached MLflow) or pending (some of it is on disk)."""
+        return "off" if not self.tracking_uri else "pending" if self.error else "sent"
+
+    def status(self) -> dict:
+        out = {"state": self.state, "tracking_uri": redact(self.tracking_uri), "run_id": self.run_id}
+        if self.error:
+            out.update(error=self.error, pending=str(self.pending_dir / JOURNAL),
+                       replay=f"hydra-rlhf sync-tracking {self.pending_dir}")
+        return out
+
+    # --- the Tracker interface -------------------------------------------------------------------
+    def log_params(self, params: dict) -> None:
+        self._do("params", params={k: str(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        values = {k: float(v) for k, v in metrics.items() if v is not None}
+        self._do("metrics", metrics=values, step=int(step), timestamp=int(time.time() * 1000))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._do("artifact", path=str(path), artifact_path=artifact_path)
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_monitor()
+        self._do("end", status=status)
+        if self.error:
+            print(f"MLflow: {self.state}: {self.error}; the records are in {self.pending_dir / JOURNAL}; "
+                  f"replay them with: hydra-rlhf sync-tracking {self.pending_dir}")
+
+    # --- what only MLflow has --------------------------------------------------------------------
+    def log_table(self, path: str | Path, artifact_file: str) -> None:
+        """A JSONL or Parquet file as an MLflow table (browsable in the UI's evaluation view)."""
+        self._do("table", path=str(path), artifact_file=artifact_file)
+
+    def log_dataset(self, path: str | Path, name: str, context: str) -> None:
+        """A JSONL or Parquet file as an MLflow dataset input of this run."""
+        self._do("dataset", path=str(path), name=name, context=context)
+
+    def set_tags(self, tags: dict) -> None:
+        self._do("tags", tags={k: str(v) for k, v in tags.items()})
+
+    def register_model(self, name: str, artifact_path: str, tags: dict, aliases=(), source_run_id: str = "") -> str:
+        """A new version of registered model `name` from `runs:/<run>/<artifact_path>` (this run by
+        default); returns the version, or "" when the registration waits in the journal."""
+        version = self._do("register", name=name, artifact_path=artifact_path,
+                           tags={k: str(v) for k, v in tags.items()}, aliases=list(aliases),
+                           source_run_id=source_run_id)
+        return version or ""
+
+    # --- sending, or keeping on disk -------------------------------------------------------------
+    def _do(self, op: str, **args):
+        if not self.tracking_uri:
+            return None
+        if not self.error:
+            try:
+                return self._sender.apply(op, args)
+            except Exception as e:  # noqa: BLE001 - whatever fails, the stage goes on and the record is kept
+                self._fall_back(e)
+        self._journal(op, args)
+        return None
+
+    def _fall_back(self, error: Exception) -> None:
+        self.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:500]
+        self._stop_monitor()
+        # The journal opens with how to reopen this run: attach to it if it was created, else create it.
+        self._journal("start", {**self._start, "run_id": self.run_id})
+        warnings.warn(f"MLflow tracking at {redact(self.tracking_uri)} failed ({self.error}); the stage goes on "
+                      f"and keeps its records in {self.pending_dir / JOURNAL}", RuntimeWarning, stacklevel=3)
+
+    def _journal(self, op: str, args: dict) -> None:
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
+        base = self.pending_dir.parent.resolve()
+        if "path" in args:
+            path = Path(args["path"]).resolve()
+            args = {**args, "path": str(path.relative_to(base)) if path.is_relative_to(base) else str(path)}
+        if op == "metrics":  # JSON has no NaN; the journal keeps what the stage logged as null
+            args = {**args, "metrics": {k: (v if math.isfinite(v) else None) for k, v in args["metrics"].items()}}
+        entry = {"op": op, "args": args}
+        if op == "start":
+            entry["tracking_uri"] = redact(self.tracking_uri)
+        with (self.pending_dir / JOURNAL).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def _start_monitor(self) -> None:
+        try:
+            import psutil  # noqa: F401 - MLflow's system metrics need it
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:
+            return
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                             tracking_uri=self.tracking_uri)
+        self._monitor.start()
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+
+
+def replay(pending_dir: str | Path, tracking_uri: str = "") -> str:
+    """Send a stage's journal to MLflow (the URI it was meant for, or `tracking_uri`); returns the
+    run id. The journal is renamed once sent, so it is never replayed twice."""
+    journal = Path(pending_dir) / JOURNAL
+    if not journal.exists():
+        raise FileNotFoundError(f"{journal}: no such journal; pass a '{PENDING_DIR}' directory of a stage output")
+    entries = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not entries or entries[0]["op"] != "start":
+        raise ValueError(f"{journal}: not a tracking journal (it must open with a 'start' record)")
+    sender = _Sender(tracking_uri or entries[0]["tracking_uri"])
+    base = journal.parent.parent
+    for entry in entries:
+        args = entry["args"]
+        if "path" in args:
+            args = {**args, "path": str(base / args["path"])}
+        if entry["op"] == "metrics":
+            args = {**args, "metrics": {k: (math.nan if v is None else v) for k, v in args["metrics"].items()}}
+        sender.apply(entry["op"], args)
+    journal.rename(journal.with_name(f"journal.sent-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+    return sender.run_id
