@@ -57,6 +57,13 @@ def _cmd_eval(cfg: C.EvalConfig, tracking: Tracking) -> None:
     print(f"report written to {cfg.output_dir}")
 
 
+def _cmd_export(cfg: C.ExportConfig, _tracking: Tracking) -> None:
+    from hydra_core.models.hydra import load_hydra
+
+    model = load_hydra(cfg.model, heads=(), trust_remote_code=cfg.trust_remote_code)
+    print(f"plain causal LM written to {model.export_policy(cfg.output_dir)}")
+
+
 # name -> (config class, handler, help)
 COMMANDS = {
     "init-model": (C.ModelInitConfig, _cmd_init_model, "build a small random-init base model and tokenizer"),
@@ -64,6 +71,7 @@ COMMANDS = {
     "sft": (C.TrainConfig, _cmd_sft, "train SFT, a reward model, or Hydra-SFT (--mode sft|rm|hydra)"),
     "ppo": (C.PPOConfig, _cmd_ppo, "PPO from an SFT / Hydra-SFT model (--variant full|lora|lora-dynamic|j-hydra|hydra)"),
     "eval": (C.EvalConfig, _cmd_eval, "judge a candidate policy against a baseline, pairwise"),
+    "export": (C.ExportConfig, _cmd_export, "write a Hydra directory's policy as a plain HF causal-LM directory"),
 }
 
 

@@ -79,6 +79,15 @@ class TrainConfig:
     greedy_eval_prompts: int = 400  # held-out prompts checked greedily by the task verifier
 
 
+@dataclass
+class ExportConfig:
+    """`hydra-rlhf export`: a Hydra directory's policy as a plain HF causal-LM directory."""
+
+    model: str = "outputs/ppo"
+    output_dir: str = "outputs/export"
+    trust_remote_code: bool = False
+
+
 PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")
 
 
@@ -216,6 +225,7 @@ __all__ = [
     "DATA_FORMATS",
     "DataConfig",
     "EvalConfig",
+    "ExportConfig",
     "PPOConfig",
     "PPO_VARIANTS",
     "ModelInitConfig",

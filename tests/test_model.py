@@ -91,3 +91,12 @@ def test_trust_remote_code_is_off_by_default():
     import inspect
 
     assert inspect.signature(load_hydra).parameters["trust_remote_code"].default is False
+
+
+def test_cli_export_writes_a_directory_without_heads(tmp_path, hydra_sft_dir):
+    from hydra_core.cli import main
+
+    assert main(["export", "--model", hydra_sft_dir, "--output-dir", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "model.safetensors").exists()
+    assert not (tmp_path / "x" / CONFIG_FILE).exists()
+    AutoModelForCausalLM.from_pretrained(tmp_path / "x")

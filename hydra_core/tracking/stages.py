@@ -137,7 +137,8 @@ def _stage_run(tracking: Tracking, run_name: str, output_dir: str | Path, summar
 
 def _log_splits(run: MlflowTracker, data_dir: str, names) -> None:
     for name in names:
-        run.log_dataset(split_path(data_dir, name), name, context="training" if name.endswith("_train") else "evaluation")
+        context = "training" if name.endswith("_train") else "evaluation"
+        run.log_dataset(split_path(data_dir, name), name, context)
 
 
 def _log_output_dir(run: MlflowTracker, directory: str | Path, artifact_path: str) -> None:
@@ -152,11 +153,11 @@ def prepare_data(cfg: DataConfig, tracking: Tracking) -> dict:
 
     with _stage_run(tracking, "data-prep", cfg.output_dir) as run:
         manifest = prepare(cfg)
+        counts = {f"data/{name}": n for name, n in manifest["counts"].items()}
         run.log_params(to_dict(cfg))
-        run.log_metrics({f"data/{name}": n for name, n in manifest["counts"].items()}, step=0)
+        run.log_metrics(counts, step=0)
         run.log_artifact(Path(cfg.output_dir) / MANIFEST, "data")
         _log_splits(run, cfg.output_dir, SPLIT_FILES)
-    counts = {f"data/{name}": n for name, n in manifest["counts"].items()}
     return {**manifest, **counts, "tracking": run.status()}
 
 
@@ -228,18 +229,22 @@ def register_policy(tracking: Tracking, evaluation_dir: str, policy_run_id: str,
         elif not policy_run_id:
             reason = "the PPO stage has no MLflow run to register from (tracking was off or pending)"
         else:
-            decision["model_version"] = run.register_model(registered_model, MODEL_ARTIFACT, source_run_id=policy_run_id,
-                                                           aliases=aliases, tags={
-                "variant": variant, "data": summary["prompts"], "run_id": policy_run_id,
-                "pipeline_run_id": tracking.parent_run_id, "judge": summary["judge"]["name"],
-                "win_rate": summary["win_rate"], "win_rate_low": low, "baseline": summary["baseline"]})
-            reason = "" if decision["model_version"] else "MLflow was unreachable; the registration is pending"
+            tags = {"variant": variant, "data": summary["prompts"], "run_id": policy_run_id,
+                    "pipeline_run_id": tracking.parent_run_id, "judge": summary["judge"]["name"],
+                    "win_rate": summary["win_rate"], "win_rate_low": low, "baseline": summary["baseline"]}
+            decision["model_version"] = run.register_model(registered_model, MODEL_ARTIFACT, tags, aliases,
+                                                           source_run_id=policy_run_id)
+            reason = "" if decision["model_version"] else UNREGISTERED[run.state]
         if decision["model_version"]:
             decision["aliases"] = aliases
         run.set_tags({"decision": ",".join(decision["aliases"]) or "not registered"})
     decision["tracking"] = run.status()
     decision["markdown"] = _decision_markdown(decision, reason)
     return decision
+
+
+UNREGISTERED = {"off": "tracking is off (no tracking URI)",
+                "pending": "MLflow was unreachable; the registration waits in the journal"}
 
 
 def _rate(value) -> str:
@@ -290,7 +295,8 @@ def compare_variants(tracking: Tracking, rows: list[dict], record_dir: str | Pat
         top = dataclasses.replace(tracking, parent_run_id="")
         run = top.tracker("pipeline", record_dir, run_id=tracking.parent_run_id, system_metrics=False)
         for row in ranked:
-            run.log_metrics({f"{row.get('variant', 'policy')}/{k}": v for k, v in scalars(row, EVAL_KEYS).items()}, step=0)
+            variant = row.get("variant", "policy")
+            run.log_metrics({f"{variant}/{k}": v for k, v in scalars(row, EVAL_KEYS).items()}, step=0)
         path = Path(record_dir) / "comparison.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

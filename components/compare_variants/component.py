@@ -1,0 +1,29 @@
+"""Compare: the PPO variants' evaluations side by side; closes the pipeline's MLflow run."""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def compare_variants(
+    evaluations: Input[List[Dataset]],
+    comparison: Output[Markdown],
+    tracking_uri: str = "",
+    experiment: str = "",
+    parent_run_id: str = "",
+) -> None:
+    """A Markdown table of pairwise_eval outputs (win-rate, its interval, memory, speed), best
+    lower bound first. With `parent_run_id`, the table and each variant's win-rates go to that
+    MLflow run, which is then closed."""
+    import os
+    from pathlib import Path
+
+    from hydra_core.tracking import stages
+
+    text = stages.compare_variants(stages.Tracking(tracking_uri, experiment, parent_run_id),
+                                   [dict(e.metadata) for e in evaluations], record_dir=os.path.dirname(comparison.path))
+    Path(comparison.path).write_text(text, encoding="utf-8")

@@ -1,0 +1,41 @@
+"""Hydra-SFT: one backbone, LM head and reward head trained together (hydra_core.train)."""
+
+from typing import Optional
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def hydra_sft(
+    data: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    base_model: str = "",
+    base_preset: Optional[str] = None,
+    steps: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    demo_batch_size: Optional[int] = None,
+    pair_batch_size: Optional[int] = None,
+    seed: Optional[int] = None,
+    config: dict = {},
+    tracking_uri: str = "",
+    experiment: str = "",
+    parent_run_id: str = "",
+    registered_model: str = "",
+) -> str:
+    """Train Hydra-SFT on a prepared directory (hydra_core TrainConfig: a parameter left None keeps
+    the config default, `config` sets any other field) from `base_model`, a model directory or hub
+    id, or when it is empty from a fresh random-init `base_preset` model. The model is logged to
+    MLflow and, given `registered_model`, registered. Returns the MLflow run id."""
+    from hydra_core.config import TrainConfig
+    from hydra_core.tracking import stages
+
+    cfg = stages.stage_config(TrainConfig, config, model=stages.base_model(base_model, base_preset), data=data.path,
+                              output_dir=model.path, steps=steps, learning_rate=learning_rate,
+                              demo_batch_size=demo_batch_size, pair_batch_size=pair_batch_size, seed=seed)
+    summary = stages.sft(cfg, stages.Tracking(tracking_uri, experiment, parent_run_id), registered_model)
+    model.metadata.update({"mlflow": summary["tracking"], **stages.fill_metrics(metrics, summary, stages.SFT_KEYS)})
+    return summary["tracking"]["run_id"]

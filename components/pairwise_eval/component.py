@@ -1,0 +1,48 @@
+"""Pairwise evaluation: a judge compares the candidate's and the baseline's answers (hydra_core.eval)."""
+
+from typing import Optional
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def pairwise_eval(
+    data: Input[Dataset],
+    candidate: Input[Model],
+    baseline: Input[Model],
+    evaluation: Output[Dataset],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+    judge: Optional[str] = None,
+    judge_model: Optional[str] = None,
+    judge_base_url: Optional[str] = None,
+    max_prompts: Optional[int] = None,
+    seed: Optional[int] = None,
+    config: dict = {},
+    tracking_uri: str = "",
+    experiment: str = "",
+    parent_run_id: str = "",
+) -> str:
+    """Judge `candidate` against `baseline` on the prepared eval prompts, both orders (hydra_core
+    EvalConfig; judge gold|reward-model|openai; a parameter left None keeps the config default,
+    `config` sets any other field). The openai judge reads its key from the environment variable
+    named by `judge_api_key_env`, set from a Kubernetes secret. Returns the MLflow run id."""
+    import shutil
+    from pathlib import Path
+
+    from hydra_core.config import EvalConfig
+    from hydra_core.eval.report import FILES
+    from hydra_core.tracking import stages
+
+    cfg = stages.stage_config(EvalConfig, config, candidate=candidate.path, baseline=baseline.path, prompts=data.path,
+                              output_dir=evaluation.path, judge=judge, judge_model=judge_model,
+                              judge_base_url=judge_base_url, max_prompts=max_prompts, seed=seed)
+    variant = candidate.metadata.get("variant", "")
+    summary = stages.evaluate(cfg, stages.Tracking(tracking_uri, experiment, parent_run_id), tags={"variant": variant})
+    shutil.copyfile(Path(evaluation.path) / FILES["report"], report.path)
+    evaluation.metadata.update({**candidate.metadata, "mlflow": summary["tracking"],
+                                **stages.fill_metrics(metrics, summary, stages.EVAL_KEYS)})
+    return summary["tracking"]["run_id"]

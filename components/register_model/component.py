@@ -1,0 +1,34 @@
+"""Register and promote: a new registered-model version of the evaluated policy, `candidate`
+always, `champion` when the judged win-rate's lower confidence bound beats a threshold."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def register_model(
+    evaluation: Input[Dataset],
+    decision: Output[Markdown],
+    policy_run_id: str,
+    registered_model: str,
+    champion_threshold: float,
+    tracking_uri: str = "",
+    experiment: str = "",
+    parent_run_id: str = "",
+) -> str:
+    """Register the policy that MLflow run `policy_run_id` logged (its `model` artifact) as a new
+    version of `registered_model`, judged by `evaluation` (a pairwise_eval output). Writes the
+    decision as Markdown; returns the new version ("" when nothing was registered)."""
+    import os
+    from pathlib import Path
+
+    from hydra_core.tracking import stages
+
+    result = stages.register_policy(stages.Tracking(tracking_uri, experiment, parent_run_id), evaluation.path,
+                                    policy_run_id, registered_model, champion_threshold,
+                                    variant=evaluation.metadata.get("variant") or "policy",
+                                    record_dir=os.path.dirname(decision.path))
+    Path(decision.path).write_text(result["markdown"], encoding="utf-8")
+    return result["model_version"]

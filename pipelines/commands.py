@@ -1,0 +1,112 @@
+"""The `hydra-rlhf` subcommands for the pipeline and its tracking: compile, submit, run, sync-tracking.
+
+`hydra_core.cli` adds them to its parser. This module imports nothing heavy: kfp and MLflow load
+only when one of these commands runs.
+"""
+
+import argparse
+
+from components.image import ACCELERATOR
+
+
+def _add_gpu(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu", action="store_true",
+                   help="give the SFT, PPO and eval steps one accelerator each and the CUDA image")
+    p.add_argument("--accelerator", default=ACCELERATOR, help=f"accelerator type with --gpu (default: {ACCELERATOR})")
+
+
+def _add_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a pipeline parameter, repeatable: e.g. sft_steps=300, ppo_variants=lora,hydra, "
+                        'ppo_config=\'{"eval_every": 4}\'')
+
+
+def _pipeline_arguments(pairs: list[str]) -> dict:
+    from pipelines.arguments import parse_arguments
+    from pipelines.hydra_rlhf import hydra_rlhf
+
+    return parse_arguments(hydra_rlhf, pairs)
+
+
+def add_compile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", default="hydra_rlhf.yaml", help="where to write the pipeline spec")
+    p.add_argument("--components", action="store_true",
+                   help="instead, regenerate the component specs components/<name>/component.yaml")
+    _add_gpu(p)
+
+
+def compile_command(args) -> None:
+    if args.components:
+        from components.build import build
+
+        for path in build():
+            print(f"component spec written to {path}")
+        return
+    from pipelines.hydra_rlhf import compile_pipeline
+
+    print(f"pipeline spec written to {compile_pipeline(args.output, args.gpu, args.accelerator)}")
+
+
+def add_submit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", required=True, help="the KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    p.add_argument("--package", help="a compiled pipeline spec to submit (default: compile one now)")
+    p.add_argument("--run-name")
+    p.add_argument("--experiment-name")
+    p.add_argument("--namespace")
+    _add_gpu(p)
+    _add_params(p)
+
+
+def submit_command(args) -> None:
+    from pipelines.submit import submit
+
+    run_id = submit(args.host, _pipeline_arguments(args.param), package=args.package, run_name=args.run_name,
+                    experiment_name=args.experiment_name, namespace=args.namespace, use_gpu=args.gpu,
+                    accelerator=args.accelerator)
+    print(f"submitted: run {run_id} on {args.host}")
+
+
+def add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", help="where everything goes (default: runs/<timestamp>)")
+    p.add_argument("--tracking-uri", default="",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db)")
+    _add_params(p)
+
+
+def run_command(args) -> None:
+    from pipelines.local_run import browse_command, run_local
+
+    arguments = _pipeline_arguments(args.param)
+    if args.tracking_uri:
+        arguments["tracking_uri"] = args.tracking_uri
+    result = run_local(arguments, args.output_dir)
+    print(f"\npipeline finished in {result['seconds']:.0f} s")
+    print(f"outputs:  {result['run_dir']}")
+    for report in result["reports"]:
+        print(f"report:   {report}")
+    if result["comparison"]:
+        print(f"\n{result['comparison'].read_text(encoding='utf-8')}")
+    print(f"MLflow:   {result['tracking_uri']}")
+    print(f"browse:   {browse_command(result['tracking_uri'])}")
+
+
+def add_sync(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pending_dir", help="a stage output's mlflow_pending folder")
+    p.add_argument("--tracking-uri", default="", help="send there (default: the URI the records were meant for)")
+
+
+def sync_command(args) -> None:
+    from hydra_core.tracking.mlflow_tracker import replay
+
+    print(f"sent {args.pending_dir} to MLflow run {replay(args.pending_dir, args.tracking_uri)}")
+
+
+# name -> (add arguments, handler, help)
+COMMANDS = {
+    "compile": (add_compile, compile_command,
+                "write the Kubeflow pipeline spec (or, with --components, the component specs)"),
+    "submit": (add_submit, submit_command, "start a pipeline run on a Kubeflow Pipelines endpoint"),
+    "run": (add_run, run_command, "run the whole pipeline locally, tracked in MLflow"),
+    "sync-tracking": (add_sync, sync_command,
+                      "send a stage's pending MLflow records (kept while MLflow was unreachable)"),
+}

@@ -1,0 +1,141 @@
+"""The Hydra-RLHF pipeline: data prep -> Hydra-SFT -> for each PPO variant (Hydra-PPO -> pairwise
+eval -> register) -> compare.
+
+With one PPO variant (the default) it is the method end to end. With several, all trained from the
+same Hydra-SFT model and judged against it, it is the paper's experiment, and the compare step puts
+them side by side. The parameters' defaults are read from hydra_core's stage configs, so they
+follow them; `*_config` parameters set any other field of a stage's config.
+
+MLflow: data prep opens the pipeline's parent run, every step nests its own run under it, and the
+compare step closes it. Each variant's policy is registered as soon as it is judged, so with several
+variants `candidate` ends on the last one registered and `champion` on the last one whose lower
+bound beat the threshold: the comparison table is where to choose between them.
+
+Task settings, compiled into the spec and ignored by the local runner: each task requests the CPU
+and memory of RESOURCES; compiled with `use_gpu`, the steps of GPU_STEPS also get one accelerator
+of type `accelerator` and the CUDA image. The openai judge's key comes from the Kubernetes secret
+named by the `judge_secret` parameter (key JUDGE_SECRET_KEY), never from a parameter value; the
+secret is optional, so the gold and reward-model judges run without it.
+"""
+
+from typing import List
+
+from kfp import compiler, dsl, kubernetes
+
+from components.compare_variants.component import compare_variants
+from components.data_prep.component import data_prep
+from components.hydra_ppo.component import hydra_ppo
+from components.hydra_sft.component import hydra_sft
+from components.image import ACCELERATOR, CUDA_IMAGE
+from components.pairwise_eval.component import pairwise_eval
+from components.register_model.component import register_model
+from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig, TrainConfig
+from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
+from hydra_core.tracking.stages import POLICY_MODEL, SFT_MODEL
+
+NAME = "hydra-rlhf"
+JUDGE_SECRET = "hydra-rlhf-judge"
+JUDGE_SECRET_KEY = "api-key"
+# A policy becomes champion only when it beats its Hydra-SFT baseline with confidence.
+CHAMPION_THRESHOLD = 0.5
+RESOURCES = {  # component name: (CPU request, memory request)
+    "data-prep": ("1", "4G"),
+    "hydra-sft": ("4", "16G"),
+    "hydra-ppo": ("4", "16G"),
+    "pairwise-eval": ("2", "8G"),
+    "register-model": ("500m", "1G"),
+    "compare-variants": ("500m", "1G"),
+}
+GPU_STEPS = ("hydra-sft", "hydra-ppo", "pairwise-eval")
+
+_D, _M, _T, _P, _E = DataConfig(), ModelInitConfig(), TrainConfig(), PPOConfig(), EvalConfig()
+
+
+def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
+    """The pipeline, its GPU settings fixed (a task's resources are not pipeline parameters)."""
+
+    def configure(task):
+        name = task.component_spec.name
+        cpu, memory = RESOURCES[name]
+        task.set_cpu_request(cpu).set_memory_request(memory)
+        if use_gpu and name in GPU_STEPS:
+            task.set_accelerator_type(accelerator).set_accelerator_limit(1).set_container_image(CUDA_IMAGE)
+        return task
+
+    @dsl.pipeline(name=NAME, description=__doc__.split("\n\n")[0].replace("\n", " "))
+    def hydra_rlhf(
+        base_model: str = "",
+        base_preset: str = _M.preset,
+        dataset: str = _D.source,
+        data_format: str = _D.format,
+        dataset_split: str = _D.dataset_split,
+        max_records: int = _D.max_records,
+        eval_fraction: float = _D.eval_fraction,
+        seed: int = _D.seed,
+        sft_steps: int = _T.steps,
+        sft_learning_rate: float = _T.learning_rate,
+        sft_demo_batch_size: int = _T.demo_batch_size,
+        sft_pair_batch_size: int = _T.pair_batch_size,
+        ppo_variants: List[str] = [_P.variant],
+        ppo_steps: int = _P.steps,
+        ppo_rollout_batch_size: int = _P.rollout_batch_size,
+        ppo_mini_batch_size: int = _P.mini_batch_size,
+        ppo_learning_rate: float = _P.learning_rate,
+        ppo_critic_learning_rate: float = _P.critic_learning_rate,
+        ppo_kl_coef: float = _P.kl_coef,
+        ppo_lora_rank: int = _P.lora_rank,
+        judge: str = _E.judge,
+        judge_model: str = _E.judge_model,
+        judge_base_url: str = _E.judge_base_url,
+        judge_secret: str = JUDGE_SECRET,
+        eval_max_prompts: int = _E.max_prompts,
+        data_config: dict = {},
+        sft_config: dict = {},
+        ppo_config: dict = {},
+        eval_config: dict = {},
+        tracking_uri: str = "",
+        experiment: str = DEFAULT_EXPERIMENT,
+        registered_sft_model: str = SFT_MODEL,
+        registered_policy_model: str = POLICY_MODEL,
+        champion_threshold: float = CHAMPION_THRESHOLD,
+    ):
+        tracking = dict(tracking_uri=tracking_uri, experiment=experiment)
+        prep = configure(data_prep(dataset=dataset, data_format=data_format, dataset_split=dataset_split,
+                                   max_records=max_records, eval_fraction=eval_fraction, seed=seed, config=data_config,
+                                   pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **tracking))
+        prep.set_display_name("data prep")
+        data, parent = prep.outputs["data"], prep.outputs["parent_run_id"]
+        sft = configure(hydra_sft(data=data, base_model=base_model, base_preset=base_preset, steps=sft_steps,
+                                  learning_rate=sft_learning_rate, demo_batch_size=sft_demo_batch_size,
+                                  pair_batch_size=sft_pair_batch_size, seed=seed, config=sft_config,
+                                  registered_model=registered_sft_model, parent_run_id=parent, **tracking))
+        sft.set_display_name("Hydra-SFT")
+        with dsl.ParallelFor(ppo_variants, name="ppo-variants") as variant:
+            ppo = configure(hydra_ppo(data=data, sft_model=sft.outputs["model"], variant=variant, steps=ppo_steps,
+                                      rollout_batch_size=ppo_rollout_batch_size, mini_batch_size=ppo_mini_batch_size,
+                                      learning_rate=ppo_learning_rate, critic_learning_rate=ppo_critic_learning_rate,
+                                      kl_coef=ppo_kl_coef, lora_rank=ppo_lora_rank, seed=seed, config=ppo_config,
+                                      parent_run_id=parent, **tracking))
+            ppo.set_display_name("Hydra-PPO")
+            judged = configure(pairwise_eval(data=data, candidate=ppo.outputs["policy"], baseline=sft.outputs["model"],
+                                             judge=judge, judge_model=judge_model, judge_base_url=judge_base_url,
+                                             max_prompts=eval_max_prompts, seed=seed, config=eval_config,
+                                             parent_run_id=parent, **tracking))
+            judged.set_display_name("pairwise eval")
+            kubernetes.use_secret_as_env(judged, secret_name=judge_secret,
+                                         secret_key_to_env={JUDGE_SECRET_KEY: _E.judge_api_key_env}, optional=True)
+            configure(register_model(evaluation=judged.outputs["evaluation"], policy_run_id=ppo.outputs["Output"],
+                                     registered_model=registered_policy_model, champion_threshold=champion_threshold,
+                                     parent_run_id=parent, **tracking)).set_display_name("register")
+        configure(compare_variants(evaluations=dsl.Collected(judged.outputs["evaluation"]), parent_run_id=parent,
+                                   **tracking)).set_display_name("compare")
+
+    return hydra_rlhf
+
+
+hydra_rlhf = build()
+
+
+def compile_pipeline(path: str, use_gpu: bool = False, accelerator: str = ACCELERATOR) -> str:
+    compiler.Compiler().compile(build(use_gpu, accelerator) if use_gpu else hydra_rlhf, path)
+    return path

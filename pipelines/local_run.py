@@ -1,0 +1,82 @@
+"""`hydra-rlhf run`: the whole pipeline in local processes (kfp's SubprocessRunner, this Python).
+
+Everything lands in one output folder: the kfp pipeline root (each task's artifacts), the kfp
+workspace, and, unless a tracking URI is given or MLFLOW_TRACKING_URI names one, the MLflow
+store: `mlflow.db` with its artifacts in `mlartifacts/`.
+"""
+
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+from kfp import local
+
+from pipelines.hydra_rlhf import hydra_rlhf
+
+
+def default_output_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+@contextmanager
+def _loop_inputs_kept():
+    """kfp 2.17's local runner hands a ParallelFor body the loop item in place of every other
+    upstream task output the loop takes in (`create_parameter_loop_iteration_task_spec`): each PPO
+    step would get its variant as the pipeline's parent run id. Keep those inputs as they were."""
+    from kfp.local.orchestrator import task_spec_utils
+
+    original = task_spec_utils.create_parameter_loop_iteration_task_spec
+
+    def iteration_spec(task_spec, loop_item, loop_task_name):
+        item_input = task_spec.parameter_iterator.item_input
+        kept = {name: spec for name, spec in task_spec.inputs.parameters.items()
+                if spec.HasField("task_output_parameter") and name != item_input}
+        iteration = original(task_spec, loop_item, loop_task_name)
+        for name, spec in kept.items():
+            iteration.inputs.parameters[name].CopyFrom(spec)
+        return iteration
+
+    task_spec_utils.create_parameter_loop_iteration_task_spec = iteration_spec
+    try:
+        yield
+    finally:
+        task_spec_utils.create_parameter_loop_iteration_task_spec = original
+
+
+def run_local(arguments: dict | None = None, output_dir: str | Path | None = None) -> dict:
+    """Run the pipeline with `arguments`; returns where its outputs and its MLflow records are."""
+    out = Path(output_dir or default_output_dir()).resolve()
+    if "kfp-workspace" in str(out):  # kfp 2.17 rewrites any path containing it as a workspace path
+        raise ValueError(f"{out}: the output folder's path must not contain 'kfp-workspace'")
+    out.mkdir(parents=True, exist_ok=True)
+    arguments = dict(arguments or {})
+    arguments["tracking_uri"] = (arguments.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+                                 or f"sqlite:///{out / 'mlflow.db'}")
+    root = out / "pipeline"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               workspace_root=str(out / "workspace"))
+    started = time.perf_counter()
+    with warnings.catch_warnings(), _loop_inputs_kept():
+        # The components name the project's image, not a "python" one; here they run in this Python.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        # Resources and secrets are for the cluster; the local runner says so once per task.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        hydra_rlhf(**arguments)
+    run_dir = max(root.iterdir(), key=lambda p: p.stat().st_mtime)
+    return {
+        "seconds": time.perf_counter() - started,
+        "output_dir": out,
+        "run_dir": run_dir,
+        "comparison": next(run_dir.glob("**/comparison"), None),
+        "reports": sorted(run_dir.glob("**/pairwise-eval/report")),
+        "tracking_uri": arguments["tracking_uri"],
+    }
+
+
+def browse_command(tracking_uri: str) -> str:
+    """How to look at the MLflow records of a run."""
+    if tracking_uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {tracking_uri}"
+    return f"open {tracking_uri} in a browser"

@@ -1,0 +1,177 @@
+"""The Kubeflow pipeline: compile, load back, GPU and secret settings, arguments, submit (against a fake
+kfp.Client: no KFP endpoint here), and a whole local run read back from its MLflow store."""
+
+import subprocess
+import sys
+
+import kfp
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from hydra_core import cli
+from hydra_core.config import DataConfig, EvalConfig, PPOConfig, TrainConfig, config_fields
+from pipelines.hydra_rlhf import hydra_rlhf
+
+TINY = [
+    "max_records=400", 'data_config={"arithmetic_eval_prompts": 40}',
+    "sft_steps=20", "sft_demo_batch_size=16", "sft_pair_batch_size=8",
+    'sft_config={"eval_every": 10, "log_every": 5, "greedy_eval_prompts": 16, "warmup_steps": 1}',
+    "ppo_steps=2", "ppo_rollout_batch_size=8", "ppo_mini_batch_size=4",
+    'ppo_config={"greedy_eval_prompts": 16, "ppo_epochs": 1}',
+    "eval_max_prompts=10",
+]
+
+
+def params(*pairs: str) -> list[str]:
+    return [arg for pair in pairs for arg in ("-p", pair)]
+
+
+def test_defaults_follow_the_stage_configs():
+    inputs = {name: spec.default for name, spec in hydra_rlhf.component_spec.inputs.items()}
+    assert inputs["sft_steps"] == TrainConfig().steps and inputs["sft_learning_rate"] == TrainConfig().learning_rate
+    assert inputs["ppo_steps"] == PPOConfig().steps and inputs["ppo_variants"] == [PPOConfig().variant]
+    assert inputs["ppo_kl_coef"] == PPOConfig().kl_coef and inputs["data_format"] == DataConfig().format
+    assert inputs["judge"] == EvalConfig().judge and inputs["eval_max_prompts"] == EvalConfig().max_prompts
+
+
+def test_compiled_pipeline_loads_back(tmp_path, capsys):
+    path = tmp_path / "hydra_rlhf.yaml"
+    assert cli.main(["compile", "-o", str(path)]) == 0
+    assert str(path) in capsys.readouterr().out
+    loaded = kfp.components.load_component_from_file(str(path))
+    assert loaded.name == "hydra-rlhf"
+    assert set(loaded.component_spec.inputs) == set(hydra_rlhf.component_spec.inputs)
+    spec, platform = yaml.safe_load_all(path.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    assert all("accelerator" not in e["container"].get("resources", {}) for e in executors.values())
+    assert all(e["container"]["image"].endswith("-cpu") for e in executors.values())
+    # the judge's key: from a secret, optional, never a parameter value
+    [secret] = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-pairwise-eval"]["secretAsEnv"]
+    assert secret["optional"] and secret["keyToEnv"] == [{"envVar": "OPENAI_API_KEY", "secretKey": "api-key"}]
+    assert not [name for name in spec["root"]["inputDefinitions"]["parameters"] if "key" in name]
+
+
+def test_gpu_compile_gives_the_training_steps_an_accelerator_and_the_cuda_image(tmp_path):
+    path = tmp_path / "gpu.yaml"
+    assert cli.main(["compile", "-o", str(path), "--gpu", "--accelerator", "nvidia.com/gpu"]) == 0
+    executors = next(yaml.safe_load_all(path.read_text()))["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        container = executor["container"]
+        on_gpu = name in ("exec-hydra-sft", "exec-hydra-ppo", "exec-pairwise-eval")
+        assert ("accelerator" in container["resources"]) == on_gpu, name
+        assert container["image"].endswith("-cuda" if on_gpu else "-cpu"), name
+        assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryRequest"]
+    assert executors["exec-hydra-ppo"]["container"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sft_stpes=3"], "unknown pipeline parameter 'sft_stpes'"),
+    (["sft_steps=many"], "sft_steps expects integer"),
+    (["ppo_variants=hydra,ppo2"], "['ppo2'] is not allowed"),
+    (["judge=gpt"], "['gpt'] is not allowed"),
+    (["ppo_config=[1]"], "ppo_config expects dict"),
+    (["sft_steps"], "expected NAME=VALUE"),
+])
+def test_bad_pipeline_arguments_are_refused_before_anything_runs(argv, message, capsys):
+    assert cli.main(["run", *params(*argv)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_submit_sends_the_compiled_pipeline_with_typed_arguments(monkeypatch, capsys):
+    calls = {}
+
+    class FakeClient:  # kfp.Client's surface that submit uses; no KFP endpoint can be reached here
+        def __init__(self, **kwargs):
+            calls["client"] = kwargs
+
+        def create_run_from_pipeline_package(self, package, arguments, **kwargs):
+            calls["pipeline"] = kfp.components.load_component_from_file(package).name
+            calls["run"] = {"arguments": arguments, **kwargs}
+            return type("Result", (), {"run_id": "run-123"})()
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    argv = ["submit", "--host", "https://kfp.example.com/pipeline", "--namespace", "team", "--run-name", "r1",
+            "--experiment-name", "hydra", *params("sft_steps=300", "ppo_variants=lora,hydra", 'ppo_config={"a": 1}')]
+    assert cli.main(argv) == 0
+    assert "run-123" in capsys.readouterr().out
+    assert calls["client"] == {"host": "https://kfp.example.com/pipeline", "namespace": "team"}
+    assert calls["pipeline"] == "hydra-rlhf"
+    assert calls["run"]["arguments"] == {"sft_steps": 300, "ppo_variants": ["lora", "hydra"], "ppo_config": {"a": 1}}
+    assert calls["run"]["run_name"] == "r1" and calls["run"]["experiment_name"] == "hydra"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--host", "kfp.example.com"], "http(s) URL"),
+    (["--host", "http://x", "--package", "missing.yaml"], "no such compiled pipeline file"),
+])
+def test_submit_refuses_bad_input(argv, message, capsys):
+    assert cli.main(["submit", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_hydra_core_imports_no_kfp():
+    code = ("import importlib, pkgutil, sys, hydra_core\n"
+            "for m in pkgutil.walk_packages(hydra_core.__path__, 'hydra_core.'): importlib.import_module(m.name)\n"
+            "from hydra_core import cli; cli.build_parser()\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'kfp'], 'kfp was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tiny stages last seconds
+    out = tmp_path / "run"
+    argv = ["run", "--output-dir", str(out), *params(*TINY, "ppo_variants=lora,hydra", "champion_threshold=-1")]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri {uri}" in printed and "| lora |" in printed and "| hydra |" in printed
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED" and {"lora/win_rate", "hydra/win_rate"} <= set(parent.data.metrics)
+    assert "comparison.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    nested = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(nested) == {"data-prep", "hydra-sft", "ppo-lora", "ppo-hydra", "pairwise-eval", "register-lora",
+                           "register-hydra"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    def metrics(run):
+        return set(run.data.metrics)
+
+    sft, ppo, prep = nested["hydra-sft"], nested["ppo-hydra"], nested["data-prep"]
+    assert {"train/loss", "train/lm_loss", "train/reward_loss", "train/reward_accuracy", "eval/reward_accuracy",
+            "memory/peak_bytes", "memory/param_bytes", "time/samples_per_s"} <= metrics(sft)
+    assert any(m.startswith("system/") for m in metrics(sft))
+    assert len(client.get_metric_history(sft.info.run_id, "train/loss")) == 4  # a curve, one point per log
+    assert set(sft.data.params) == {f.name for f in config_fields(TrainConfig)}
+    assert {"objective/kl", "objective/scores", "objective/rlhf_reward", "policy/clipfrac", "loss/policy",
+            "loss/value", "eval/gold_accuracy", "memory/peak_bytes", "time/s_per_sample"} <= metrics(ppo)
+    assert nested["ppo-lora"].data.tags["variant"] == "lora"
+    assert all({"eval/win_rate", "eval/win_rate_low"} <= metrics(r) for r in runs if r.info.run_name == "pairwise-eval")
+
+    def artifacts(run, path=None):
+        found = set()
+        for a in client.list_artifacts(run.info.run_id, path):
+            found |= artifacts(run, a.path) if a.is_dir else {a.path}
+        return found
+
+    assert "data/manifest.json" in artifacts(prep)
+    assert {d.dataset.name for d in prep.inputs.dataset_inputs} >= {"pairs_train", "demos_train", "prompts_eval"}
+    assert {"model/config.json", "model/model.safetensors", "model/train_summary.json"} <= artifacts(sft)
+    assert {"ppo_curves.png", "model/config.json", "model/ppo_summary.json"} <= artifacts(ppo)
+    evaluation = next(r for r in runs if r.info.run_name == "pairwise-eval")
+    assert {"eval/report.html", "eval/winrate.png", "eval/judgments_table.json"} <= artifacts(evaluation)
+
+    [sft_version] = client.search_model_versions("name='hydra-rlhf-sft'")
+    assert sft_version.run_id == sft.info.run_id and sft_version.tags["variant"] == "hydra-sft"
+    versions = client.search_model_versions("name='hydra-rlhf-policy'")
+    assert sorted(v.tags["variant"] for v in versions) == ["hydra", "lora"]
+    by_variant = {v.tags["variant"]: v for v in versions}
+    assert by_variant["hydra"].run_id == ppo.info.run_id and by_variant["hydra"].source.endswith("/model")
+    candidate = client.get_model_version_by_alias("hydra-rlhf-policy", "candidate")
+    champion = client.get_model_version_by_alias("hydra-rlhf-policy", "champion")  # threshold -1: always beaten
+    assert {candidate.version, champion.version} <= {v.version for v in versions}
+    assert {v.tags["pipeline_run_id"] for v in versions} == {parent.info.run_id}

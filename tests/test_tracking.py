@@ -1,0 +1,255 @@
+"""MLflow tracking: the tracker on a sqlite store, the tracked stages against a real `mlflow server`,
+and a server that does not answer (the stage goes on, the records wait on disk and replay later)."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from conftest import tiny_train_config
+from hydra_core import cli
+from hydra_core.config import DataConfig, PPOConfig, TrainConfig
+from hydra_core.tracking import stages
+from hydra_core.tracking.mlflow_tracker import JOURNAL, PENDING_DIR, MlflowTracker, replay
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sqlite_uri(directory: Path) -> str:
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for entry in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, entry.path) if entry.is_dir else {entry.path}
+    return out
+
+
+def journal_ops(pending: Path) -> list[str]:
+    return [json.loads(line)["op"] for line in (pending / JOURNAL).read_text().splitlines()]
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A run's worth of things to log: a plot-like file and a JSONL table."""
+    (tmp_path / "plot.png").write_bytes(b"\x89PNG fake")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"{i}+1=", "outcome": "win"}) + "\n" for i in range(3)))
+    return tmp_path
+
+
+def test_nested_run_with_metrics_artifacts_table_dataset_and_registered_version(tmp_path, files, monkeypatch):
+    monkeypatch.chdir(files)
+    uri = sqlite_uri(tmp_path)
+    parent = MlflowTracker(uri, "pipeline", tmp_path / "p" / PENDING_DIR, system_metrics=False)
+    run = MlflowTracker(uri, "stage", tmp_path / "s" / PENDING_DIR, parent_run_id=parent.run_id,
+                        tags={"variant": "hydra"}, system_metrics=False)
+    run.log_params({"steps": 3, "lr": 0.1})
+    run.log_metrics({"train/loss": 2.0, "eval/win_rate": math.nan}, step=1)
+    run.log_metrics({"train/loss": 1.0, "skipped": None}, step=2)
+    run.log_artifact(files / "plot.png")
+    run.log_table(files / "rows.jsonl", "eval/table.json")
+    run.log_dataset(files / "rows.jsonl", "prompts_eval", "evaluation")
+    version = run.register_model("policy", "plot.png", {"variant": "hydra"}, aliases=["candidate"])
+    run.close()
+
+    client = MlflowClient(uri)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert got.data.params == {"steps": "3", "lr": "0.1"} and got.data.tags["variant"] == "hydra"
+    assert [m.value for m in client.get_metric_history(run.run_id, "train/loss")] == [2.0, 1.0]
+    assert math.isnan(got.data.metrics["eval/win_rate"]) and "skipped" not in got.data.metrics
+    assert artifact_paths(client, run.run_id) == {"plot.png", "eval/table.json"}
+    assert [(d.dataset.name, d.tags[0].value) for d in got.inputs.dataset_inputs] == [("prompts_eval", "evaluation")]
+    assert version == "1" and client.get_model_version_by_alias("policy", "candidate").run_id == run.run_id
+    # artifacts live beside the database, not in whatever directory the process ran from
+    assert (tmp_path / "mlartifacts").is_dir() and not (files / "mlruns").exists()
+    assert run.status() == {"state": "sent", "tracking_uri": uri, "run_id": run.run_id}
+
+
+def test_no_tracking_uri_records_nothing(tmp_path, files, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = stages.Tracking().tracker("stage", tmp_path)
+    run.log_params({"a": 1})
+    run.log_artifact(files / "plot.png")
+    assert run.register_model("m", "x", {}) == "" and run.run_id == ""
+    run.close()
+    assert run.status()["state"] == "off" and not (tmp_path / PENDING_DIR).exists()
+
+
+def test_failure_mid_run_journals_the_rest_and_replays_into_the_same_run(tmp_path, files):
+    uri = sqlite_uri(tmp_path)
+    run = MlflowTracker(uri, "stage", files / PENDING_DIR, system_metrics=False)
+    run.log_metrics({"loss": 3.0}, step=1)
+
+    def down(*args, **kwargs):
+        raise ConnectionError("tracking server went away")
+
+    run._sender.client.log_batch = down
+    with pytest.warns(RuntimeWarning, match="went away"):
+        run.log_metrics({"loss": 2.0}, step=2)
+    run.log_artifact(files / "plot.png", "plots")
+    run.close()
+    assert run.state == "pending" and journal_ops(files / PENDING_DIR) == ["start", "metrics", "artifact", "end"]
+
+    assert replay(files / PENDING_DIR) == run.run_id  # the journal names the URI and the run
+    client = MlflowClient(uri)
+    assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [3.0, 2.0]
+    assert artifact_paths(client, run.run_id) == {"plots/plot.png"}
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert not (files / PENDING_DIR / JOURNAL).exists()  # sent once, never twice
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(steps="ten"), "TrainConfig.steps expects int"),
+    (dict(mode="dpo"), "TrainConfig.mode must be one of"),
+    (dict(stpes=3), "has no field"),
+])
+def test_stage_config_refuses_bad_values(values, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        stages.stage_config(TrainConfig, {}, **values)
+
+
+def test_stage_config_takes_parameters_then_overrides():
+    # Kubeflow and JSON send every number as a float
+    cfg = stages.stage_config(PPOConfig, {"eval_every": 4.0, "kl_coef": 1}, steps=3, variant="lora", lora_rank=None)
+    assert (cfg.steps, cfg.eval_every, cfg.kl_coef, cfg.variant) == (3, 4, 1.0, "lora")
+    assert type(cfg.eval_every) is int and type(cfg.kl_coef) is float and cfg.lora_rank == PPOConfig().lora_rank
+    with pytest.raises(ValueError, match="given both"):
+        stages.stage_config(PPOConfig, {"steps": 2}, steps=3)
+
+
+def test_unreachable_server_the_stage_finishes_and_its_records_wait_on_disk(tmp_path, base_model_dir, arithmetic_dir,
+                                                                            capsys):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    out = tmp_path / "sft"
+    cfg = tiny_train_config(base_model_dir, arithmetic_dir, str(out))
+    started = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="MLflow tracking at .* failed"):
+        summary = stages.sft(cfg, stages.Tracking(uri=dead), registered_model="hydra-sft-test")
+    assert time.monotonic() - started < 120
+    assert any(out.glob("*.safetensors"))  # trained and saved
+    pending = out / PENDING_DIR
+    assert summary["tracking"]["state"] == "pending" and summary["tracking"]["pending"] == str(pending / JOURNAL)
+    assert json.loads((out / "train_summary.json").read_text())["tracking"]["state"] == "pending"
+    ops = journal_ops(pending)
+    assert ops[0] == "start" and {"params", "metrics", "dataset", "artifact", "register"} <= set(ops)
+    assert f"hydra-rlhf sync-tracking {pending}" in capsys.readouterr().out
+
+    # later, with a store that answers
+    uri = sqlite_uri(tmp_path)
+    assert cli.main(["sync-tracking", str(pending), "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])[0]
+    assert run.info.run_name == "hydra-sft" and "train/loss" in run.data.metrics
+    assert set(run.data.params) == {f for f in vars(cfg)}
+    [version] = client.search_model_versions("name='hydra-sft-test'")
+    assert version.run_id == run.info.run_id and version.tags["variant"] == "hydra-sft"
+
+
+def test_stage_cli_logs_to_mlflow_when_given_a_tracking_uri(tmp_path, hydra_sft_dir, arithmetic_dir):
+    uri = sqlite_uri(tmp_path)
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--candidate", hydra_sft_dir, "--baseline", hydra_sft_dir, "--prompts", arithmetic_dir,
+                     "--output-dir", str(out), "--max-prompts", "4", "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])
+    assert run.info.run_name == "pairwise-eval" and run.data.metrics["eval/win_rate"] == 0.5  # itself: all ties
+    assert {"eval/report.html", "eval/judgments_table.json"} <= artifact_paths(client, run.info.run_id)
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["prompts_eval"]
+    assert json.loads((out / "summary.json").read_text())["tracking"]["run_id"] == run.info.run_id
+
+
+def test_sync_tracking_refuses_a_folder_without_a_journal(tmp_path, capsys):
+    assert cli.main(["sync-tracking", str(tmp_path)]) == 2
+    assert "no such journal" in capsys.readouterr().err
+
+
+# --- a real tracking server ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    url = f"http://127.0.0.1:{free_port()}"
+    log = (root / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # its own group: the workers go with it
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up:\n{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def test_stages_log_to_a_live_server(mlflow_server, tmp_path, base_model_dir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # what a pod gets from its platform
+    tracking = stages.Tracking(experiment="server-test")
+    tracking.parent_run_id = stages.open_pipeline_run(tracking, "pipeline-run")
+    data = stages.prepare_data(DataConfig(output_dir=str(tmp_path / "data"), max_records=200,
+                                          arithmetic_eval_prompts=20), tracking)
+    sft = stages.sft(tiny_train_config(base_model_dir, str(tmp_path / "data"), str(tmp_path / "sft")), tracking,
+                     registered_model="server-sft")
+    stages.compare_variants(tracking, [{"variant": "none", "win_rate": 0.5, "win_rate_low": 0.4}], tmp_path / "cmp")
+
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(tracking.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["none/win_rate"] == 0.5
+    for summary, name in ((data, "data-prep"), (sft, "hydra-sft")):
+        run = client.get_run(summary["tracking"]["run_id"])
+        assert run.info.run_name == name and run.data.tags["mlflow.parentRunId"] == tracking.parent_run_id
+    assert {d.dataset.name for d in client.get_run(data["tracking"]["run_id"]).inputs.dataset_inputs} == {
+        "pairs_train", "pairs_eval", "demos_train", "demos_eval", "prompts_train", "prompts_eval"}
+    sft_run = sft["tracking"]["run_id"]
+    assert len(client.get_metric_history(sft_run, "train/loss")) >= 2
+    # the server stores the artifacts (--serve-artifacts): download one back through it
+    assert "model/config.json" in artifact_paths(client, sft_run)
+    config = client.download_artifacts(sft_run, "model/config.json", str(tmp_path))
+    assert json.loads(Path(config).read_text())["model_type"] == "llama"
+    version = client.get_model_version("server-sft", sft["tracking"]["model_version"])
+    assert version.source == f"runs:/{sft_run}/model" and version.tags["pipeline_run_id"] == tracking.parent_run_id
+
+
+def test_pending_records_replay_into_a_live_server(mlflow_server, tmp_path, files):
+    run = MlflowTracker(f"http://127.0.0.1:{free_port()}", "offline", files / PENDING_DIR, experiment="server-test")
+    run.log_params({"steps": 2})
+    run.log_metrics({"objective/kl": 0.5}, step=1)
+    run.log_artifact(files / "plot.png")
+    run.close()
+    assert run.state == "pending" and run.run_id == ""
+
+    run_id = replay(files / PENDING_DIR, mlflow_server)
+    got = MlflowClient(mlflow_server).get_run(run_id)
+    assert got.data.params == {"steps": "2"} and got.data.metrics == {"objective/kl": 0.5}
+    assert got.info.run_name == "offline" and got.info.status == "FINISHED"
