@@ -14,13 +14,28 @@ import torch
 
 
 def peak_rss_bytes() -> int:
+    """Peak RSS since the last `reset_peak` (Linux VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
 def reset_peak(device: torch.device) -> None:
+    """Start a new peak: per phase on CUDA; on Linux CPUs by resetting the kernel's peak RSS mark."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not permitted: the peak stays the process-lifetime one
+        pass
 
 
 def peak_bytes(device: torch.device) -> int:
@@ -60,6 +75,8 @@ def model_memory(modules, optimizers=(), trainable=None) -> dict[str, int]:
         "memory/trainable_params": sum(p.numel() for p in params if id(p) in trained),
         "memory/param_bytes": sum(_tensor_bytes(p) for p in params),
         "memory/trainable_param_bytes": sum(_tensor_bytes(p) for p in params if id(p) in trained),
-        "memory/grad_bytes": sum(_tensor_bytes(p.grad) for p in params if p.grad is not None),
+        # every trained parameter holds a gradient of its own size during a step; counted from the
+        # parameters because the gradients are freed (set to None) between steps
+        "memory/grad_bytes": sum(_tensor_bytes(p) for p in params if id(p) in trained),
         "memory/optimizer_bytes": optimizer_state,
     }

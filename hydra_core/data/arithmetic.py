@@ -20,12 +20,7 @@ from hydra_core.data.schema import Demonstration, EvalPrompt, PreferencePair
 
 FORGET_CARRY_RATE = 0.7  # on problems whose units digits carry
 SLIP_RATE = 0.05  # small slips on every other problem
-# Every pair's prompt gets a units-digit slip, the error that is hardest for a reward head to see
-# (the response differs from the right one in its last digit only); the other rejected answer is
-# drawn from the remaining kinds.
-UNITS_SLIP = "units-slip"
-OTHER_KINDS = ("forgot-carry", "tens-slip", "random", "reversed")
-REJECTED_KINDS = (UNITS_SLIP, *OTHER_KINDS)
+REJECTED_KINDS = ("forgot-carry", "near-miss", "random", "reversed")
 
 _ANSWER = re.compile(r"^\s*(-?\d+)\s*$")
 
@@ -52,16 +47,12 @@ def has_carry(a: int, b: int) -> bool:
     return a % 10 + b % 10 >= 10
 
 
-def _units_slip(rng: random.Random, correct: int) -> int:
-    return correct + rng.choice((-1, 1, -2, 2))
-
-
-def _tens_slip(rng: random.Random, correct: int) -> int:
-    return correct + rng.choice((-10, 10, -11, 11, -9, 9))
+def _near_miss(rng: random.Random, correct: int) -> int:
+    return correct + rng.choice((-1, 1, -2, 2, -10, 10, -11, 11, 1 - 10, 10 - 1))
 
 
 def wrong_answer(rng: random.Random, a: int, b: int, kind: str) -> int:
-    """A wrong sum of the given kind; falls back to a tens slip where the kind does not apply."""
+    """A wrong sum of the given kind; falls back to a near miss where the kind does not apply."""
     correct = a + b
     if kind == "forgot-carry" and has_carry(a, b):
         candidate = correct - 10
@@ -69,12 +60,10 @@ def wrong_answer(rng: random.Random, a: int, b: int, kind: str) -> int:
         candidate = rng.randint(10, 198)
     elif kind == "reversed":
         candidate = int(str(correct)[::-1])
-    elif kind == UNITS_SLIP:
-        candidate = _units_slip(rng, correct)
     else:
-        candidate = _tens_slip(rng, correct)
+        candidate = _near_miss(rng, correct)
     while candidate == correct or candidate < 0:
-        candidate = _tens_slip(rng, correct)
+        candidate = _near_miss(rng, correct)
     return candidate
 
 
@@ -107,8 +96,7 @@ def build_task(cfg: DataConfig) -> dict:
             prompt, source = make_prompt(a, b), f"arithmetic[{name}]:problem {i}"
             demos.append(Demonstration(prompt, str(annotate(rng, a, b)), source))
             prompts.append(EvalPrompt(prompt, str(a + b), source))
-            others = rng.sample(OTHER_KINDS, k=min(cfg.arithmetic_pairs_per_prompt - 1, len(OTHER_KINDS)))
-            kinds = [UNITS_SLIP, *others][: cfg.arithmetic_pairs_per_prompt]
+            kinds = rng.sample(REJECTED_KINDS, k=min(cfg.arithmetic_pairs_per_prompt, len(REJECTED_KINDS)))
             for kind in kinds:
                 pairs.append(PreferencePair(prompt, str(a + b), str(wrong_answer(rng, a, b, kind)), source))
         return {f"demos_{name}": demos, f"pairs_{name}": pairs, f"prompts_{name}": prompts}

@@ -1,0 +1,78 @@
+"""The PPO-variants benchmark runs end to end on the tiny preset and writes sane figures.
+
+One small run (tiny-llama, batch 2, one iteration, SFT + full + hydra, each in its own process);
+the assertions read the JSON it writes. The numbers themselves are the benchmark's business.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hydra_core.models.hydra import load_hydra
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ppo_variants.py"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, base_model_dir):
+    out = tmp_path_factory.mktemp("bench")
+    # The script's model cache, filled here from the session's tiny base model (saves a process).
+    cache = out / "models" / "tiny-llama"
+    shutil.copytree(base_model_dir, cache / "base")
+    load_hydra(base_model_dir, heads=("reward",), dtype=torch.float32).save(cache / "hydra-sft", kind="hydra-sft")
+    cmd = [sys.executable, str(SCRIPT), "--sizes", "tiny-llama", "--variants", "sft,full,hydra", "--batch", "2",
+           "--prompt-length", "6", "--new-tokens", "3", "--iterations", "1", "--warmup", "0", "--lora-rank", "4",
+           "--threads", "1", "--device", "cpu", "--out", str(out / "results"), "--cache-dir", str(out / "models")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "building" not in done.stdout  # the cache was used
+    return out / "results", json.loads((out / "results" / "ppo_variants.json").read_text()), done.stdout
+
+
+def test_every_run_has_sane_figures(report):
+    _, data, _ = report
+    runs = {r["variant"]: r for r in data["runs"]}
+    assert set(runs) == {"sft", "full", "hydra"}
+    for name, r in runs.items():
+        assert r["status"] == "ok", r
+        assert r["size"] == "tiny-llama" and r["batch"] == 2
+        assert r["peak_bytes"] > r["baseline_bytes"] > 0
+        assert r["net_peak_bytes"] == r["peak_bytes"] - r["baseline_bytes"]
+        assert r["s_per_sample"] > 0 and r["tokens_per_s"] > 0
+        mem = r["memory"]
+        for key in ("memory/params", "memory/trainable_params", "memory/param_bytes", "memory/grad_bytes",
+                    "memory/optimizer_bytes"):
+            assert mem[key] > 0, (name, key)
+        assert mem["memory/trainable_params"] <= mem["memory/params"]
+        # AdamW keeps two fp32 moments per trained weight; the gradients match the trained weights
+        assert mem["memory/optimizer_bytes"] >= 2 * mem["memory/trainable_param_bytes"]
+        assert mem["memory/grad_bytes"] == mem["memory/trainable_param_bytes"]
+    for name in ("full", "hydra"):  # every response ran to the cap: equal work per variant
+        assert runs[name]["response_length"] == 3 and runs[name]["eos_rate"] == 0
+        assert set(runs[name]["phases_s"]) == {"generation", "scoring", "training"}
+
+
+def test_hydra_trains_a_sliver_of_one_backbone_and_full_holds_four(report):
+    _, data, _ = report
+    runs = {r["variant"]: r for r in data["runs"]}
+    full, hydra, sft = (runs[v]["memory"] for v in ("full", "hydra", "sft"))
+    assert runs["full"]["backbones"] == 4 and runs["hydra"]["backbones"] == 1
+    assert hydra["memory/trainable_params"] < 0.2 * full["memory/trainable_params"]
+    # full: actor, critic, reference and reward model; hydra: one backbone plus adapters and two heads
+    assert 3.5 < full["memory/params"] / hydra["memory/params"] <= 4.0
+    assert full["memory/params"] / sft["memory/params"] == pytest.approx(4, rel=0.01)
+    assert hydra["memory/optimizer_bytes"] < full["memory/optimizer_bytes"] / 10
+
+
+def test_report_files_and_targets(report):
+    out, data, stdout = report
+    assert (out / "ppo_variants.png").stat().st_size > 1000
+    names = {t["target"] for t in data["targets"]}
+    assert any("SFT" in n for n in names) and any("full-PPO" in n for n in names)
+    assert all(t["verdict"] in ("PASS", "MISS") for t in data["targets"])
+    assert "| tiny-llama | hydra" in stdout and "targets" in stdout
