@@ -58,12 +58,12 @@ class TrainConfig:
     steps: int = 1500
     demo_batch_size: int = 128
     pair_batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
     reward_loss_weight: float = 1.0
     max_grad_norm: float = 1.0  # 0 = no clipping
-    adam_beta2: float = 0.999
+    adam_beta2: float = 0.98
     max_length: int = 512
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
@@ -109,7 +109,7 @@ class PPOConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     lora_rank: int = 8
     lora_alpha: int = 16
-    kl_coef: float = 0.1
+    kl_coef: float = 0.5
     kl_estimator: Literal["k1", "k3"] = "k1"
     kl_ceiling: float = 10.0  # warn when the mean sequence KL passes this
     gamma: float = 1.0
