@@ -51,13 +51,17 @@ class Tracking:
     def tracker(self, run_name: str, record_dir: str | Path, *, run_id: str = "", tags: dict | None = None,
                 system_metrics: bool = True) -> MlflowTracker:
         uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-        # In a distributed run only rank 0 records, as the stages themselves do.
-        if os.environ.get("RANK", "0") != "0":
+        if not _main_process():
             uri = ""
         return MlflowTracker(uri, run_name, Path(record_dir) / PENDING_DIR,
                              experiment=self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT),
                              parent_run_id=self.parent_run_id, run_id=run_id, tags={**self.tags, **(tags or {})},
                              system_metrics=system_metrics)
+
+
+def _main_process() -> bool:
+    """In a distributed run only rank 0 records, as the stages themselves do."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def stage_config(cls, overrides: dict | None = None, **values):
@@ -127,7 +131,7 @@ def _stage_run(tracking: Tracking, run_name: str, output_dir: str | Path, summar
         run.close("FAILED")
         raise
     run.close("FINISHED")
-    if summary_file is not None and summary_file.exists():
+    if summary_file is not None and summary_file.exists() and _main_process():
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
         summary["tracking"] = run.status()
         tmp = summary_file.with_name(summary_file.name + ".tmp")
