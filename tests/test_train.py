@@ -28,6 +28,7 @@ def test_each_mode_trains_and_saves_its_heads(tmp_path, base_model_dir, arithmet
     rows = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6]
     assert json.loads((tmp_path / mode / SUMMARY_FILE).read_text())["steps"] == 6
+    assert (tmp_path / mode / "train_curves.png").stat().st_size > 0
 
 
 def test_hydra_sft_loss_goes_down(tmp_path, base_model_dir, arithmetic_dir):

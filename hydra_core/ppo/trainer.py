@@ -60,7 +60,7 @@ def _mean(rows: list[dict]) -> dict[str, float]:
 
 def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, scheduler, step: int,
                   last_checkpoint) -> dict[str, float]:
-    device, tokenizer = stack.device, stack.policy_model.tokenizer
+    device = stack.device
     timings, peaks = {}, {}
 
     # 1. rollout

@@ -20,18 +20,20 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from hydra_core.config import TrainConfig, save_config, to_dict
-from hydra_core.data.encoding import lm_batch, pad_right, pair_batch
+from hydra_core.data.encoding import lm_batch, pair_batch
 from hydra_core.data.schema import load_split
 from hydra_core.data.tasks import verifier_for
 from hydra_core.memory import model_memory, peak_bytes
 from hydra_core.models.hydra import HydraModel, load_hydra
 from hydra_core.models.lora import add_lora
+from hydra_core.plots import plot_curves
 from hydra_core.runtime import seed_everything
 from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 from hydra_core.train.batching import BatchStream
 from hydra_core.train.metrics import demo_loss, gold_accuracy, lm_loss, pairwise_loss, reward_accuracy
 
 SUMMARY_FILE = "train_summary.json"
+CURVES = ("train/loss", "train/lm_loss", "train/reward_loss", "eval/reward_accuracy", "eval/lm_loss", "train/lr")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -117,7 +119,8 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
     seed_everything(cfg.seed)
     output_dir = Path(cfg.output_dir)
     main = accelerator.is_main_process
-    tracker = MultiTracker(JsonlTracker(output_dir), tracker) if main else Tracker()
+    local = JsonlTracker(output_dir) if main else None
+    tracker = MultiTracker(local, tracker) if main else Tracker()
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "train_config.json")
@@ -213,5 +216,7 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
         summary = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in summary.items()}
         (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        if plot_curves(local.history, CURVES, output_dir / "train_curves.png", title=f"{cfg.mode} training"):
+            tracker.log_artifact(output_dir / "train_curves.png")
     accelerator.wait_for_everyone()
     return summary if main else {}
