@@ -7,8 +7,6 @@ import json
 import sys
 
 from hydra_core import config as C
-from hydra_core.data.schema import DataError
-from hydra_core.eval.judges import JudgeConfigError
 from hydra_core.tracking.stages import Tracking
 
 
@@ -108,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     cls, handler, _ = COMMANDS[args.command]
     try:
         handler(C.from_args(cls, args), Tracking(getattr(args, "tracking_uri", "")))
-    except (DataError, FileNotFoundError, JudgeConfigError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad input or settings (DataError is a ValueError)
         print(f"hydra-rlhf {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

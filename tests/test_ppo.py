@@ -187,3 +187,9 @@ def test_clipped_losses():
     v_loss, _ = A.value_loss(torch.tensor([[2.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]),
                              torch.ones(1, 1), clip_range_value=0.2)
     assert v_loss.item() == pytest.approx(0.5 * max((2 - 1) ** 2, (0.2 - 1) ** 2))
+
+
+def test_a_model_without_a_trained_reward_head_is_refused_as_reward_model(tmp_path, base_model_dir, arithmetic_dir):
+    for variant in ("hydra", "lora"):
+        with pytest.raises(ValueError, match=r"no trained reward head.*--variant " + variant):
+            PolicyStack(tiny_ppo(base_model_dir, arithmetic_dir, tmp_path, variant=variant), torch.device("cpu"))

@@ -6,10 +6,8 @@ which response is the candidate's: `pairwise` shows it both orders and reads the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
@@ -17,7 +15,7 @@ import torch
 from hydra_core.data.encoding import pair_batch
 from hydra_core.data.schema import PreferencePair
 from hydra_core.data.tasks import Verifier
-from hydra_core.models.hydra import CONFIG_FILE, load_hydra
+from hydra_core.models.hydra import load_hydra, require_reward_head
 from hydra_core.runtime import pick_device
 
 Verdict = Literal["A", "B", "tie", "error"]
@@ -86,14 +84,10 @@ class RewardModelJudge:
     concurrency = 1  # one model on one device: threads would only contend for it
 
     def __init__(self, path: str, *, trust_remote_code: bool = False):
-        config = Path(path) / CONFIG_FILE
-        heads = json.loads(config.read_text()).get("heads", []) if config.exists() else []
-        if "reward" not in heads:
-            # load_hydra would give such a directory a fresh random head: judgments by noise.
-            raise JudgeConfigError(
-                f"{path} has no trained reward head (no 'reward' in its {CONFIG_FILE}); "
-                "pass --reward-model a Hydra-SFT or reward-model directory"
-            )
+        try:
+            require_reward_head(path, "the reward-model judge (--reward-model)")
+        except ValueError as e:
+            raise JudgeConfigError(str(e)) from None
         self.path = path
         self.trust_remote_code = trust_remote_code
 

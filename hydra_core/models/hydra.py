@@ -143,6 +143,20 @@ def _merged_copy(peft_model: nn.Module) -> nn.Module:
     return copy.deepcopy(peft_model).merge_and_unload()
 
 
+def saved_heads(path: str | Path) -> list[str]:
+    """The heads a directory holds trained weights for (none for a plain causal LM)."""
+    config = Path(path) / CONFIG_FILE
+    return json.loads(config.read_text()).get("heads", []) if config.exists() else []
+
+
+def require_reward_head(path: str | Path, role: str) -> None:
+    # load_hydra would give such a directory a fresh random head: a reward of pure noise.
+    if "reward" not in saved_heads(path):
+        raise ValueError(f"{path} has no trained reward head (no 'reward' in its {CONFIG_FILE}), so it cannot "
+                         f"serve as {role}; use a Hydra-SFT or reward-model directory ('hydra-rlhf sft --mode "
+                         "hydra' or '--mode rm')")
+
+
 def is_hydra_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).exists()
 

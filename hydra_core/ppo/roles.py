@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from hydra_core.config import PPOConfig
-from hydra_core.models.hydra import HydraModel, load_hydra
+from hydra_core.models.hydra import HydraModel, load_hydra, require_reward_head
 from hydra_core.models.lora import add_lora
 from hydra_core.runtime import default_dtype
 
@@ -69,6 +69,8 @@ class PolicyStack:
         self.device = device
         self.autocast_dtype = default_dtype(device) if device.type == "cuda" else None
         paths = {"policy": cfg.model, "reward": cfg.reward_model or cfg.model}
+        reward_path = paths[SOURCES.get(self.reward.model, ("reward",))[0]]
+        require_reward_head(reward_path, f"the reward model of --variant {cfg.variant}")
         # A critic that also serves as the reward model (lora-dynamic) keeps its reward head.
         critic_heads = ("reward", "value") if self.reward.model == "critic" else ("value",)
         sources = {**SOURCES, "critic": ("reward", critic_heads)}
