@@ -58,7 +58,7 @@ class TrainConfig:
     steps: int = 1500
     demo_batch_size: int = 128
     pair_batch_size: int = 64
-    learning_rate: float = 3e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 0.1
     warmup_steps: int = 100
     reward_loss_weight: float = 1.0
@@ -67,6 +67,8 @@ class TrainConfig:
     max_length: int = 512
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
+    # auto = bf16 autocast (fp32 weights) on a bf16 GPU or a CPU with native bf16 maths, else fp32
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     lora_rank: int = 0  # 0 = train the backbone in full
     lora_alpha: int = 16
     lora_dropout: float = 0.0

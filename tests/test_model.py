@@ -64,6 +64,19 @@ def test_hydra_round_trip_gives_identical_logits_and_rewards(tmp_path, hydra_sft
     assert config["kind"] == "hydra-sft" and config["heads"] == ["reward", "value"]
 
 
+def test_heads_read_in_fp32_under_bf16_autocast(hydra_sft_dir):
+    model = load_hydra(hydra_sft_dir, heads=("reward", "value")).eval()
+    batch = left_padded_prompts(model.tokenizer, ["12+34=46", "99+1=100"], 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch, reward=True, value=True)
+    assert out.logits.dtype == torch.bfloat16  # the backbone's matmuls did run in bf16
+    assert out.rewards.dtype == out.values.dtype == torch.float32
+    with torch.no_grad():  # the same hidden states through the head in full precision
+        expected = model.heads["value"](out.hidden.float()).squeeze(-1)
+    torch.testing.assert_close(out.values, expected, rtol=0, atol=0)
+    torch.testing.assert_close(out.rewards, out.values[:, -1], rtol=1e-6, atol=1e-6)  # left padding: last column
+
+
 def test_value_head_starts_as_a_copy_of_the_reward_head(hydra_sft_dir):
     model = load_hydra(hydra_sft_dir, heads=("reward", "value"))
     assert torch.equal(model.heads["value"].weight, model.heads["reward"].weight)

@@ -40,6 +40,17 @@ def test_hydra_sft_loss_goes_down(tmp_path, base_model_dir, arithmetic_dir):
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.parametrize("precision", ["bf16", "no"])
+def test_training_runs_in_the_requested_precision_with_fp32_weights(tmp_path, base_model_dir, arithmetic_dir,
+                                                                     precision):
+    cfg = tiny_train_config(base_model_dir, arithmetic_dir, str(tmp_path / precision), mixed_precision=precision)
+    summary = train(cfg, progress=False)
+    assert summary["mixed_precision"] == precision
+    assert all(torch.isfinite(torch.tensor(summary[k])) for k in ("train/loss", "eval/lm_loss"))
+    model = load_hydra(str(tmp_path / precision), heads=("reward",))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 def test_lora_training_changes_only_through_the_adapter(tmp_path, base_model_dir, arithmetic_dir):
     cfg = tiny_train_config(base_model_dir, arithmetic_dir, str(tmp_path / "lora"), lora_rank=4, steps=4)
     summary = train(cfg, progress=False)

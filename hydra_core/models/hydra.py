@@ -100,10 +100,17 @@ class HydraModel(nn.Module):
         if reward:
             last = last_token_index(attention_mask)
             picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-            rewards = self.heads["reward"](picked.to(self.heads["reward"].weight.dtype)).squeeze(-1)
+            rewards = self._head("reward", picked)
         if value:
-            values = self.heads["value"](hidden.to(self.heads["value"].weight.dtype)).squeeze(-1)
+            values = self._head("value", hidden)
         return HydraOutput(logits, rewards, values, hidden)
+
+    def _head(self, name: str, hidden: torch.Tensor) -> torch.Tensor:
+        # Outside autocast: a bf16 reward cannot tell apart answers whose scores differ in the
+        # third significant digit, and the heads cost nothing next to the backbone.
+        head = self.heads[name]
+        with torch.autocast(hidden.device.type, enabled=False):
+            return head(hidden.to(head.weight.dtype)).squeeze(-1)
 
     # --- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path, heads=None, **meta) -> Path:

@@ -27,7 +27,7 @@ from hydra_core.memory import model_memory, peak_bytes
 from hydra_core.models.hydra import HydraModel, load_hydra
 from hydra_core.models.lora import add_lora
 from hydra_core.plots import plot_curves
-from hydra_core.runtime import seed_everything
+from hydra_core.runtime import keep_freed_memory, mixed_precision, seed_everything
 from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 from hydra_core.train.batching import BatchStream
 from hydra_core.train.metrics import demo_loss, gold_accuracy, lm_loss, pairwise_loss, reward_accuracy
@@ -111,9 +111,14 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
     Returns the summary on the main process and {} on the others of a distributed run.
     """
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.mode == "rm" else []
-    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        keep_freed_memory()
     # cpu=True on a GPU-less machine: several processes there then form a gloo group, not N singles
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if use_bf16 else "no",
+    precision = mixed_precision(cfg.mixed_precision, torch.device("cuda" if on_gpu else "cpu"))
+    # Autocast is ours (below), not accelerate's: accelerate fixes the precision once per process,
+    # so a second train() in the same process could not choose another.
+    accelerator = Accelerator(cpu=not on_gpu,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               kwargs_handlers=handlers)
     seed_everything(cfg.seed)
@@ -160,7 +165,8 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
             pair_rows = pairs.next() if cfg.mode != "sft" else []
             batch = {k: v.to(accelerator.device) for k, v in _build_batch(cfg, model.tokenizer, demo_rows, pair_rows).items()}
             with accelerator.accumulate(wrapped):
-                losses = _losses(cfg, wrapped, batch, len(demo_rows))
+                with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    losses = _losses(cfg, wrapped, batch, len(demo_rows))
                 loss = losses["train/loss"]
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
@@ -202,7 +208,8 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
         accelerator.wait_for_everyone()
     bar.close()
 
-    summary = {"steps": cfg.steps, "train_seconds": time.perf_counter() - start, "processes": world}
+    summary = {"steps": cfg.steps, "train_seconds": time.perf_counter() - start, "processes": world,
+               "mixed_precision": precision}
     if main:
         memory = model_memory([model], [optimizer])
         model.eval()
