@@ -34,6 +34,8 @@ def _cmd_sft(cfg: C.TrainConfig, tracking: Tracking) -> None:
         print(f"held-out reward pairwise accuracy: {summary['eval/reward_accuracy']:.4f}")
     if "eval/gold_accuracy" in summary:
         print(f"held-out greedy gold accuracy: {summary['eval/gold_accuracy']:.4f}")
+    precision = "bf16 autocast" if summary["mixed_precision"] == "bf16" else "fp32"
+    print(f"{summary['steps']} steps in {summary['train_seconds']:.0f} s ({precision})")
     print(f"model written to {cfg.output_dir}")
 
 

@@ -62,7 +62,7 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux") or not ctypes.util.find_library("c"):
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    if not hasattr(libc, "mallopt"):  # not glibc (musl has no mallopt)
+    if not hasattr(libc, "mallopt"):  # a libc without glibc's tuning call
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))

@@ -128,6 +128,7 @@ def test_two_process_cpu_run_on_gloo(tmp_path, base_model_dir, arithmetic_dir):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("model written to") == 1  # one group, not two independent runs
+    assert "4 steps in" in proc.stdout
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["processes"] == 2
     assert Path(out / "model.safetensors").exists()

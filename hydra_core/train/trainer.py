@@ -114,10 +114,10 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         keep_freed_memory()
-    # cpu=True on a GPU-less machine: several processes there then form a gloo group, not N singles
     precision = mixed_precision(cfg.mixed_precision, torch.device("cuda" if on_gpu else "cpu"))
     # Autocast is ours (below), not accelerate's: accelerate fixes the precision once per process,
-    # so a second train() in the same process could not choose another.
+    # so a second train() in the same process could not choose another. cpu=True on a GPU-less
+    # machine: several processes there then form a gloo group, not N singles.
     accelerator = Accelerator(cpu=not on_gpu,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               kwargs_handlers=handlers)
