@@ -5,6 +5,7 @@ only when one of these commands runs.
 """
 
 import argparse
+import sys
 
 from components.image import ACCELERATOR
 
@@ -74,12 +75,17 @@ def add_run(p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args) -> None:
-    from pipelines.local_run import browse_command, run_local
+    from pipelines.local_run import PipelineFailed, browse_command, run_local
 
     arguments = _pipeline_arguments(args.param)
     if args.tracking_uri:
         arguments["tracking_uri"] = args.tracking_uri
-    result = run_local(arguments, args.output_dir)
+    try:
+        result = run_local(arguments, args.output_dir)
+    except PipelineFailed as e:
+        print(f"\nhydra-rlhf run: {e}\nThe failed step's log is above; its files are under {e.output_dir}.\n"
+              f"Its MLflow runs are closed (FAILED): {browse_command(e.tracking_uri)}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"\npipeline finished in {result['seconds']:.0f} s")
     print(f"outputs:  {result['run_dir']}")
     for report in result["reports"]:

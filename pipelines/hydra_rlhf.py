@@ -7,9 +7,11 @@ them side by side. The parameters' defaults are read from hydra_core's stage con
 follow them; `*_config` parameters set any other field of a stage's config.
 
 MLflow: data prep opens the pipeline's parent run, every step nests its own run under it, and the
-compare step closes it. Each variant's policy is registered as soon as it is judged, so with several
-variants `candidate` ends on the last one registered and `champion` on the last one whose lower
-bound beat the threshold: the comparison table is where to choose between them.
+compare step closes it. The exit step (`close_pipeline_run`, run however the job ends) ends what is
+still open: the parent run FAILED after a failed step, the run of a killed step KILLED. Each
+variant's policy is registered as soon as it is judged, so with several variants `candidate` ends
+on the last one registered and `champion` on the last one whose lower bound beat the threshold:
+the comparison table is where to choose between them.
 
 Task settings, compiled into the spec and ignored by the local runner: each task requests the CPU
 and memory of RESOURCES; compiled with `use_gpu`, the steps of GPU_STEPS also get one accelerator
@@ -22,6 +24,7 @@ from typing import List
 
 from kfp import compiler, dsl, kubernetes
 
+from components.close_pipeline_run.component import close_pipeline_run
 from components.compare_variants.component import compare_variants
 from components.data_prep.component import data_prep
 from components.hydra_ppo.component import hydra_ppo
@@ -45,6 +48,7 @@ RESOURCES = {  # component name: (CPU request, memory request)
     "pairwise-eval": ("2", "8G"),
     "register-model": ("500m", "1G"),
     "compare-variants": ("500m", "1G"),
+    "close-pipeline-run": ("500m", "1G"),
 }
 GPU_STEPS = ("hydra-sft", "hydra-ppo", "pairwise-eval")
 
@@ -100,35 +104,41 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
         champion_threshold: float = CHAMPION_THRESHOLD,
     ):
         tracking = dict(tracking_uri=tracking_uri, experiment=experiment)
-        prep = configure(data_prep(dataset=dataset, data_format=data_format, dataset_split=dataset_split,
-                                   max_records=max_records, eval_fraction=eval_fraction, seed=seed, config=data_config,
-                                   pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **tracking))
-        prep.set_display_name("data prep")
-        data, parent = prep.outputs["data"], prep.outputs["parent_run_id"]
-        sft = configure(hydra_sft(data=data, base_model=base_model, base_preset=base_preset, steps=sft_steps,
-                                  learning_rate=sft_learning_rate, demo_batch_size=sft_demo_batch_size,
-                                  pair_batch_size=sft_pair_batch_size, seed=seed, config=sft_config,
-                                  registered_model=registered_sft_model, parent_run_id=parent, **tracking))
-        sft.set_display_name("Hydra-SFT")
-        with dsl.ParallelFor(ppo_variants, name="ppo-variants") as variant:
-            ppo = configure(hydra_ppo(data=data, sft_model=sft.outputs["model"], variant=variant, steps=ppo_steps,
-                                      rollout_batch_size=ppo_rollout_batch_size, mini_batch_size=ppo_mini_batch_size,
-                                      learning_rate=ppo_learning_rate, critic_learning_rate=ppo_critic_learning_rate,
-                                      kl_coef=ppo_kl_coef, lora_rank=ppo_lora_rank, seed=seed, config=ppo_config,
-                                      parent_run_id=parent, **tracking))
-            ppo.set_display_name("Hydra-PPO")
-            judged = configure(pairwise_eval(data=data, candidate=ppo.outputs["policy"], baseline=sft.outputs["model"],
-                                             judge=judge, judge_model=judge_model, judge_base_url=judge_base_url,
-                                             max_prompts=eval_max_prompts, seed=seed, config=eval_config,
-                                             parent_run_id=parent, **tracking))
-            judged.set_display_name("pairwise eval")
-            kubernetes.use_secret_as_env(judged, secret_name=judge_secret,
-                                         secret_key_to_env={JUDGE_SECRET_KEY: _E.judge_api_key_env}, optional=True)
-            configure(register_model(evaluation=judged.outputs["evaluation"], policy_run_id=ppo.outputs["Output"],
-                                     registered_model=registered_policy_model, champion_threshold=champion_threshold,
-                                     parent_run_id=parent, **tracking)).set_display_name("register")
-        configure(compare_variants(evaluations=dsl.Collected(judged.outputs["evaluation"]), parent_run_id=parent,
-                                   **tracking)).set_display_name("compare")
+        closing = configure(close_pipeline_run(pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **tracking))
+        closing.set_display_name("close MLflow runs")
+        with dsl.ExitHandler(closing, name="hydra-rlhf-steps"):
+            prep = configure(data_prep(dataset=dataset, data_format=data_format, dataset_split=dataset_split,
+                                       max_records=max_records, eval_fraction=eval_fraction, seed=seed,
+                                       config=data_config, pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                       **tracking))
+            prep.set_display_name("data prep")
+            data, parent = prep.outputs["data"], prep.outputs["parent_run_id"]
+            sft = configure(hydra_sft(data=data, base_model=base_model, base_preset=base_preset, steps=sft_steps,
+                                      learning_rate=sft_learning_rate, demo_batch_size=sft_demo_batch_size,
+                                      pair_batch_size=sft_pair_batch_size, seed=seed, config=sft_config,
+                                      registered_model=registered_sft_model, parent_run_id=parent, **tracking))
+            sft.set_display_name("Hydra-SFT")
+            with dsl.ParallelFor(ppo_variants, name="ppo-variants") as variant:
+                ppo = configure(hydra_ppo(data=data, sft_model=sft.outputs["model"], variant=variant,
+                                          steps=ppo_steps, rollout_batch_size=ppo_rollout_batch_size,
+                                          mini_batch_size=ppo_mini_batch_size, learning_rate=ppo_learning_rate,
+                                          critic_learning_rate=ppo_critic_learning_rate, kl_coef=ppo_kl_coef,
+                                          lora_rank=ppo_lora_rank, seed=seed, config=ppo_config,
+                                          parent_run_id=parent, **tracking))
+                ppo.set_display_name("Hydra-PPO")
+                judged = configure(pairwise_eval(data=data, candidate=ppo.outputs["policy"],
+                                                 baseline=sft.outputs["model"], judge=judge, judge_model=judge_model,
+                                                 judge_base_url=judge_base_url, max_prompts=eval_max_prompts,
+                                                 seed=seed, config=eval_config, parent_run_id=parent, **tracking))
+                judged.set_display_name("pairwise eval")
+                kubernetes.use_secret_as_env(judged, secret_name=judge_secret,
+                                             secret_key_to_env={JUDGE_SECRET_KEY: _E.judge_api_key_env}, optional=True)
+                configure(register_model(evaluation=judged.outputs["evaluation"],
+                                         policy_run_id=ppo.outputs["Output"], registered_model=registered_policy_model,
+                                         champion_threshold=champion_threshold, parent_run_id=parent,
+                                         **tracking)).set_display_name("register")
+            configure(compare_variants(evaluations=dsl.Collected(judged.outputs["evaluation"]), parent_run_id=parent,
+                                       **tracking)).set_display_name("compare")
 
     return hydra_rlhf
 

@@ -6,6 +6,7 @@ store: `mlflow.db` with its artifacts in `mlartifacts/`.
 """
 
 import os
+import re
 import time
 import warnings
 from contextlib import contextmanager
@@ -14,6 +15,14 @@ from pathlib import Path
 from kfp import local
 
 from pipelines.hydra_rlhf import hydra_rlhf
+
+
+class PipelineFailed(RuntimeError):
+    """A step failed; the exit step has still closed the job's MLflow runs."""
+
+    def __init__(self, message: str, output_dir: Path, tracking_uri: str):
+        super().__init__(message)
+        self.output_dir, self.tracking_uri = output_dir, tracking_uri
 
 
 def default_output_dir() -> Path:
@@ -63,7 +72,11 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         # Resources and secrets are for the cluster; the local runner says so once per task.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        hydra_rlhf(**arguments)
+        try:
+            hydra_rlhf(**arguments)
+        except RuntimeError as e:  # kfp's local runner reports a failed task so, after the exit step
+            message = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # its colour codes
+            raise PipelineFailed(message, out, arguments["tracking_uri"]) from None
     run_dir = max(root.iterdir(), key=lambda p: p.stat().st_mtime)
     return {
         "seconds": time.perf_counter() - started,

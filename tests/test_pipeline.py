@@ -175,3 +175,22 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     champion = client.get_model_version_by_alias("hydra-rlhf-policy", "champion")  # threshold -1: always beaten
     assert {candidate.version, champion.version} <= {v.version for v in versions}
     assert {v.tags["pipeline_run_id"] for v in versions} == {parent.info.run_id}
+
+
+def test_a_failed_local_run_says_so_and_leaves_no_mlflow_run_open(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    argv = ["run", "--output-dir", str(out), *params(*TINY[:2], 'sft_config={"mixed_precision": "fp8"}')]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "Inner task failed: 'hydra-sft'" in err and "\x1b[" not in err
+    assert f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in err
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])}
+    [parent] = [r for r in runs.values() if r.data.tags.get("hydra_rlhf.stage") == "pipeline"]
+    assert parent.info.status == "FAILED" and parent.data.tags["hydra_rlhf.pipeline_state"] == "FAILED"
+    assert runs["data-prep"].info.status == "FINISHED"
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]

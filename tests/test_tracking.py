@@ -91,6 +91,31 @@ def test_no_tracking_uri_records_nothing(tmp_path, files, monkeypatch):
     assert run.status()["state"] == "off" and not (tmp_path / PENDING_DIR).exists()
 
 
+def test_the_exit_step_closes_what_a_failed_job_left_open(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = stages.Tracking(sqlite_uri(tmp_path), "exit-test")
+    tracking.parent_run_id = stages.open_pipeline_run(tracking, "job-1")
+    finished = tracking.tracker("data-prep", tmp_path / "prep", system_metrics=False)
+    finished.close("FINISHED")
+    killed = tracking.tracker("hydra-sft", tmp_path / "sft", system_metrics=False)  # never closed: a killed step
+    other_job = stages.open_pipeline_run(tracking, "job-2")
+
+    ended = stages.close_pipeline_run(tracking, "job-1", "FAILED", "Task exit-handler-1 failed.")
+    client = MlflowClient(sqlite_uri(tmp_path))
+    assert set(ended) == {tracking.parent_run_id, killed.run_id}
+    parent = client.get_run(tracking.parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["hydra_rlhf.pipeline_state"] == "FAILED"
+    assert parent.data.tags["hydra_rlhf.pipeline_error"] == "Task exit-handler-1 failed."
+    assert client.get_run(killed.run_id).info.status == "KILLED"
+    assert client.get_run(finished.run_id).info.status == "FINISHED"
+    assert client.get_run(other_job).info.status == "RUNNING"  # another job's runs are not touched
+    assert stages.close_pipeline_run(tracking, "job-1", "FAILED") == []  # nothing left open
+
+    assert stages.close_pipeline_run(tracking, "job-2", "SUCCEEDED") == [other_job]
+    assert client.get_run(other_job).info.status == "FINISHED"
+    assert stages.close_pipeline_run(stages.Tracking("", "exit-test"), "job-1", "FAILED") == []  # tracking off
+
+
 def test_failure_mid_run_journals_the_rest_and_replays_into_the_same_run(tmp_path, files):
     uri = sqlite_uri(tmp_path)
     run = MlflowTracker(uri, "stage", files / PENDING_DIR, system_metrics=False)

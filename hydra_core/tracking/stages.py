@@ -36,6 +36,7 @@ SFT_KEYS = ("eval/reward_accuracy", "eval/gold_accuracy", "eval/lm_loss", "train
             "memory/peak_bytes")
 PPO_KEYS = ("objective/scores", "objective/kl", "policy/clipfrac", "eval/gold_accuracy_before", "eval/gold_accuracy",
             "memory/peak_bytes", "memory/trainable_params", "time/s_per_sample", "train_seconds_this_run")
+PIPELINE_JOB_TAG = "hydra_rlhf.pipeline_job"  # on the parent run: the Kubeflow job it records
 EVAL_KEYS = ("win_rate", "win_rate_low", "win_rate_high", "wins", "ties", "losses", "errors", "position_bias")
 
 
@@ -276,7 +277,42 @@ def open_pipeline_run(tracking: Tracking, run_name: str) -> str:
     """
     top = dataclasses.replace(tracking, parent_run_id="")
     return top.tracker(run_name or "hydra-rlhf", tempfile.mkdtemp(prefix="hydra-pipeline-run-"),
-                       tags={"hydra_rlhf.stage": "pipeline"}, system_metrics=False).run_id
+                       tags={"hydra_rlhf.stage": "pipeline", PIPELINE_JOB_TAG: run_name},
+                       system_metrics=False).run_id
+
+
+def close_pipeline_run(tracking: Tracking, job_name: str, state: str, error: str = "") -> list[str]:
+    """End the MLflow runs of pipeline job `job_name` that are still open, however the job ended.
+
+    The pipeline's exit step. Only `compare_variants` closes the parent run, so after a failed step
+    it would stay RUNNING, as would the run of a step that was killed (out of memory, evicted).
+    The parent ends FINISHED when `state` is SUCCEEDED and FAILED otherwise, an open stage run
+    KILLED; each gets the job's final state (and its error) as tags. Returns the ids it ended.
+    """
+    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri or not job_name:
+        return []
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(tracking.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME",
+                                                                                     DEFAULT_EXPERIMENT))
+    if experiment is None:  # the job failed before data prep recorded anything
+        return []
+    ids = [experiment.experiment_id]
+    ended = []
+    for parent in client.search_runs(ids, filter_string=f"tags.`{PIPELINE_JOB_TAG}` = '{job_name}'"):
+        stages = client.search_runs(ids, filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        for run in [*stages, parent]:
+            if run.info.status != "RUNNING":
+                continue
+            client.set_tag(run.info.run_id, "hydra_rlhf.pipeline_state", state)
+            if error:
+                client.set_tag(run.info.run_id, "hydra_rlhf.pipeline_error", error[:5000])
+            status = ("FINISHED" if state == "SUCCEEDED" else "FAILED") if run is parent else "KILLED"
+            client.set_terminated(run.info.run_id, status)
+            ended.append(run.info.run_id)
+    return ended
 
 
 COMPARISON_COLUMNS = (("variant", "variant"), ("win_rate", "win-rate"), ("win_rate_low", "low"),
