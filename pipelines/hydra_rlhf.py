@@ -9,9 +9,9 @@ follow them; `*_config` parameters set any other field of a stage's config.
 MLflow: data prep opens the pipeline's parent run, every step nests its own run under it, and the
 compare step closes it. The exit step (`close_pipeline_run`, run however the job ends) ends what is
 still open: the parent run FAILED after a failed step, the run of a killed step KILLED. Each
-variant's policy is registered as soon as it is judged, so with several variants `candidate` ends
-on the last one registered and `champion` on the last one whose lower bound beat the threshold:
-the comparison table is where to choose between them.
+variant's policy is registered as soon as it is judged (aliases moving as it goes); the compare
+step, after all of them, settles `candidate` on the variant with the best judged lower bound and
+`champion` on it too when that bound beats the threshold.
 
 Task settings, compiled into the spec and ignored by the local runner: each task requests the CPU
 and memory of RESOURCES; compiled with `use_gpu`, the steps of GPU_STEPS also get one accelerator
@@ -34,13 +34,11 @@ from components.pairwise_eval.component import pairwise_eval
 from components.register_model.component import register_model
 from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig, TrainConfig
 from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
-from hydra_core.tracking.stages import POLICY_MODEL, SFT_MODEL
+from hydra_core.tracking.stages import CHAMPION_THRESHOLD, POLICY_MODEL, SFT_MODEL
 
 NAME = "hydra-rlhf"
 JUDGE_SECRET = "hydra-rlhf-judge"
 JUDGE_SECRET_KEY = "api-key"
-# A policy becomes champion only when it beats its Hydra-SFT baseline with confidence.
-CHAMPION_THRESHOLD = 0.5
 RESOURCES = {  # component name: (CPU request, memory request)
     "data-prep": ("1", "4G"),
     "hydra-sft": ("4", "16G"),
@@ -133,12 +131,16 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
                 judged.set_display_name("pairwise eval")
                 kubernetes.use_secret_as_env(judged, secret_name=judge_secret,
                                              secret_key_to_env={JUDGE_SECRET_KEY: _E.judge_api_key_env}, optional=True)
-                configure(register_model(evaluation=judged.outputs["evaluation"],
-                                         policy_run_id=ppo.outputs["Output"], registered_model=registered_policy_model,
-                                         champion_threshold=champion_threshold, parent_run_id=parent,
-                                         **tracking)).set_display_name("register")
+                registered = configure(register_model(evaluation=judged.outputs["evaluation"],
+                                                      policy_run_id=ppo.outputs["Output"],
+                                                      registered_model=registered_policy_model,
+                                                      champion_threshold=champion_threshold, parent_run_id=parent,
+                                                      **tracking))
+                registered.set_display_name("register")
             configure(compare_variants(evaluations=dsl.Collected(judged.outputs["evaluation"]), parent_run_id=parent,
-                                       **tracking)).set_display_name("compare")
+                                       registered_model=registered_policy_model,
+                                       versions=dsl.Collected(registered.outputs["Output"]),
+                                       champion_threshold=champion_threshold, **tracking)).set_display_name("compare")
 
     return hydra_rlhf
 

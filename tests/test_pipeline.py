@@ -174,6 +174,10 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     candidate = client.get_model_version_by_alias("hydra-rlhf-policy", "candidate")
     champion = client.get_model_version_by_alias("hydra-rlhf-policy", "champion")  # threshold -1: always beaten
     assert {candidate.version, champion.version} <= {v.version for v in versions}
+    # settled by the compare step on the best lower bound, whichever variant registered last
+    assert float(candidate.tags["win_rate_low"]) == max(float(v.tags["win_rate_low"]) for v in versions)
+    assert champion.version == candidate.version
+    assert f"`candidate` of hydra-rlhf-policy: version {candidate.version}" in printed
     assert {v.tags["pipeline_run_id"] for v in versions} == {parent.info.run_id}
 
 

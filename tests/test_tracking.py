@@ -116,6 +116,30 @@ def test_the_exit_step_closes_what_a_failed_job_left_open(tmp_path, monkeypatch)
     assert stages.close_pipeline_run(stages.Tracking("", "exit-test"), "job-1", "FAILED") == []  # tracking off
 
 
+def test_compare_settles_the_aliases_on_the_best_variant(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("policy")
+    lows = {"lora": 0.62, "hydra": 0.31, "full": "None"}  # "None": every judgment failed
+    versions = {variant: client.create_model_version("policy", str(tmp_path), tags={"variant": variant,
+                                                                                     "win_rate_low": str(low)}).version
+                for variant, low in lows.items()}
+    client.set_registered_model_alias("policy", "candidate", versions["hydra"])  # the last to register
+    client.set_registered_model_alias("policy", "champion", versions["hydra"])
+    tracking = stages.Tracking(uri, "aliases-test")
+
+    line = stages.settle_aliases(tracking, "policy", [*versions.values(), ""], champion_threshold=0.9)
+    assert client.get_model_version_by_alias("policy", "candidate").version == versions["lora"]
+    assert client.get_model_version_by_alias("policy", "champion").version == versions["hydra"]  # 0.62 < 0.9
+    assert "unchanged" in line and f"version {versions['lora']} (lora" in line
+
+    stages.settle_aliases(tracking, "policy", list(versions.values()), champion_threshold=0.5)
+    assert client.get_model_version_by_alias("policy", "champion").version == versions["lora"]
+    assert stages.settle_aliases(tracking, "policy", [""], 0.5) == ""  # nothing was registered
+    assert "not settled" in stages.settle_aliases(tracking, "no-such-model", ["1"], 0.5)
+
+
 def test_failure_mid_run_journals_the_rest_and_replays_into_the_same_run(tmp_path, files):
     uri = sqlite_uri(tmp_path)
     run = MlflowTracker(uri, "stage", files / PENDING_DIR, system_metrics=False)

@@ -15,15 +15,21 @@ def compare_variants(
     tracking_uri: str = "",
     experiment: str = "",
     parent_run_id: str = "",
+    registered_model: str = "",
+    versions: List[str] = [],
+    champion_threshold: float = 0.5,
 ) -> None:
     """A Markdown table of pairwise_eval outputs (win-rate, its interval, memory, speed), best
     lower bound first. With `parent_run_id`, the table and each variant's win-rates go to that
-    MLflow run, which is then closed."""
+    MLflow run, which is then closed. Given the versions of `registered_model` that register_model
+    made for the variants, `candidate` (and `champion`, past `champion_threshold`) move to the best."""
     import os
     from pathlib import Path
 
     from hydra_core.tracking import stages
 
     text = stages.compare_variants(stages.Tracking(tracking_uri, experiment, parent_run_id),
-                                   [dict(e.metadata) for e in evaluations], record_dir=os.path.dirname(comparison.path))
+                                   [dict(e.metadata) for e in evaluations], record_dir=os.path.dirname(comparison.path),
+                                   registered_model=registered_model, versions=versions,
+                                   champion_threshold=champion_threshold)
     Path(comparison.path).write_text(text, encoding="utf-8")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import typing
@@ -26,6 +27,8 @@ from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT, PENDING_DIR, 
 
 SFT_MODEL = "hydra-rlhf-sft"
 POLICY_MODEL = "hydra-rlhf-policy"
+# A policy becomes champion only when it beats its Hydra-SFT baseline with confidence.
+CHAMPION_THRESHOLD = 0.5
 MODEL_ARTIFACT = "model"  # where a stage's output directory goes in its MLflow run
 LEFT_OUT = ("checkpoints", PENDING_DIR)  # resumable state and tracking leftovers: not part of a model
 SFT_RUN_NAMES = {"sft": "sft", "rm": "reward-model", "hydra": "hydra-sft"}
@@ -321,16 +324,19 @@ COMPARISON_COLUMNS = (("variant", "variant"), ("win_rate", "win-rate"), ("win_ra
                       ("memory/trainable_params", "trainable"), ("time/s_per_sample", "s/sample"))
 
 
-def compare_variants(tracking: Tracking, rows: list[dict], record_dir: str | Path) -> str:
+def compare_variants(tracking: Tracking, rows: list[dict], record_dir: str | Path, registered_model: str = "",
+                     versions: list[str] = (), champion_threshold: float = CHAMPION_THRESHOLD) -> str:
     """The variants side by side, best lower bound first, as Markdown; logged to the pipeline's run
-    (per-variant metrics and the table), which is then closed."""
+    (per-variant metrics and the table), which is then closed. Given the registered `versions` of
+    the variants, the aliases are settled on the best of them (`settle_aliases`)."""
     ranked = sorted(rows, key=lambda r: -(r.get("win_rate_low") or 0.0))
     lines = ["# PPO variants against the Hydra-SFT baseline", "",
              "| " + " | ".join(title for _, title in COMPARISON_COLUMNS) + " |",
              "|" + "---|" * len(COMPARISON_COLUMNS)]
     for row in ranked:
         lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in COMPARISON_COLUMNS) + " |")
-    text = "\n".join(lines) + "\n"
+    settled = settle_aliases(tracking, registered_model, list(versions), champion_threshold)
+    text = "\n".join([*lines, *(["", settled] if settled else [])]) + "\n"
     if tracking.parent_run_id:
         top = dataclasses.replace(tracking, parent_run_id="")
         run = top.tracker("pipeline", record_dir, run_id=tracking.parent_run_id, system_metrics=False)
@@ -343,6 +349,40 @@ def compare_variants(tracking: Tracking, rows: list[dict], record_dir: str | Pat
         run.log_artifact(path)
         run.close("FINISHED")
     return text
+
+
+def settle_aliases(tracking: Tracking, registered_model: str, versions: list[str], champion_threshold: float) -> str:
+    """Point `candidate` at the version of `registered_model` among `versions` with the best judged
+    lower bound, and `champion` too when that bound beats `champion_threshold`.
+
+    Each register step moves the aliases when it finishes, so with several variants registered in
+    parallel they would rest on whichever finished last; the compare step runs after all of them.
+    Returns a Markdown line saying what it did ("" when there is nothing to settle).
+    """
+    versions = [v for v in versions if v]
+    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not (uri and registered_model and versions):
+        return ""
+    from mlflow import MlflowClient
+
+    def low(version) -> float:
+        try:
+            return float(version.tags.get("win_rate_low"))
+        except (TypeError, ValueError):  # no win-rate: every judgment failed
+            return -math.inf
+
+    try:
+        client = MlflowClient(uri, registry_uri=uri)
+        best = max((client.get_model_version(registered_model, v) for v in versions), key=low)
+        client.set_registered_model_alias(registered_model, "candidate", best.version)
+        promote = low(best) > champion_threshold
+        if promote:
+            client.set_registered_model_alias(registered_model, "champion", best.version)
+    except Exception as e:  # noqa: BLE001 - the comparison stands without the aliases; say so
+        return f"The aliases of {registered_model} were not settled: {type(e).__name__}: {e}"
+    name = f"version {best.version} ({best.tags.get('variant', 'policy')}, lower bound {low(best):.3f})"
+    return (f"`candidate` of {registered_model}: {name}. `champion`: "
+            + (name if promote else f"unchanged, no variant's lower bound beat {champion_threshold}") + ".")
 
 
 def _cell(key: str, value) -> str:
