@@ -20,7 +20,8 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def default_dtype(device: torch.device | str | None = None) -> torch.dtype:
-    """bf16 on a GPU that supports it, fp32 on CPU (CPU bf16 matmuls are slow and imprecise)."""
+    """Weights: bf16 on a GPU that supports it, fp32 on CPU (where bf16 maths, if any, comes from
+    autocast: see `mixed_precision`)."""
     device = torch.device(device) if device is not None else pick_device()
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
