@@ -140,6 +140,15 @@ def test_compare_settles_the_aliases_on_the_best_variant(tmp_path, monkeypatch):
     assert "not settled" in stages.settle_aliases(tracking, "no-such-model", ["1"], 0.5)
 
 
+def test_closing_and_settling_against_a_dead_server_warn_and_return_fast():
+    dead = stages.Tracking(f"http://127.0.0.1:{free_port()}", "dead")
+    started = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="could not be closed.*TrackingUnreachable"):
+        assert stages.close_pipeline_run(dead, "job-1", "SUCCEEDED") == []  # the exit step itself succeeds
+    assert "not settled: TrackingUnreachable" in stages.settle_aliases(dead, "policy", ["1"], 0.5)
+    assert time.perf_counter() - started < 30  # no minutes of retries
+
+
 def test_failure_mid_run_journals_the_rest_and_replays_into_the_same_run(tmp_path, files):
     uri = sqlite_uri(tmp_path)
     run = MlflowTracker(uri, "stage", files / PENDING_DIR, system_metrics=False)

@@ -52,6 +52,21 @@ def _probe(uri: str) -> None:
         raise TrackingUnreachable(f"no answer from {redact(uri)}: {type(e).__name__}") from None
 
 
+def _client(uri: str):
+    # A stage must not stall on a dead server: MLflow's default is 7 retries with exponential
+    # backoff, minutes per call. An explicit setting in the environment still wins.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def connect(uri: str):
+    """An MlflowClient for `uri`, after checking that a server there answers (TrackingUnreachable if not)."""
+    _probe(uri)
+    return _client(uri)
+
+
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """Beside a sqlite database, not MLflow's default `./mlruns` under whatever the cwd happens to be."""
     if not uri.startswith("sqlite:///"):
@@ -72,13 +87,8 @@ class _Sender:
     OPERATIONS = ("start", "params", "metrics", "artifact", "table", "dataset", "tags", "register", "end")
 
     def __init__(self, tracking_uri: str):
-        # A stage must not stall on a dead server: MLflow's default is 7 retries with exponential
-        # backoff, minutes per call. An explicit setting in the environment still wins.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        from mlflow import MlflowClient
-
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        self.client = _client(tracking_uri)
         self.run_id = ""
 
     def apply(self, op: str, args: dict):

@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import typing
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Literal, get_args, get_origin
 
 from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig, TrainConfig, override, to_dict
 from hydra_core.data.schema import MANIFEST, SPLIT_FILES, split_path
-from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT, PENDING_DIR, MlflowTracker
+from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT, PENDING_DIR, MlflowTracker, connect, redact
 
 SFT_MODEL = "hydra-rlhf-sft"
 POLICY_MODEL = "hydra-rlhf-policy"
@@ -295,26 +296,29 @@ def close_pipeline_run(tracking: Tracking, job_name: str, state: str, error: str
     uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri or not job_name:
         return []
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(tracking.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME",
-                                                                                     DEFAULT_EXPERIMENT))
-    if experiment is None:  # the job failed before data prep recorded anything
-        return []
-    ids = [experiment.experiment_id]
     ended = []
-    for parent in client.search_runs(ids, filter_string=f"tags.`{PIPELINE_JOB_TAG}` = '{job_name}'"):
-        stages = client.search_runs(ids, filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-        for run in [*stages, parent]:
-            if run.info.status != "RUNNING":
-                continue
-            client.set_tag(run.info.run_id, "hydra_rlhf.pipeline_state", state)
-            if error:
-                client.set_tag(run.info.run_id, "hydra_rlhf.pipeline_error", error[:5000])
-            status = ("FINISHED" if state == "SUCCEEDED" else "FAILED") if run is parent else "KILLED"
-            client.set_terminated(run.info.run_id, status)
-            ended.append(run.info.run_id)
+    try:
+        client = connect(uri)
+        experiment = client.get_experiment_by_name(tracking.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME",
+                                                                                         DEFAULT_EXPERIMENT))
+        if experiment is None:  # the job failed before data prep recorded anything
+            return []
+        ids = [experiment.experiment_id]
+        for parent in client.search_runs(ids, filter_string=f"tags.`{PIPELINE_JOB_TAG}` = '{job_name}'"):
+            stages = client.search_runs(ids, filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+            for run in [*stages, parent]:
+                if run.info.status != "RUNNING":
+                    continue
+                client.set_tag(run.info.run_id, "hydra_rlhf.pipeline_state", state)
+                if error:
+                    client.set_tag(run.info.run_id, "hydra_rlhf.pipeline_error", error[:5000])
+                status = ("FINISHED" if state == "SUCCEEDED" else "FAILED") if run is parent else "KILLED"
+                client.set_terminated(run.info.run_id, status)
+                ended.append(run.info.run_id)
+    except Exception as e:  # noqa: BLE001 - tracking trouble must not turn a finished job into a failed one
+        warnings.warn(f"MLflow at {redact(uri)}: the runs of pipeline job {job_name} left open could not be "
+                      f"closed ({type(e).__name__}: {e}); closed so far: {ended or 'none'}", RuntimeWarning,
+                      stacklevel=2)
     return ended
 
 
@@ -363,8 +367,6 @@ def settle_aliases(tracking: Tracking, registered_model: str, versions: list[str
     uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not (uri and registered_model and versions):
         return ""
-    from mlflow import MlflowClient
-
     def low(version) -> float:
         try:
             return float(version.tags.get("win_rate_low"))
@@ -372,7 +374,7 @@ def settle_aliases(tracking: Tracking, registered_model: str, versions: list[str
             return -math.inf
 
     try:
-        client = MlflowClient(uri, registry_uri=uri)
+        client = connect(uri)
         best = max((client.get_model_version(registered_model, v) for v in versions), key=low)
         client.set_registered_model_alias(registered_model, "candidate", best.version)
         promote = low(best) > champion_threshold
