@@ -37,10 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")
+from hydra_core.config import MODEL_PRESETS as SIZES
+from hydra_core.config import PPO_VARIANTS
+
 SFT = "sft"
 ALL_RUNS = (SFT, *PPO_VARIANTS)
-SIZES = ("tiny-llama", "llama-30m", "llama-120m")
 REPO = Path(__file__).resolve().parents[1]
 MiB = 2**20
 # glibc: allocations over 128 KiB get their own mapping and freed memory goes back to the OS, so a
@@ -160,12 +161,11 @@ def _summarise(rows: list[dict], stat: str) -> dict:
 def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
     import random
 
-    import torch
 
     from hydra_core.config import PPOConfig
     from hydra_core.memory import model_memory
     from hydra_core.ppo.roles import PolicyStack
-    from hydra_core.ppo.trainer import ppo_iteration
+    from hydra_core.ppo.trainer import build_optimizer, ppo_iteration
     from hydra_core.runtime import seed_everything
 
     batch = spec["batch"]
@@ -179,11 +179,7 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
     # Every response runs to the cap: no EOS before `max_new_tokens`, so all variants do equal work.
     for model in stack.unique_modules():
         model.base_model.generation_config.min_new_tokens = cfg.max_new_tokens
-    # The optimizer of `run_ppo` (the schedule only changes the learning rate: constant here).
-    optimizer = torch.optim.AdamW([{"params": stack.actor_params, "lr": cfg.learning_rate},
-                                   {"params": stack.critic_params, "lr": cfg.critic_learning_rate}],
-                                  weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    optimizer, scheduler = build_optimizer(cfg, stack)  # run_ppo's (the schedule is constant here)
     grads = _grad_probe(optimizer)
     load_peak = meter.peak()
 
@@ -237,10 +233,10 @@ def _sft_worker(spec: dict, device, meter: _Meter) -> dict:
     from hydra_core.memory import model_memory
     from hydra_core.models.hydra import load_hydra
     from hydra_core.runtime import default_dtype, seed_everything
-    from hydra_core.train.metrics import lm_loss
+    from hydra_core.sft.metrics import lm_loss
 
     seed_everything(spec["seed"])
-    # As `hydra_core.train.trainer` does it: fp32 weights, bf16 autocast on a GPU.
+    # As `hydra_core.sft.trainer` does it: fp32 weights, bf16 autocast on a GPU.
     model = load_hydra(spec["base_dir"], heads=(), device=device, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
@@ -305,7 +301,7 @@ def worker(spec: dict, result_path: Path) -> int:
     # Touch the runtime (kernels, thread pools) before the baseline, so it holds no model bytes.
     (torch.randn(64, 64, device=device) @ torch.randn(64, 64, device=device)).sum().item()
     import hydra_core.ppo.trainer  # noqa: F401  (every import the run needs, before the baseline)
-    import hydra_core.train.metrics  # noqa: F401
+    import hydra_core.sft.metrics  # noqa: F401
     import peft  # noqa: F401
 
     meter = _Meter(device)

@@ -1,33 +1,96 @@
-"""`hydra-rlhf`: one subcommand per stage, each flag a field of that stage's config."""
+"""`hydra-rlhf`: every command in one registry.
+
+The library's own commands are one per stage (each flag a field of that stage's config, `--config
+FILE` to start from a saved config or a recipe, flags on top) and `sync-tracking`. Commands of other
+installed packages join the same registry through the `hydra_rlhf.commands` entry point group: the
+pipeline's `compile`, `submit` and `run` come from `pipelines.commands` that way, so this module
+imports no pipeline code and no kfp.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Callable
 
 from hydra_core import config as C
-from hydra_core.tracking.stages import Tracking
+from hydra_core.tracking.runs import Tracking
+
+PLUGIN_GROUP = "hydra_rlhf.commands"
+DESCRIPTION = ("Memory-efficient RLHF (Hydra-SFT, Hydra-PPO): a command per stage, and the Kubeflow pipeline "
+               "that runs them all. `hydra-rlhf COMMAND --help` lists a command's settings.")
 
 
-def _cmd_init_model(cfg: C.ModelInitConfig, _tracking: Tracking) -> None:
-    from hydra_core.models.presets import build_base_model
+@dataclass(frozen=True)
+class Command:
+    """One `hydra-rlhf` subcommand: its arguments and what it does with them."""
 
-    print(f"base model written to {build_base_model(cfg)}")
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
 
 
-def _cmd_prepare(cfg: C.DataConfig, tracking: Tracking) -> None:
-    from hydra_core.tracking.stages import prepare_data
+# --- the stage commands: flags from the config, --config FILE underneath ----------------------
 
-    summary = prepare_data(cfg, tracking)
+
+def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """`--config FILE` and one `--field-name` per field of `cls`. Values stay text here: `config.build`
+    types and checks them, so a bad value is named the same way from every source."""
+    parser.add_argument("--config", metavar="FILE", help=f"start from this config: a saved "
+                        f"{C.config_file_name(cls)}, a flat YAML/JSON file of these settings, or a recipe with a "
+                        f"'{cls.STAGE}' section; the flags below override it")
+    defaults = cls()
+    for name in C.field_names(cls):
+        tp, choices = C.field_type(cls, name)
+        default = getattr(defaults, name)
+        shown = f"one of {', '.join(choices)}; default: {default}" if choices else f"default: {default!r}"
+        extra = {"nargs": "?", "const": "true", "metavar": "BOOL"} if tp is bool else {"metavar": tp.__name__.upper()}
+        parser.add_argument(C.flag(name), dest=name, default=argparse.SUPPRESS, help=f"({shown})", **extra)
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """The config of `--config FILE` (if given) with the flags that were given on top."""
+    given = {name: value for name, value in vars(args).items() if name in C.field_names(cls)}
+    if args.config:
+        return C.load_config(cls, args.config, [(given, C.flag)])
+    return C.build(cls, (given, C.flag))
+
+
+def stage_command(cls, handler: Callable, help_text: str, tracked: bool = True) -> Command:
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_config_flags(parser, cls)
+        if tracked:
+            parser.add_argument("--tracking-uri", default="", help="log to this MLflow tracking URI "
+                                "(default: $MLFLOW_TRACKING_URI; no MLflow logging when neither is set)")
+
+    def run(args: argparse.Namespace) -> None:
+        handler(config_from_args(cls, args), Tracking(getattr(args, "tracking_uri", "")))
+
+    return Command(cls.STAGE, help_text, add_arguments, run)
+
+
+def _init_model(cfg: C.ModelInitConfig, _tracking: Tracking) -> None:
+    from hydra_core import stages
+
+    print(f"base model written to {stages.init_model(cfg)}")
+
+
+def _prepare(cfg: C.DataConfig, tracking: Tracking) -> None:
+    from hydra_core import stages
+
+    summary = stages.prepare_data(cfg, tracking)
     print(json.dumps({"output_dir": cfg.output_dir, "counts": summary.get("counts"),
                       "skipped": summary.get("skipped")}, indent=2))
 
 
-def _cmd_sft(cfg: C.TrainConfig, tracking: Tracking) -> None:
-    from hydra_core.tracking.stages import sft
+def _sft(cfg: C.SFTConfig, tracking: Tracking) -> None:
+    from hydra_core import stages
 
-    summary = sft(cfg, tracking)
+    summary = stages.sft(cfg, tracking)
     if not summary:  # not the main process of a distributed run
         return
     if "eval/reward_accuracy" in summary:
@@ -39,76 +102,83 @@ def _cmd_sft(cfg: C.TrainConfig, tracking: Tracking) -> None:
     print(f"model written to {cfg.output_dir}")
 
 
-def _cmd_ppo(cfg: C.PPOConfig, tracking: Tracking) -> None:
-    from hydra_core.tracking.stages import ppo
+def _ppo(cfg: C.PPOConfig, tracking: Tracking) -> None:
+    from hydra_core import stages
 
-    summary = ppo(cfg, tracking)
+    summary = stages.ppo(cfg, tracking)
     for key in ("eval/gold_accuracy_before", "eval/gold_accuracy"):
         if key in summary:
             print(f"{key}: {summary[key]:.4f}")
     print(f"policy written to {cfg.output_dir}")
 
 
-def _cmd_eval(cfg: C.EvalConfig, tracking: Tracking) -> None:
-    from hydra_core.tracking.stages import evaluate
+def _eval(cfg: C.EvalConfig, tracking: Tracking) -> None:
+    from hydra_core import stages
 
-    result = evaluate(cfg, tracking)
-    print(result["headline"])
+    print(stages.evaluate(cfg, tracking)["headline"])
     print(f"report written to {cfg.output_dir}")
 
 
-def _cmd_export(cfg: C.ExportConfig, _tracking: Tracking) -> None:
-    from hydra_core.models.hydra import load_hydra
+def _export(cfg: C.ExportConfig, _tracking: Tracking) -> None:
+    from hydra_core import stages
 
-    model = load_hydra(cfg.model, heads=(), trust_remote_code=cfg.trust_remote_code)
-    print(f"plain causal LM written to {model.export_policy(cfg.output_dir)}")
-
-
-# name -> (config class, handler, help)
-COMMANDS = {
-    "init-model": (C.ModelInitConfig, _cmd_init_model, "build a small random-init base model and tokenizer"),
-    "prepare": (C.DataConfig, _cmd_prepare, "load, validate, split and write preference data"),
-    "sft": (C.TrainConfig, _cmd_sft, "train SFT, a reward model, or Hydra-SFT (--mode sft|rm|hydra)"),
-    "ppo": (C.PPOConfig, _cmd_ppo, "PPO from an SFT / Hydra-SFT model (--variant full|lora|lora-dynamic|j-hydra|hydra)"),
-    "eval": (C.EvalConfig, _cmd_eval, "judge a candidate policy against a baseline, pairwise"),
-    "export": (C.ExportConfig, _cmd_export, "write a Hydra directory's policy as a plain HF causal-LM directory"),
-}
+    print(f"plain causal LM written to {stages.export(cfg)}")
 
 
-TRACKED = ("prepare", "sft", "ppo", "eval")  # the stages that log to MLflow when given a tracking URI
+def _add_sync(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pending_dir", help="a stage output's mlflow_pending folder")
+    parser.add_argument("--tracking-uri", default="", help="send there (default: the URI the records were meant for)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pipelines.commands import COMMANDS as TOOLS
+def _sync(args: argparse.Namespace) -> None:
+    from hydra_core.tracking.mlflow_tracker import replay
 
-    parser = argparse.ArgumentParser(prog="hydra-rlhf", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (cls, _, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        C.add_config_args(p, cls)
-        if name in TRACKED:
-            p.add_argument("--tracking-uri", default="", help="log to this MLflow tracking URI "
-                           "(default: $MLFLOW_TRACKING_URI; no MLflow logging when neither is set)")
-    for name, (add_arguments, _, help_text) in TOOLS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    print(f"sent {args.pending_dir} to MLflow run {replay(args.pending_dir, args.tracking_uri)}")
+
+
+COMMANDS = [
+    stage_command(C.ModelInitConfig, _init_model, "build a small random-init base model and tokenizer", tracked=False),
+    stage_command(C.DataConfig, _prepare, "load, validate, split and write preference data"),
+    stage_command(C.SFTConfig, _sft, "train SFT, a reward model, or Hydra-SFT (--mode sft|rm|hydra)"),
+    stage_command(C.PPOConfig, _ppo, f"PPO from an SFT / Hydra-SFT model (--variant {'|'.join(C.PPO_VARIANTS)})"),
+    stage_command(C.EvalConfig, _eval, "judge a candidate policy against a baseline, pairwise"),
+    stage_command(C.ExportConfig, _export, "write a Hydra directory's policy as a plain HF causal-LM directory",
+                  tracked=False),
+    Command("sync-tracking", "send a stage's pending MLflow records (kept while MLflow was unreachable)",
+            _add_sync, _sync),
+]
+
+
+def commands() -> dict[str, Command]:
+    """This module's commands and those of installed plugins, by name."""
+    found = {c.name: c for c in COMMANDS}
+    for point in entry_points(group=PLUGIN_GROUP):
+        try:
+            plugin = point.load()
+        except ImportError as e:  # a broken plugin must not take the stage commands down with it
+            print(f"hydra-rlhf: the commands of {point.value} could not be loaded ({e})", file=sys.stderr)
+            continue
+        for command in plugin:
+            if command.name in found:
+                raise RuntimeError(f"{point.value} registers '{command.name}', which is already a command")
+            found[command.name] = command
+    return found
+
+
+def build_parser(registry: dict[str, Command] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hydra-rlhf", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in (registry or commands()).values():
+        command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.commands import COMMANDS as TOOLS
-
-    args = build_parser().parse_args(argv)
-    if args.command in TOOLS:
-        try:
-            TOOLS[args.command][1](args)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"hydra-rlhf {args.command}: error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    cls, handler, _ = COMMANDS[args.command]
+    registry = commands()
+    args = build_parser(registry).parse_args(argv)
     try:
-        handler(C.from_args(cls, args), Tracking(getattr(args, "tracking_uri", "")))
-    except (ValueError, FileNotFoundError) as e:  # bad input or settings (DataError is a ValueError)
+        registry[args.command].run(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input or settings (DataError, ConfigError are ValueErrors)
         print(f"hydra-rlhf {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

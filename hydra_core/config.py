@@ -1,29 +1,48 @@
-"""Typed configs, one per stage, shared by the CLI, the Kubeflow components and the tests.
+"""Typed configs, one per stage, and the one path by which settings become a config.
 
-Every field becomes a `--flag` on the matching CLI subcommand and a tracked MLflow param, so a
-field's name is its public name. Defaults are the embedded default task's recipe.
+Every field is a `--flag` of the stage's command, a key of its config file, a tracked MLflow param
+and, for some, a pipeline parameter, so a field's name is its public name. Defaults are the
+embedded default task's recipe.
+
+Settings arrive as text (command-line flags, `NAME=VALUE` pipeline arguments) or as values
+(JSON or YAML config files, Kubeflow component parameters). `build` turns any mix of them into a
+config: each value is coerced to its field's type by `coerce`, then the config is checked by
+`validate`. An error is one line that names the setting the way its source does: the flag, the
+file and key, or the pipeline parameter.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import difflib
 import json
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, get_args, get_origin
 
+# The choices of the fields below: each list is written here once, and everything else reads it.
 DATA_FORMATS = ("arithmetic", "generic", "hh-rlhf", "stack-exchange-paired", "tldr")
+MODEL_PRESETS = ("tiny-llama", "llama-30m", "llama-120m")
+SFT_MODES = ("sft", "rm", "hydra")
+PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")
+JUDGES = ("openai", "reward-model", "gold")
+PRECISIONS = ("auto", "bf16", "no")
+
+
+class ConfigError(ValueError):
+    """A setting with a wrong type or value; the message names it as its source does."""
 
 
 @dataclass
 class DataConfig:
     """`hydra-rlhf prepare`: load, validate, split and write preference data."""
 
+    STAGE: ClassVar[str] = "prepare"
+
     output_dir: str = "outputs/data"
-    format: Literal["arithmetic", "generic", "hh-rlhf", "stack-exchange-paired", "tldr"] = "arithmetic"
+    format: Literal[DATA_FORMATS] = "arithmetic"
     source: str = ""  # a local .jsonl/.json/.parquet file or a Hugging Face dataset id
     dataset_split: str = "train"  # the split of a hub dataset to read
     dataset_config: str = ""  # the config (subset) name of a hub dataset, if it has several
@@ -42,19 +61,23 @@ class DataConfig:
 class ModelInitConfig:
     """`hydra-rlhf init-model`: build a small random-init base model and its tokenizer."""
 
+    STAGE: ClassVar[str] = "init-model"
+
     output_dir: str = "outputs/base-model"
-    preset: Literal["tiny-llama", "llama-30m", "llama-120m"] = "tiny-llama"
+    preset: Literal[MODEL_PRESETS] = "tiny-llama"
     seed: int = 0
 
 
 @dataclass
-class TrainConfig:
-    """`hydra-rlhf sft`: SFT, reward-model or Hydra-SFT (both heads on one backbone)."""
+class SFTConfig:
+    """`hydra-rlhf sft`: SFT, reward-model or Hydra-SFT (both heads on one backbone) training."""
+
+    STAGE: ClassVar[str] = "sft"
 
     model: str = "outputs/base-model"  # a local directory or a Hugging Face model id
     data: str = "outputs/data"  # a prepared directory
     output_dir: str = "outputs/hydra-sft"
-    mode: Literal["sft", "rm", "hydra"] = "hydra"
+    mode: Literal[SFT_MODES] = "hydra"
     steps: int = 1500
     demo_batch_size: int = 128
     pair_batch_size: int = 64
@@ -68,40 +91,43 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     # auto = bf16 autocast (fp32 weights) on a bf16 GPU or a CPU with native bf16 maths, else fp32
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
+    mixed_precision: Literal[PRECISIONS] = "auto"
     lora_rank: int = 0  # 0 = train the backbone in full
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     eval_every: int = 250
     eval_batch_size: int = 256
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # 0 = no checkpoints
+    resume: bool = False  # continue from the newest checkpoint in output_dir
     log_every: int = 25
     seed: int = 0
     trust_remote_code: bool = False
     greedy_eval_prompts: int = 400  # held-out prompts checked greedily by the task verifier
+    max_new_tokens: int = 6  # length of those greedy responses (as PPO and eval generate them)
 
 
 @dataclass
 class ExportConfig:
     """`hydra-rlhf export`: a Hydra directory's policy as a plain HF causal-LM directory."""
 
+    STAGE: ClassVar[str] = "export"
+
     model: str = "outputs/ppo"
     output_dir: str = "outputs/export"
     trust_remote_code: bool = False
-
-
-PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")
 
 
 @dataclass
 class PPOConfig:
     """`hydra-rlhf ppo`: PPO with one of the paper's five memory variants."""
 
+    STAGE: ClassVar[str] = "ppo"
+
     model: str = "outputs/hydra-sft"  # the SFT policy; a Hydra-SFT directory for j-hydra / hydra
     reward_model: str = ""  # the reward model for full / lora / lora-dynamic; default: `model`
     data: str = "outputs/data"  # a prepared directory (its prompts_train split)
     output_dir: str = "outputs/ppo"
-    variant: Literal["full", "lora", "lora-dynamic", "j-hydra", "hydra"] = "hydra"
+    variant: Literal[PPO_VARIANTS] = "hydra"
     steps: int = 12  # PPO iterations: rollout, score, optimise
     rollout_batch_size: int = 256  # prompts sampled per iteration
     mini_batch_size: int = 64
@@ -140,11 +166,13 @@ class PPOConfig:
 class EvalConfig:
     """`hydra-rlhf eval`: pairwise judging of a candidate policy against a baseline."""
 
+    STAGE: ClassVar[str] = "eval"
+
     candidate: str = "outputs/ppo"
     baseline: str = ""  # default: the SFT model the candidate's PPO run started from
     prompts: str = "outputs/data"  # a prepared directory (its prompts_eval split) or a JSONL of prompts
     output_dir: str = "outputs/eval"
-    judge: Literal["openai", "reward-model", "gold"] = "gold"
+    judge: Literal[JUDGES] = "gold"
     max_prompts: int = 200
     max_new_tokens: int = 6
     greedy: bool = True
@@ -162,80 +190,209 @@ class EvalConfig:
     trust_remote_code: bool = False
 
 
-def config_fields(cls) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.init]
+# stage command -> its config; a recipe file has one section per stage, under these names
+STAGE_CONFIGS = {cls.STAGE: cls for cls in (DataConfig, ModelInitConfig, SFTConfig, PPOConfig, EvalConfig,
+                                            ExportConfig)}
+
+Namer = Callable[[str], str]  # how an error names a field: "--steps", "recipe.yaml: 'steps'", ...
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def field_type(cls, name: str):
+    """The field's type, and its choices when it is a Literal (else None)."""
+    hint = typing.get_type_hints(cls)[name]
+    if get_origin(hint) is Literal:
+        return str, list(get_args(hint))
+    if get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X]
+        return next(a for a in get_args(hint) if a is not type(None)), None
+    return hint, None
 
 
 def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _base_type(tp):
-    if get_origin(tp) is Literal:
-        return type(get_args(tp)[0]), list(get_args(tp))
-    if get_origin(tp) in (typing.Union, types.UnionType):
-        inner = [a for a in get_args(tp) if a is not type(None)]
-        return _base_type(inner[0])
-    return tp, None
+# --- coercion: text or value -> a field's type ------------------------------------------------
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+def parse_text(text: str, tp) -> Any:
+    """A setting written as text (a flag, a NAME=VALUE argument, a YAML string) as a `tp`.
+
+    Lists are JSON or comma-separated, dicts JSON. Raises ValueError saying what was expected.
+    """
+    if tp is bool:
+        if text.strip().lower() in _TRUE:
+            return True
+        if text.strip().lower() in _FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    if tp in (int, float):
+        try:
+            return tp(text.strip())
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if tp is int else 'a number'}, got {text!r}") from None
+    if tp in (list, dict):
+        if tp is list and not text.lstrip().startswith("["):
+            return [item.strip() for item in text.split(",") if item.strip()]
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, tp):
+            raise ValueError(f"expected a JSON {'list' if tp is list else 'object'}, got {text!r}")
+        return value
+    return text
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One `--field-name` option per config field, typed and defaulted from the dataclass."""
-    hints = typing.get_type_hints(cls)
-    for f in config_fields(cls):
-        if f.name in skip:
-            continue
-        tp, choices = _base_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if tp is bool:
-            parser.add_argument(flag, dest=f.name, type=_bool, nargs="?", const=True, default=default,
-                                metavar="BOOL", help=f"(default: {default})")
+def coerce_value(value: Any, tp, choices: list | None = None) -> Any:
+    """`value` as a `tp` (a whole float passes for an int: JSON and Kubeflow send numbers as floats;
+    text is parsed, since YAML reads `5e-4` as a string). Raises ValueError saying what was expected."""
+    if isinstance(value, str) and tp is not str:
+        value = parse_text(value, tp)
+    elif tp is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, tp) or (tp in (int, float) and isinstance(value, bool)):
+        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, tp.__name__)
+        raise ValueError(f"expected {expected}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def coerce(cls, name: str, value: Any, namer: Namer) -> Any:
+    """`value` for field `name` of `cls`; a ConfigError naming it by `namer` if it does not fit."""
+    if name not in field_names(cls):
+        near = difflib.get_close_matches(name, field_names(cls), n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"its settings: {', '.join(field_names(cls))}"
+        raise ConfigError(f"{namer(name)}: 'hydra-rlhf {cls.STAGE}' has no such setting; {hint}")
+    tp, choices = field_type(cls, name)
+    try:
+        return coerce_value(value, tp, choices)
+    except ValueError as e:
+        raise ConfigError(f"{namer(name)}: {e}") from None
+
+
+def build(cls, *layers: tuple[Mapping[str, Any], Namer]):
+    """A `cls` config from layers of settings, each `(values, namer)`; a later layer wins.
+
+    Each value is coerced as its layer names it; the whole config is then validated, an error
+    naming the field as the layer that set it does (a field left at its default, as `cls.field`).
+    """
+    values: dict[str, Any] = {}
+    namers: dict[str, Namer] = {}
+    for given, namer in layers:
+        for name, value in given.items():
+            values[name] = coerce(cls, name, value, namer)
+            namers[name] = namer
+    cfg = cls(**values)
+    validate(cfg, lambda name: namers.get(name, lambda n: f"{cls.__name__}.{n}")(name))
+    return cfg
+
+
+def from_parameters(cls, overrides: Mapping[str, Any] | None = None, **parameters):
+    """A config from a Kubeflow component's parameters (None keeps a field's default) and its
+    `config` dict of any other fields; a field given both ways is an error."""
+    given = {k: v for k, v in parameters.items() if v is not None}
+    overrides = dict(overrides or {})
+    twice = sorted(set(given) & set(overrides))
+    if twice:
+        raise ConfigError(f"{', '.join(twice)}: given both as a component parameter and in its `config`")
+    return build(cls, (given, lambda n: f"parameter {n}"), (overrides, lambda n: f"config[{n!r}]"))
+
+
+def validate(cfg, namer: Namer) -> None:
+    """Checks that need the whole config. Types and choices are checked by `coerce` already."""
+    for name in field_names(type(cfg)):
+        tp, choices = field_type(type(cfg), name)
+        if choices is not None and getattr(cfg, name) not in choices:  # a config built directly
+            raise ConfigError(f"{namer(name)}: {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
+
+
+# --- config files ------------------------------------------------------------------------------
+
+
+def config_file_name(cls) -> str:
+    """Where a stage writes the config it ran with, in its output directory."""
+    return f"{cls.STAGE.replace('-', '_')}_config.json"
+
+
+def save_config(cfg, directory: str | Path) -> Path:
+    """Write `cfg` as `<stage>_config.json`; `hydra-rlhf <stage> --config` reads it back."""
+    path = Path(directory) / config_file_name(type(cfg))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"type": type(cfg).__name__, **to_dict(cfg)}, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A JSON or YAML config file as a dict; a ConfigError naming the file if it cannot be."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
         else:
-            parser.add_argument(flag, dest=f.name, type=tp, choices=choices, default=default,
-                                help=f"(default: {default})")
+            import yaml
+
+            data = yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:line {e.lineno}: malformed JSON ({e.msg})") from None
+    except Exception as e:  # noqa: BLE001 - yaml's errors; their first line names the line
+        raise ConfigError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
 
 
-def from_args(cls, ns: argparse.Namespace):
-    names = {f.name for f in config_fields(cls)}
-    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+def is_recipe(data: Mapping) -> bool:
+    """A recipe has one section per stage (and `pipeline`); a stage's config file is flat."""
+    return bool(data) and set(data) <= {*STAGE_CONFIGS, "pipeline"} and all(
+        isinstance(v, dict) or v is None for v in data.values())
 
 
-def save_config(cfg, path: str | Path) -> None:
-    Path(path).write_text(json.dumps({"type": type(cfg).__name__, **to_dict(cfg)}, indent=2))
+def stage_settings(cls, data: Mapping, path: str | Path) -> dict:
+    """The settings for `cls` in a config file's `data`: a saved `<stage>_config.json`, a flat
+    mapping of fields, or a recipe's section for the stage."""
+    if is_recipe(data):
+        if cls.STAGE not in data:
+            raise ConfigError(f"{path}: the recipe has no '{cls.STAGE}' section (it has: {', '.join(data)})")
+        return dict(data[cls.STAGE] or {})
+    data = dict(data)
+    kind = data.pop("type", cls.__name__)
+    if kind != cls.__name__:
+        raise ConfigError(f"{path}: holds a {kind}, not the {cls.__name__} of 'hydra-rlhf {cls.STAGE}'")
+    return data
 
 
-def override(cfg, **changes):
-    """A copy of `cfg` with `changes`, refusing names the config does not have."""
-    names = {f.name for f in config_fields(type(cfg))}
-    unknown = sorted(set(changes) - names)
-    if unknown:
-        raise TypeError(f"{type(cfg).__name__} has no field(s) {unknown}")
-    return dataclasses.replace(cfg, **changes)
+def file_namer(path: str | Path, section: str = "") -> Namer:
+    where = f"{path}: {section}." if section else f"{path}: "
+    return lambda name: f"{where}{name}"
+
+
+def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, Any], Namer]] = ()):
+    """The `cls` config of file `path`, with later layers (e.g. command-line flags) on top."""
+    data = read_config_file(path)
+    section = cls.STAGE if is_recipe(data) else ""
+    return build(cls, (stage_settings(cls, data, path), file_namer(path, section)), *overrides)
 
 
 __all__ = [
-    "DATA_FORMATS",
-    "DataConfig",
-    "EvalConfig",
-    "ExportConfig",
-    "PPOConfig",
-    "PPO_VARIANTS",
-    "ModelInitConfig",
-    "TrainConfig",
-    "add_config_args",
-    "config_fields",
-    "from_args",
-    "override",
-    "save_config",
-    "to_dict",
+    "DATA_FORMATS", "JUDGES", "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS", "SFT_MODES", "STAGE_CONFIGS",
+    "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
+    "build", "coerce", "coerce_value", "config_file_name", "field_names", "field_type", "file_namer", "flag",
+    "from_parameters", "is_recipe", "load_config", "parse_text", "read_config_file", "save_config",
+    "stage_settings", "to_dict", "validate",
 ]

@@ -1,80 +1,143 @@
-"""Pipeline arguments from the command line: `NAME=VALUE` pairs, typed by the pipeline's parameters.
+"""Pipeline arguments from the command line (`NAME=VALUE`) and from recipe files, checked before
+anything runs.
 
-Lists and dicts are JSON (`ppo_config={"eval_every": 4}`); a list of strings may also be written
-comma-separated (`ppo_variants=lora,hydra`). Values a stage config restricts to a few choices are
-checked here, before anything runs.
+A value is typed by its pipeline parameter (lists and dicts are JSON; a list of strings may also be
+comma-separated: `ppo_variants=lora,hydra`) through `hydra_core.config`'s one coercion path. Then
+every stage's config is assembled from the arguments as the pipeline will assemble it, and
+checked there, so a value a stage would refuse fails here with the parameter's name, not in the
+fourth step of a run.
 """
 
-import json
-import typing
-from typing import get_args
+from __future__ import annotations
 
-from hydra_core.config import DATA_FORMATS, PPO_VARIANTS, EvalConfig, ModelInitConfig
+from pathlib import Path
 
-CHOICES = {
-    "data_format": DATA_FORMATS,
-    "ppo_variants": PPO_VARIANTS,
-    "judge": get_args(typing.get_type_hints(EvalConfig)["judge"]),
-    "base_preset": get_args(typing.get_type_hints(ModelInitConfig)["preset"]),
-}
+from hydra_core import config as C
+from pipelines.hydra_rlhf import CONFIG_PARAMETERS, SEEDED, STAGE_PARAMETERS, WIRED, hydra_rlhf
+
+TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list, "Dict": dict}
 
 
 class ArgumentError(ValueError):
     pass
 
 
-def _parse(name: str, kind: str, text: str):
+def _inputs(pipeline=hydra_rlhf) -> dict:
+    return pipeline.component_spec.inputs
+
+
+def _kind(name: str, pipeline=hydra_rlhf) -> type:
+    # kfp spells types 'Integer', 'Dict', 'typing.List[str]', ...
+    return TYPES[_inputs(pipeline)[name].type.removeprefix("typing.").split("[")[0].capitalize()]
+
+
+def _typed(name: str, value, pipeline=hydra_rlhf):
+    if name not in _inputs(pipeline):
+        raise ArgumentError(f"unknown pipeline parameter {name!r}; the parameters are: "
+                            f"{', '.join(sorted(_inputs(pipeline)))}")
     try:
-        if kind == "Integer":
-            return int(text)
-        if kind == "Float":
-            return float(text)
-        if kind == "Boolean":
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if kind == "List":
-            if text.lstrip().startswith("["):
-                value = json.loads(text)
-            else:
-                value = [item.strip() for item in text.split(",") if item.strip()]
-            if not isinstance(value, list):
-                raise ValueError
-            return value
-        if kind == "Dict":
-            value = json.loads(text)
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-    except ValueError:
-        raise ArgumentError(f"pipeline parameter {name} expects {kind.lower()}, got {text!r}") from None
-    return text
+        return C.coerce_value(value, _kind(name, pipeline))
+    except ValueError as e:
+        raise ArgumentError(f"pipeline parameter {name}: {e}") from None
 
 
-def parse_arguments(pipeline, pairs: list[str]) -> dict:
+def parse_arguments(pairs: list[str], pipeline=hydra_rlhf) -> dict:
     """{name: typed value} from `NAME=VALUE` strings; unknown names and bad values are errors."""
-    inputs = pipeline.component_spec.inputs
     out = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
-        name = name.strip().replace("-", "_")
         if not sep:
             raise ArgumentError(f"expected NAME=VALUE, got {pair!r}")
-        if name not in inputs:
-            raise ArgumentError(f"unknown pipeline parameter {name!r}; the parameters are: {', '.join(sorted(inputs))}")
-        # kfp spells types 'Integer', 'Dict', 'typing.List[str]', ...
-        kind = inputs[name].type.removeprefix("typing.").split("[")[0].capitalize()
-        out[name] = _parse(name, kind, text)
-    check_choices(out)
+        name = name.strip().replace("-", "_")
+        out[name] = _typed(name, text, pipeline)
     return out
 
 
-def check_choices(arguments: dict) -> None:
-    for name, allowed in CHOICES.items():
-        if name not in arguments:
+def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
+    """The pipeline arguments of a recipe file, and the settings in it that the pipeline sets itself.
+
+    A recipe has a section per stage (`prepare`, `init-model`, `sft`, `ppo`, `eval`) of that stage's
+    config fields, and `pipeline` for the pipeline's own parameters. A field with a pipeline
+    parameter of its own goes there; any other goes in the stage's `*_config` parameter.
+    """
+    data = C.read_config_file(path)
+    if not C.is_recipe(data):
+        raise ArgumentError(f"{path}: not a recipe; a recipe has a section per stage "
+                            f"({', '.join(C.STAGE_CONFIGS)}) and 'pipeline'")
+    by_field = {target: name for name, target in STAGE_PARAMETERS.items()}
+    config_parameter = {stage: name for name, stage in CONFIG_PARAMETERS.items()}
+    arguments: dict = {}
+    wired: list[str] = []
+    for section, settings in data.items():
+        for field, value in (settings or {}).items():
+            if section == "pipeline":
+                arguments[field] = _typed(field, value)
+                continue
+            value = C.coerce(C.STAGE_CONFIGS[section], field, value, C.file_namer(path, section))
+            if field in WIRED.get(section, ()):
+                wired.append(f"{section}.{field}")
+            elif field == "seed" and section in SEEDED:
+                if arguments.setdefault("seed", value) != value:
+                    raise ArgumentError(f"{path}: {section}.seed is {value} but another stage's is {arguments['seed']}; "
+                                        "the pipeline runs every stage with one seed")
+            elif (section, field) in by_field:
+                name = by_field[(section, field)]
+                arguments[name] = [value] if _kind(name) is list else value
+            elif section in config_parameter:
+                arguments.setdefault(config_parameter[section], {})[field] = value
+            else:
+                raise ArgumentError(f"{path}: {section}.{field}: the pipeline does not take this setting")
+    return arguments, wired
+
+
+def merge(*layers: dict) -> dict:
+    """Later arguments win; a `*_config` dict is merged key by key."""
+    out: dict = {}
+    for layer in layers:
+        for name, value in layer.items():
+            out[name] = {**out.get(name, {}), **value} if name in CONFIG_PARAMETERS else value
+    return out
+
+
+def check(arguments: dict, pipeline=hydra_rlhf) -> None:
+    """Build every stage's config as the pipeline will from `arguments` (the rest at the pipeline's
+    defaults) and check it; an error names the parameter that set the bad value."""
+    inputs = _inputs(pipeline)
+    values = {name: arguments.get(name, spec.default) for name, spec in inputs.items()}
+    for name, stage in CONFIG_PARAMETERS.items():
+        for field in arguments.get(name, {}):
+            if field in WIRED[stage]:
+                raise ArgumentError(f"pipeline parameter {name}: {field!r} is set by the pipeline itself")
+            own = "seed" if field == "seed" and stage in SEEDED else next(
+                (p for p, target in STAGE_PARAMETERS.items() if target == (stage, field)), None)
+            if own:
+                raise ArgumentError(f"pipeline parameter {name}: set {field!r} with the pipeline parameter {own}")
+    for stage, cls in C.STAGE_CONFIGS.items():
+        if stage not in WIRED or stage == "init-model":
             continue
-        values = arguments[name] if isinstance(arguments[name], list) else [arguments[name]]
-        bad = [v for v in values if v not in allowed]
-        if bad or not values:
-            raise ArgumentError(f"pipeline parameter {name}: {bad or 'an empty list'} is not allowed; "
-                                f"choose from {list(allowed)}")
+        layers = [({"seed": values["seed"]}, lambda _: "pipeline parameter seed")] if stage in SEEDED else []
+        variants = [None]
+        for name, (target, field) in STAGE_PARAMETERS.items():
+            if target != stage or (name == "base_model" and not values[name]):  # "": a fresh base_preset model
+                continue
+            if name == "ppo_variants":
+                variants = values[name]
+                if not variants:
+                    raise ArgumentError("pipeline parameter ppo_variants: the list is empty")
+                continue
+            layers.append(({field: values[name]}, lambda _, n=name: f"pipeline parameter {n}"))
+        config_name = next(n for n, s in CONFIG_PARAMETERS.items() if s == stage)
+        layers.append((values[config_name], lambda f, n=config_name: f"pipeline parameter {n}[{f!r}]"))
+        for variant in variants:
+            extra = [({"variant": variant}, lambda _: "pipeline parameter ppo_variants")] if variant else []
+            C.build(cls, *layers, *extra)
+    C.coerce(C.ModelInitConfig, "preset", values["base_preset"], lambda _: "pipeline parameter base_preset")
+
+
+def pipeline_arguments(pairs: list[str], recipe: str | None = None) -> tuple[dict, list[str]]:
+    """The checked arguments of a recipe file (if any) with `NAME=VALUE` pairs on top, and the
+    recipe's settings the pipeline sets itself (left out)."""
+    from_recipe, wired = recipe_arguments(recipe) if recipe else ({}, [])
+    arguments = merge(from_recipe, parse_arguments(pairs))
+    check(arguments)
+    return arguments, wired

@@ -1,13 +1,16 @@
-"""The `hydra-rlhf` subcommands for the pipeline and its tracking: compile, submit, run, sync-tracking.
+"""The pipeline's `hydra-rlhf` commands: compile, submit, run.
 
-`hydra_core.cli` adds them to its parser. This module imports nothing heavy: kfp and MLflow load
-only when one of these commands runs.
+They join `hydra_core.cli`'s registry through the `hydra_rlhf.commands` entry point (pyproject.toml).
+This module imports nothing heavy: kfp and MLflow load only when one of these commands runs.
 """
+
+from __future__ import annotations
 
 import argparse
 import sys
 
 from components.image import ACCELERATOR
+from hydra_core.cli import Command
 
 
 def _add_gpu(p: argparse.ArgumentParser) -> None:
@@ -17,26 +20,31 @@ def _add_gpu(p: argparse.ArgumentParser) -> None:
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="RECIPE", help="a recipe file (YAML or JSON): a section per stage "
+                   "(prepare, init-model, sft, ppo, eval) and 'pipeline' for the pipeline's own parameters")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="a pipeline parameter, repeatable: e.g. sft_steps=300, ppo_variants=lora,hydra, "
-                        'ppo_config=\'{"eval_every": 4}\'')
+                   help="a pipeline parameter, repeatable, over the recipe's: e.g. sft_steps=300, "
+                        "ppo_variants=lora,hydra, ppo_config='{\"eval_every\": 4}'")
 
 
-def _pipeline_arguments(pairs: list[str]) -> dict:
-    from pipelines.arguments import parse_arguments
-    from pipelines.hydra_rlhf import hydra_rlhf
+def _arguments(args) -> dict:
+    from pipelines.arguments import pipeline_arguments
 
-    return parse_arguments(hydra_rlhf, pairs)
+    arguments, wired = pipeline_arguments(args.param, args.config)
+    if wired:
+        print(f"{args.config}: left to the pipeline, which connects the steps itself: {', '.join(wired)}")
+    return arguments
 
 
-def add_compile(p: argparse.ArgumentParser) -> None:
+def _add_compile(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="hydra_rlhf.yaml", help="where to write the pipeline spec")
     p.add_argument("--components", action="store_true",
                    help="instead, regenerate the component specs components/<name>/component.yaml")
     _add_gpu(p)
+    _add_params(p)
 
 
-def compile_command(args) -> None:
+def _compile(args) -> None:
     if args.components:
         from components.build import build
 
@@ -45,10 +53,11 @@ def compile_command(args) -> None:
         return
     from pipelines.hydra_rlhf import compile_pipeline
 
-    print(f"pipeline spec written to {compile_pipeline(args.output, args.gpu, args.accelerator)}")
+    path = compile_pipeline(args.output, args.gpu, args.accelerator, defaults=_arguments(args))
+    print(f"pipeline spec written to {path}")
 
 
-def add_submit(p: argparse.ArgumentParser) -> None:
+def _add_submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", required=True, help="the KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
     p.add_argument("--package", help="a compiled pipeline spec to submit (default: compile one now)")
     p.add_argument("--run-name")
@@ -58,26 +67,26 @@ def add_submit(p: argparse.ArgumentParser) -> None:
     _add_params(p)
 
 
-def submit_command(args) -> None:
+def _submit(args) -> None:
     from pipelines.submit import submit
 
-    run_id = submit(args.host, _pipeline_arguments(args.param), package=args.package, run_name=args.run_name,
+    run_id = submit(args.host, _arguments(args), package=args.package, run_name=args.run_name,
                     experiment_name=args.experiment_name, namespace=args.namespace, use_gpu=args.gpu,
                     accelerator=args.accelerator)
     print(f"submitted: run {run_id} on {args.host}")
 
 
-def add_run(p: argparse.ArgumentParser) -> None:
+def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where everything goes (default: runs/<timestamp>)")
     p.add_argument("--tracking-uri", default="",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db)")
     _add_params(p)
 
 
-def run_command(args) -> None:
+def _run(args) -> None:
     from pipelines.local_run import PipelineFailed, browse_command, run_local
 
-    arguments = _pipeline_arguments(args.param)
+    arguments = _arguments(args)
     if args.tracking_uri:
         arguments["tracking_uri"] = args.tracking_uri
     try:
@@ -96,23 +105,9 @@ def run_command(args) -> None:
     print(f"browse:   {browse_command(result['tracking_uri'])}")
 
 
-def add_sync(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pending_dir", help="a stage output's mlflow_pending folder")
-    p.add_argument("--tracking-uri", default="", help="send there (default: the URI the records were meant for)")
-
-
-def sync_command(args) -> None:
-    from hydra_core.tracking.mlflow_tracker import replay
-
-    print(f"sent {args.pending_dir} to MLflow run {replay(args.pending_dir, args.tracking_uri)}")
-
-
-# name -> (add arguments, handler, help)
-COMMANDS = {
-    "compile": (add_compile, compile_command,
-                "write the Kubeflow pipeline spec (or, with --components, the component specs)"),
-    "submit": (add_submit, submit_command, "start a pipeline run on a Kubeflow Pipelines endpoint"),
-    "run": (add_run, run_command, "run the whole pipeline locally, tracked in MLflow"),
-    "sync-tracking": (add_sync, sync_command,
-                      "send a stage's pending MLflow records (kept while MLflow was unreachable)"),
-}
+COMMANDS = [
+    Command("compile", "write the Kubeflow pipeline spec (or, with --components, the component specs)",
+            _add_compile, _compile),
+    Command("submit", "start a pipeline run on a Kubeflow Pipelines endpoint", _add_submit, _submit),
+    Command("run", "run the whole pipeline locally, tracked in MLflow", _add_run, _run),
+]

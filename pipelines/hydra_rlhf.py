@@ -6,8 +6,8 @@ same Hydra-SFT model and judged against it, it is the paper's experiment, and th
 them side by side. The parameters' defaults are read from hydra_core's stage configs, so they
 follow them; `*_config` parameters set any other field of a stage's config.
 
-MLflow: data prep opens the pipeline's parent run, every step nests its own run under it, and the
-compare step closes it. The exit step (`close_pipeline_run`, run however the job ends) ends what is
+MLflow: data prep opens the pipeline's parent run, every step nests its own run under it (the steps
+in the variants loop find its id in the data's metadata), and the compare step closes it. The exit step (`close_pipeline_run`, run however the job ends) ends what is
 still open: the parent run FAILED after a failed step, the run of a killed step KILLED. Each
 variant's policy is registered as soon as it is judged (aliases moving as it goes); the compare
 step, after all of them, settles `candidate` on the variant with the best judged lower bound and
@@ -32,9 +32,9 @@ from components.hydra_sft.component import hydra_sft
 from components.image import ACCELERATOR, CUDA_IMAGE
 from components.pairwise_eval.component import pairwise_eval
 from components.register_model.component import register_model
-from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig, TrainConfig
+from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig, SFTConfig
+from hydra_core.registry import CHAMPION_THRESHOLD, POLICY_MODEL, SFT_MODEL
 from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
-from hydra_core.tracking.stages import CHAMPION_THRESHOLD, POLICY_MODEL, SFT_MODEL
 
 NAME = "hydra-rlhf"
 JUDGE_SECRET = "hydra-rlhf-judge"
@@ -50,7 +50,29 @@ RESOURCES = {  # component name: (CPU request, memory request)
 }
 GPU_STEPS = ("hydra-sft", "hydra-ppo", "pairwise-eval")
 
-_D, _M, _T, _P, _E = DataConfig(), ModelInitConfig(), TrainConfig(), PPOConfig(), EvalConfig()
+_D, _M, _T, _P, _E = DataConfig(), ModelInitConfig(), SFTConfig(), PPOConfig(), EvalConfig()
+
+# The pipeline parameters that set a stage's config field: (stage, field). `seed` sets every stage's.
+# Any other field goes in the stage's `*_config` parameter; WIRED fields are the pipeline's to set.
+STAGE_PARAMETERS = {
+    "base_model": ("sft", "model"), "base_preset": ("init-model", "preset"),
+    "dataset": ("prepare", "source"), "data_format": ("prepare", "format"),
+    "dataset_split": ("prepare", "dataset_split"), "max_records": ("prepare", "max_records"),
+    "eval_fraction": ("prepare", "eval_fraction"),
+    "sft_steps": ("sft", "steps"), "sft_learning_rate": ("sft", "learning_rate"),
+    "sft_demo_batch_size": ("sft", "demo_batch_size"), "sft_pair_batch_size": ("sft", "pair_batch_size"),
+    "ppo_variants": ("ppo", "variant"), "ppo_steps": ("ppo", "steps"),
+    "ppo_rollout_batch_size": ("ppo", "rollout_batch_size"), "ppo_mini_batch_size": ("ppo", "mini_batch_size"),
+    "ppo_learning_rate": ("ppo", "learning_rate"), "ppo_critic_learning_rate": ("ppo", "critic_learning_rate"),
+    "ppo_kl_coef": ("ppo", "kl_coef"), "ppo_lora_rank": ("ppo", "lora_rank"),
+    "judge": ("eval", "judge"), "judge_model": ("eval", "judge_model"), "judge_base_url": ("eval", "judge_base_url"),
+    "eval_max_prompts": ("eval", "max_prompts"),
+}
+SEEDED = ("prepare", "sft", "ppo", "eval")
+CONFIG_PARAMETERS = {"data_config": "prepare", "sft_config": "sft", "ppo_config": "ppo", "eval_config": "eval"}
+WIRED = {"init-model": {"output_dir", "seed"}, "prepare": {"output_dir"}, "sft": {"data", "output_dir"},
+         "ppo": {"model", "reward_model", "data", "output_dir"},
+         "eval": {"candidate", "baseline", "prompts", "output_dir"}}
 
 
 def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
@@ -121,21 +143,19 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
                                           steps=ppo_steps, rollout_batch_size=ppo_rollout_batch_size,
                                           mini_batch_size=ppo_mini_batch_size, learning_rate=ppo_learning_rate,
                                           critic_learning_rate=ppo_critic_learning_rate, kl_coef=ppo_kl_coef,
-                                          lora_rank=ppo_lora_rank, seed=seed, config=ppo_config,
-                                          parent_run_id=parent, **tracking))
+                                          lora_rank=ppo_lora_rank, seed=seed, config=ppo_config, **tracking))
                 ppo.set_display_name("Hydra-PPO")
                 judged = configure(pairwise_eval(data=data, candidate=ppo.outputs["policy"],
                                                  baseline=sft.outputs["model"], judge=judge, judge_model=judge_model,
                                                  judge_base_url=judge_base_url, max_prompts=eval_max_prompts,
-                                                 seed=seed, config=eval_config, parent_run_id=parent, **tracking))
+                                                 seed=seed, config=eval_config, **tracking))
                 judged.set_display_name("pairwise eval")
                 kubernetes.use_secret_as_env(judged, secret_name=judge_secret,
                                              secret_key_to_env={JUDGE_SECRET_KEY: _E.judge_api_key_env}, optional=True)
                 registered = configure(register_model(evaluation=judged.outputs["evaluation"],
                                                       policy_run_id=ppo.outputs["Output"],
                                                       registered_model=registered_policy_model,
-                                                      champion_threshold=champion_threshold, parent_run_id=parent,
-                                                      **tracking))
+                                                      champion_threshold=champion_threshold, **tracking))
                 registered.set_display_name("register")
             configure(compare_variants(evaluations=dsl.Collected(judged.outputs["evaluation"]), parent_run_id=parent,
                                        registered_model=registered_policy_model,
@@ -148,6 +168,9 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
 hydra_rlhf = build()
 
 
-def compile_pipeline(path: str, use_gpu: bool = False, accelerator: str = ACCELERATOR) -> str:
-    compiler.Compiler().compile(build(use_gpu, accelerator) if use_gpu else hydra_rlhf, path)
+def compile_pipeline(path: str, use_gpu: bool = False, accelerator: str = ACCELERATOR,
+                     defaults: dict | None = None) -> str:
+    """Write the pipeline spec to `path`; `defaults` replace parameters' defaults in it (a recipe's)."""
+    compiler.Compiler().compile(build(use_gpu, accelerator) if use_gpu else hydra_rlhf, path,
+                                pipeline_parameters=defaults or None)
     return path

@@ -9,7 +9,6 @@ import os
 import re
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 from kfp import local
@@ -29,31 +28,6 @@ def default_output_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-@contextmanager
-def _loop_inputs_kept():
-    """kfp 2.17's local runner hands a ParallelFor body the loop item in place of every other
-    upstream task output the loop takes in (`create_parameter_loop_iteration_task_spec`): each PPO
-    step would get its variant as the pipeline's parent run id. Keep those inputs as they were."""
-    from kfp.local.orchestrator import task_spec_utils
-
-    original = task_spec_utils.create_parameter_loop_iteration_task_spec
-
-    def iteration_spec(task_spec, loop_item, loop_task_name):
-        item_input = task_spec.parameter_iterator.item_input
-        kept = {name: spec for name, spec in task_spec.inputs.parameters.items()
-                if spec.HasField("task_output_parameter") and name != item_input}
-        iteration = original(task_spec, loop_item, loop_task_name)
-        for name, spec in kept.items():
-            iteration.inputs.parameters[name].CopyFrom(spec)
-        return iteration
-
-    task_spec_utils.create_parameter_loop_iteration_task_spec = iteration_spec
-    try:
-        yield
-    finally:
-        task_spec_utils.create_parameter_loop_iteration_task_spec = original
-
-
 def run_local(arguments: dict | None = None, output_dir: str | Path | None = None) -> dict:
     """Run the pipeline with `arguments`; returns where its outputs and its MLflow records are."""
     out = Path(output_dir or default_output_dir()).resolve()
@@ -67,7 +41,7 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                workspace_root=str(out / "workspace"))
     started = time.perf_counter()
-    with warnings.catch_warnings(), _loop_inputs_kept():
+    with warnings.catch_warnings():
         # The components name the project's image, not a "python" one; here they run in this Python.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         # Resources and secrets are for the cluster; the local runner says so once per task.

@@ -3,12 +3,21 @@ briefly trained Hydra-SFT model. Built once per test session."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
-from hydra_core.config import DataConfig, ModelInitConfig, TrainConfig
+from hydra_core import checkpoint
+from hydra_core.config import DataConfig, ModelInitConfig, SFTConfig
 from hydra_core.data.prepare import prepare
 from hydra_core.models.presets import build_base_model
-from hydra_core.train.trainer import train
+from hydra_core.sft.trainer import run_sft
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +33,47 @@ def arithmetic_dir(tmp_path_factory):
     return str(out)
 
 
-def tiny_train_config(base: str, data: str, out: str, **changes) -> TrainConfig:
+def tiny_sft_config(base: str, data: str, out: str, **changes) -> SFTConfig:
     defaults = dict(model=base, data=data, output_dir=out, steps=6, demo_batch_size=16, pair_batch_size=8,
                     eval_every=3, log_every=2, checkpoint_every=0, greedy_eval_prompts=16, warmup_steps=1)
-    return TrainConfig(**{**defaults, **changes})
+    return SFTConfig(**{**defaults, **changes})
 
 
 @pytest.fixture(scope="session")
 def hydra_sft_dir(tmp_path_factory, base_model_dir, arithmetic_dir):
     out = tmp_path_factory.mktemp("hydra-sft")
-    train(tiny_train_config(base_model_dir, arithmetic_dir, str(out)), progress=False)
+    run_sft(tiny_sft_config(base_model_dir, arithmetic_dir, str(out)), progress=False)
     return str(out)
+
+
+def logged_rows(path: Path) -> dict[int, dict]:
+    """A metrics.jsonl's rows merged by step, without timings and memory (which differ run to run)."""
+    rows: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows.setdefault(row["step"], {}).update(
+            {k: v for k, v in row.items() if not k.startswith(("time", "memory")) and k != "step"})
+    return rows
+
+
+def kill_and_resume(command: list[str], tmp_path: Path, summary_file: str) -> tuple[Path, Path, str]:
+    """Run `hydra-rlhf <command>` to its end in tmp_path/straight; run it again in tmp_path/killed,
+    SIGKILL it as soon as its first checkpoint is complete, and resume it there with --resume.
+    Returns both output directories and what the resumed run printed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "hydra_core.cli", *command]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([*cli, "--output-dir", str(straight)], env=env, check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen([*cli, "--output-dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while checkpoint.latest(killed) is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.latest(killed) is not None
+    assert not (killed / summary_file).exists()  # it really died before the end
+    resumed = subprocess.run([*cli, "--output-dir", str(killed), "--resume"], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return straight, killed, resumed.stdout

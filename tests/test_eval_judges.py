@@ -275,7 +275,7 @@ def test_model_against_itself_is_all_ties(tiny, tmp_path, judge):
     assert summary["headline"].endswith("W/T/L/E 0/20/0/0, position bias 0.00")
 
     out = tmp_path / "out"
-    assert json.loads((out / "summary.json").read_text())["win_rate"] == 0.5
+    assert json.loads((out / "eval_summary.json").read_text())["win_rate"] == 0.5
     rows = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
     with (out / "judgments.csv").open() as f:
         assert len(list(csv.DictReader(f))) == len(rows) == 20
@@ -286,7 +286,7 @@ def test_model_against_itself_is_all_ties(tiny, tmp_path, judge):
 
     metrics = tracker.history[-1]
     assert metrics["eval/win_rate"] == 0.5 and metrics["eval/ties"] == 20 and metrics["eval/position_bias"] == 0
-    assert json.loads((tmp_path / "tracking" / "params.json").read_text())["judge"] == judge
+    assert json.loads((out / "eval_config.json").read_text())["judge"] == judge  # the config it ran with
 
 
 def test_reward_judge_is_consistent_across_orders_on_different_answers(tiny):
@@ -337,8 +337,8 @@ def test_openai_judge_end_to_end_with_cache_and_no_key_anywhere(tiny, tmp_path, 
     assert again["ties"] == 20 and again["position_bias"] == 1.0
 
     written = [p for p in [*out.rglob("*"), *tracking.rglob("*")] if p.is_file()]
-    assert {"judge_cache.jsonl", "judgments.jsonl", "judgments.csv", "summary.json", "report.html",
-            "winrate.png", "params.json", "metrics.jsonl"} <= {p.name for p in written}
+    assert {"judge_cache.jsonl", "judgments.jsonl", "judgments.csv", "eval_summary.json", "report.html",
+            "winrate.png", "eval_config.json", "metrics.jsonl"} <= {p.name for p in written}
     for path in written:
         assert KEY.encode() not in path.read_bytes(), path
     assert "Bearer ***" in (out / "judgments.jsonl").read_text()

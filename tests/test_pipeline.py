@@ -10,8 +10,8 @@ import yaml
 from mlflow import MlflowClient
 
 from hydra_core import cli
-from hydra_core.config import DataConfig, EvalConfig, PPOConfig, TrainConfig, config_fields
-from pipelines.hydra_rlhf import hydra_rlhf
+from hydra_core.config import STAGE_CONFIGS, SFTConfig, field_names
+from pipelines.hydra_rlhf import STAGE_PARAMETERS, hydra_rlhf
 
 TINY = [
     "max_records=400", 'data_config={"arithmetic_eval_prompts": 40}',
@@ -29,10 +29,13 @@ def params(*pairs: str) -> list[str]:
 
 def test_defaults_follow_the_stage_configs():
     inputs = {name: spec.default for name, spec in hydra_rlhf.component_spec.inputs.items()}
-    assert inputs["sft_steps"] == TrainConfig().steps and inputs["sft_learning_rate"] == TrainConfig().learning_rate
-    assert inputs["ppo_steps"] == PPOConfig().steps and inputs["ppo_variants"] == [PPOConfig().variant]
-    assert inputs["ppo_kl_coef"] == PPOConfig().kl_coef and inputs["data_format"] == DataConfig().format
-    assert inputs["judge"] == EvalConfig().judge and inputs["eval_max_prompts"] == EvalConfig().max_prompts
+    assert set(STAGE_PARAMETERS) <= set(inputs)
+    for name, (stage, field) in STAGE_PARAMETERS.items():
+        default = getattr(STAGE_CONFIGS[stage](), field)
+        if name == "base_model":
+            assert inputs[name] == ""  # "": a fresh random-init base_preset model
+        else:
+            assert inputs[name] == ([default] if name == "ppo_variants" else default), name
 
 
 def test_compiled_pipeline_loads_back(tmp_path, capsys):
@@ -67,11 +70,15 @@ def test_gpu_compile_gives_the_training_steps_an_accelerator_and_the_cuda_image(
 
 @pytest.mark.parametrize("argv, message", [
     (["sft_stpes=3"], "unknown pipeline parameter 'sft_stpes'"),
-    (["sft_steps=many"], "sft_steps expects integer"),
-    (["ppo_variants=hydra,ppo2"], "['ppo2'] is not allowed"),
-    (["judge=gpt"], "['gpt'] is not allowed"),
-    (["ppo_config=[1]"], "ppo_config expects dict"),
+    (["sft_steps=many"], "pipeline parameter sft_steps: expected an integer, got 'many'"),
+    (["ppo_variants=hydra,ppo2"], "pipeline parameter ppo_variants: 'ppo2' is not one of full, lora"),
+    (["judge=gpt"], "pipeline parameter judge: 'gpt' is not one of"),
+    (["ppo_config=[1]"], "pipeline parameter ppo_config: expected a JSON object"),
     (["sft_steps"], "expected NAME=VALUE"),
+    (['ppo_config={"kl_coeff": 1}'], "ppo_config['kl_coeff']: 'hydra-rlhf ppo' has no such setting; did you mean 'kl_coef'?"),
+    (['ppo_config={"steps": 3}'], "set 'steps' with the pipeline parameter ppo_steps"),
+    (['eval_config={"prompts": "x"}'], "eval_config: 'prompts' is set by the pipeline itself"),
+    (['sft_config={"mixed_precision": "fp8"}'], "sft_config['mixed_precision']: 'fp8' is not one of auto, bf16, no"),
 ])
 def test_bad_pipeline_arguments_are_refused_before_anything_runs(argv, message, capsys):
     assert cli.main(["run", *params(*argv)]) == 2
@@ -92,12 +99,12 @@ def test_submit_sends_the_compiled_pipeline_with_typed_arguments(monkeypatch, ca
 
     monkeypatch.setattr(kfp, "Client", FakeClient)
     argv = ["submit", "--host", "https://kfp.example.com/pipeline", "--namespace", "team", "--run-name", "r1",
-            "--experiment-name", "hydra", *params("sft_steps=300", "ppo_variants=lora,hydra", 'ppo_config={"a": 1}')]
+            "--experiment-name", "hydra", *params("sft_steps=300", "ppo_variants=lora,hydra", 'ppo_config={"eval_every": 1}')]
     assert cli.main(argv) == 0
     assert "run-123" in capsys.readouterr().out
     assert calls["client"] == {"host": "https://kfp.example.com/pipeline", "namespace": "team"}
     assert calls["pipeline"] == "hydra-rlhf"
-    assert calls["run"]["arguments"] == {"sft_steps": 300, "ppo_variants": ["lora", "hydra"], "ppo_config": {"a": 1}}
+    assert calls["run"]["arguments"] == {"sft_steps": 300, "ppo_variants": ["lora", "hydra"], "ppo_config": {"eval_every": 1}}
     assert calls["run"]["run_name"] == "r1" and calls["run"]["experiment_name"] == "hydra"
 
 
@@ -146,7 +153,7 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
             "memory/peak_bytes", "memory/param_bytes", "time/samples_per_s"} <= metrics(sft)
     assert any(m.startswith("system/") for m in metrics(sft))
     assert len(client.get_metric_history(sft.info.run_id, "train/loss")) == 4  # a curve, one point per log
-    assert set(sft.data.params) == {f.name for f in config_fields(TrainConfig)}
+    assert set(sft.data.params) == set(field_names(SFTConfig))
     assert {"objective/kl", "objective/scores", "objective/rlhf_reward", "policy/clipfrac", "loss/policy",
             "loss/value", "eval/gold_accuracy", "memory/peak_bytes", "time/s_per_sample"} <= metrics(ppo)
     assert nested["ppo-lora"].data.tags["variant"] == "lora"
@@ -160,7 +167,7 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
 
     assert "data/manifest.json" in artifacts(prep)
     assert {d.dataset.name for d in prep.inputs.dataset_inputs} >= {"pairs_train", "demos_train", "prompts_eval"}
-    assert {"model/config.json", "model/model.safetensors", "model/train_summary.json"} <= artifacts(sft)
+    assert {"model/config.json", "model/model.safetensors", "model/sft_summary.json"} <= artifacts(sft)
     assert {"ppo_curves.png", "model/config.json", "model/ppo_summary.json"} <= artifacts(ppo)
     evaluation = next(r for r in runs if r.info.run_name == "pairwise-eval")
     assert {"eval/report.html", "eval/winrate.png", "eval/judgments_table.json"} <= artifacts(evaluation)
@@ -184,7 +191,8 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
 def test_a_failed_local_run_says_so_and_leaves_no_mlflow_run_open(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"
-    argv = ["run", "--output-dir", str(out), *params(*TINY[:2], 'sft_config={"mixed_precision": "fp8"}')]
+    # a setting no check before the run can refuse: the base model is looked up when the SFT step runs
+    argv = ["run", "--output-dir", str(out), *params(*TINY[:2], f"base_model={tmp_path / 'no-such-model'}")]
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 1

@@ -1,19 +1,15 @@
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
+from conftest import kill_and_resume, logged_rows
 from hydra_core.config import PPO_VARIANTS, PPOConfig
-from hydra_core.data.schema import load_split
+from hydra_core.data.splits import load_split
 from hydra_core.models.generation import Decoding, generate
 from hydra_core.models.hydra import CONFIG_FILE, load_hydra
 from hydra_core.ppo import algorithm as A
-from hydra_core.ppo import checkpoint
+from hydra_core import checkpoint
 from hydra_core.ppo.roles import PolicyStack
 from hydra_core.ppo.trainer import SUMMARY_FILE, NonFiniteError, run_ppo
 
@@ -87,38 +83,17 @@ def test_variants_hold_the_paper_number_of_backbones(tmp_path, hydra_sft_dir, ar
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, hydra_sft_dir, arithmetic_dir):
-    common = ["ppo", "--variant", "hydra", "--model", hydra_sft_dir, "--data", arithmetic_dir, "--steps", "4",
-              "--rollout-batch-size", "8", "--mini-batch-size", "4", "--ppo-epochs", "2", "--lora-rank", "4",
-              "--greedy-eval-prompts", "8", "--checkpoint-every", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cli = [sys.executable, "-m", "hydra_core.cli"]
-    subprocess.run([*cli, *common, "--output-dir", str(tmp_path / "straight")], env=env, check=True,
-                   capture_output=True, timeout=600)
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cli, *common, "--output-dir", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while checkpoint.latest(killed) is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.latest(killed) is not None
-    assert not (killed / SUMMARY_FILE).exists()  # it really died before the end
-    subprocess.run([*cli, *common, "--output-dir", str(killed), "--resume"], env=env, check=True,
-                   capture_output=True, timeout=600)
-
-    def last_rows(path):  # the killed run may have logged a step that the resumed run repeats
-        rows = {r["step"]: r for r in _rows(path) if "objective/kl" in r}
-        return {s: {k: v for k, v in r.items() if not k.startswith(("time", "memory"))} for s, r in rows.items()}
-
-    straight, resumed = last_rows(tmp_path / "straight" / "metrics.jsonl"), last_rows(killed / "metrics.jsonl")
-    assert sorted(resumed) == [1, 2, 3, 4]
-    for step in (3, 4):
-        assert resumed[step] == straight[step], step
-    a = load_hydra(str(tmp_path / "straight"), heads=())
-    b = load_hydra(str(killed), heads=())
-    for (n, p), (_, q) in zip(a.backbone.named_parameters(), b.backbone.named_parameters()):
+    command = ["ppo", "--variant", "hydra", "--model", hydra_sft_dir, "--data", arithmetic_dir, "--steps", "4",
+               "--rollout-batch-size", "8", "--mini-batch-size", "4", "--ppo-epochs", "2", "--lora-rank", "4",
+               "--greedy-eval-prompts", "8", "--checkpoint-every", "2"]
+    straight, killed, printed = kill_and_resume(command, tmp_path, SUMMARY_FILE)
+    assert "resumed from" in printed
+    a, b = logged_rows(straight / "metrics.jsonl"), logged_rows(killed / "metrics.jsonl")
+    assert sorted(b) == [0, 1, 2, 3, 4]  # the killed run's rows after its checkpoint were dropped
+    for step in a:
+        assert b[step] == a[step], step
+    for (n, p), (_, q) in zip(load_hydra(str(straight), heads=()).backbone.named_parameters(),
+                              load_hydra(str(killed), heads=()).backbone.named_parameters()):
         assert torch.equal(p, q), n
 
 

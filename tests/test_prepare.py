@@ -8,16 +8,8 @@ import pytest
 from hydra_core.config import DataConfig
 from hydra_core.data.loaders import load_preferences
 from hydra_core.data.prepare import prepare
-from hydra_core.data.schema import (
-    MANIFEST,
-    SPLIT_FILES,
-    DataError,
-    Demonstration,
-    EvalPrompt,
-    PreferencePair,
-    load_split,
-    read_manifest,
-)
+from hydra_core.data.schema import DataError, Demonstration, EvalPrompt, PreferencePair
+from hydra_core.data.splits import MANIFEST, SPLIT_FILES, load_split, read_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 GENERIC = str(FIXTURES / "generic.jsonl")
@@ -124,7 +116,8 @@ def test_parquet_output_replaces_an_earlier_jsonl_run(tmp_path):
     jsonl = splits(cfg.output_dir)
     cfg, manifest = run(tmp_path, output_format="parquet")
     out = Path(cfg.output_dir)
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST] + [f"{n}.parquet" for n in SPLIT_FILES])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "prepare_config.json"]
+                                                           + [f"{n}.parquet" for n in SPLIT_FILES])
     assert manifest["files"]["pairs_train"] == "pairs_train.parquet"
     assert splits(out) == jsonl
 

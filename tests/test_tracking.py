@@ -15,11 +15,11 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import tiny_train_config
-from hydra_core import cli
-from hydra_core.config import DataConfig, PPOConfig, TrainConfig
-from hydra_core.tracking import stages
+from conftest import tiny_sft_config
+from hydra_core import cli, registry, stages
+from hydra_core.config import DataConfig
 from hydra_core.tracking.mlflow_tracker import JOURNAL, PENDING_DIR, MlflowTracker, replay
+from hydra_core.tracking.runs import Tracking, close_pipeline_run, open_pipeline_run
 
 
 def free_port() -> int:
@@ -83,7 +83,7 @@ def test_nested_run_with_metrics_artifacts_table_dataset_and_registered_version(
 
 def test_no_tracking_uri_records_nothing(tmp_path, files, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run = stages.Tracking().tracker("stage", tmp_path)
+    run = Tracking().tracker("stage", tmp_path)
     run.log_params({"a": 1})
     run.log_artifact(files / "plot.png")
     assert run.register_model("m", "x", {}) == "" and run.run_id == ""
@@ -93,14 +93,14 @@ def test_no_tracking_uri_records_nothing(tmp_path, files, monkeypatch):
 
 def test_the_exit_step_closes_what_a_failed_job_left_open(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking = stages.Tracking(sqlite_uri(tmp_path), "exit-test")
-    tracking.parent_run_id = stages.open_pipeline_run(tracking, "job-1")
+    tracking = Tracking(sqlite_uri(tmp_path), "exit-test")
+    tracking.parent_run_id = open_pipeline_run(tracking, "job-1")
     finished = tracking.tracker("data-prep", tmp_path / "prep", system_metrics=False)
     finished.close("FINISHED")
     killed = tracking.tracker("hydra-sft", tmp_path / "sft", system_metrics=False)  # never closed: a killed step
-    other_job = stages.open_pipeline_run(tracking, "job-2")
+    other_job = open_pipeline_run(tracking, "job-2")
 
-    ended = stages.close_pipeline_run(tracking, "job-1", "FAILED", "Task exit-handler-1 failed.")
+    ended = close_pipeline_run(tracking, "job-1", "FAILED", "Task exit-handler-1 failed.")
     client = MlflowClient(sqlite_uri(tmp_path))
     assert set(ended) == {tracking.parent_run_id, killed.run_id}
     parent = client.get_run(tracking.parent_run_id)
@@ -109,11 +109,11 @@ def test_the_exit_step_closes_what_a_failed_job_left_open(tmp_path, monkeypatch)
     assert client.get_run(killed.run_id).info.status == "KILLED"
     assert client.get_run(finished.run_id).info.status == "FINISHED"
     assert client.get_run(other_job).info.status == "RUNNING"  # another job's runs are not touched
-    assert stages.close_pipeline_run(tracking, "job-1", "FAILED") == []  # nothing left open
+    assert close_pipeline_run(tracking, "job-1", "FAILED") == []  # nothing left open
 
-    assert stages.close_pipeline_run(tracking, "job-2", "SUCCEEDED") == [other_job]
+    assert close_pipeline_run(tracking, "job-2", "SUCCEEDED") == [other_job]
     assert client.get_run(other_job).info.status == "FINISHED"
-    assert stages.close_pipeline_run(stages.Tracking("", "exit-test"), "job-1", "FAILED") == []  # tracking off
+    assert close_pipeline_run(Tracking("", "exit-test"), "job-1", "FAILED") == []  # tracking off
 
 
 def test_compare_settles_the_aliases_on_the_best_variant(tmp_path, monkeypatch):
@@ -127,25 +127,25 @@ def test_compare_settles_the_aliases_on_the_best_variant(tmp_path, monkeypatch):
                 for variant, low in lows.items()}
     client.set_registered_model_alias("policy", "candidate", versions["hydra"])  # the last to register
     client.set_registered_model_alias("policy", "champion", versions["hydra"])
-    tracking = stages.Tracking(uri, "aliases-test")
+    tracking = Tracking(uri, "aliases-test")
 
-    line = stages.settle_aliases(tracking, "policy", [*versions.values(), ""], champion_threshold=0.9)
+    line = registry.settle_aliases(tracking, "policy", [*versions.values(), ""], 0.9)
     assert client.get_model_version_by_alias("policy", "candidate").version == versions["lora"]
     assert client.get_model_version_by_alias("policy", "champion").version == versions["hydra"]  # 0.62 < 0.9
     assert "unchanged" in line and f"version {versions['lora']} (lora" in line
 
-    stages.settle_aliases(tracking, "policy", list(versions.values()), champion_threshold=0.5)
+    registry.settle_aliases(tracking, "policy", list(versions.values()), 0.5)
     assert client.get_model_version_by_alias("policy", "champion").version == versions["lora"]
-    assert stages.settle_aliases(tracking, "policy", [""], 0.5) == ""  # nothing was registered
-    assert "not settled" in stages.settle_aliases(tracking, "no-such-model", ["1"], 0.5)
+    assert registry.settle_aliases(tracking, "policy", [""], 0.5) == ""  # nothing was registered
+    assert "not settled" in registry.settle_aliases(tracking, "no-such-model", ["1"], 0.5)
 
 
 def test_closing_and_settling_against_a_dead_server_warn_and_return_fast():
-    dead = stages.Tracking(f"http://127.0.0.1:{free_port()}", "dead")
+    dead = Tracking(f"http://127.0.0.1:{free_port()}", "dead")
     started = time.perf_counter()
     with pytest.warns(RuntimeWarning, match="could not be closed.*TrackingUnreachable"):
-        assert stages.close_pipeline_run(dead, "job-1", "SUCCEEDED") == []  # the exit step itself succeeds
-    assert "not settled: TrackingUnreachable" in stages.settle_aliases(dead, "policy", ["1"], 0.5)
+        assert close_pipeline_run(dead, "job-1", "SUCCEEDED") == []  # the exit step itself succeeds
+    assert "not settled: TrackingUnreachable" in registry.settle_aliases(dead, "policy", ["1"], 0.5)
     assert time.perf_counter() - started < 30  # no minutes of retries
 
 
@@ -172,38 +172,19 @@ def test_failure_mid_run_journals_the_rest_and_replays_into_the_same_run(tmp_pat
     assert not (files / PENDING_DIR / JOURNAL).exists()  # sent once, never twice
 
 
-@pytest.mark.parametrize("values, message", [
-    (dict(steps="ten"), "TrainConfig.steps expects int"),
-    (dict(mode="dpo"), "TrainConfig.mode must be one of"),
-    (dict(stpes=3), "has no field"),
-])
-def test_stage_config_refuses_bad_values(values, message):
-    with pytest.raises((ValueError, TypeError), match=message):
-        stages.stage_config(TrainConfig, {}, **values)
-
-
-def test_stage_config_takes_parameters_then_overrides():
-    # Kubeflow and JSON send every number as a float
-    cfg = stages.stage_config(PPOConfig, {"eval_every": 4.0, "kl_coef": 1}, steps=3, variant="lora", lora_rank=None)
-    assert (cfg.steps, cfg.eval_every, cfg.kl_coef, cfg.variant) == (3, 4, 1.0, "lora")
-    assert type(cfg.eval_every) is int and type(cfg.kl_coef) is float and cfg.lora_rank == PPOConfig().lora_rank
-    with pytest.raises(ValueError, match="given both"):
-        stages.stage_config(PPOConfig, {"steps": 2}, steps=3)
-
-
 def test_unreachable_server_the_stage_finishes_and_its_records_wait_on_disk(tmp_path, base_model_dir, arithmetic_dir,
                                                                             capsys):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     out = tmp_path / "sft"
-    cfg = tiny_train_config(base_model_dir, arithmetic_dir, str(out))
+    cfg = tiny_sft_config(base_model_dir, arithmetic_dir, str(out))
     started = time.monotonic()
     with pytest.warns(RuntimeWarning, match="MLflow tracking at .* failed"):
-        summary = stages.sft(cfg, stages.Tracking(uri=dead), registered_model="hydra-sft-test")
+        summary = stages.sft(cfg, Tracking(uri=dead), registered_model="hydra-sft-test")
     assert time.monotonic() - started < 120
     assert any(out.glob("*.safetensors"))  # trained and saved
     pending = out / PENDING_DIR
     assert summary["tracking"]["state"] == "pending" and summary["tracking"]["pending"] == str(pending / JOURNAL)
-    assert json.loads((out / "train_summary.json").read_text())["tracking"]["state"] == "pending"
+    assert json.loads((out / "sft_summary.json").read_text())["tracking"]["state"] == "pending"
     ops = journal_ops(pending)
     assert ops[0] == "start" and {"params", "metrics", "dataset", "artifact", "register"} <= set(ops)
     assert f"hydra-rlhf sync-tracking {pending}" in capsys.readouterr().out
@@ -229,7 +210,7 @@ def test_stage_cli_logs_to_mlflow_when_given_a_tracking_uri(tmp_path, hydra_sft_
     assert run.info.run_name == "pairwise-eval" and run.data.metrics["eval/win_rate"] == 0.5  # itself: all ties
     assert {"eval/report.html", "eval/judgments_table.json"} <= artifact_paths(client, run.info.run_id)
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["prompts_eval"]
-    assert json.loads((out / "summary.json").read_text())["tracking"]["run_id"] == run.info.run_id
+    assert json.loads((out / "eval_summary.json").read_text())["tracking"]["run_id"] == run.info.run_id
 
 
 def test_sync_tracking_refuses_a_folder_without_a_journal(tmp_path, capsys):
@@ -273,11 +254,11 @@ def mlflow_server(tmp_path_factory):
 
 def test_stages_log_to_a_live_server(mlflow_server, tmp_path, base_model_dir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # what a pod gets from its platform
-    tracking = stages.Tracking(experiment="server-test")
-    tracking.parent_run_id = stages.open_pipeline_run(tracking, "pipeline-run")
+    tracking = Tracking(experiment="server-test")
+    tracking.parent_run_id = open_pipeline_run(tracking, "pipeline-run")
     data = stages.prepare_data(DataConfig(output_dir=str(tmp_path / "data"), max_records=200,
                                           arithmetic_eval_prompts=20), tracking)
-    sft = stages.sft(tiny_train_config(base_model_dir, str(tmp_path / "data"), str(tmp_path / "sft")), tracking,
+    sft = stages.sft(tiny_sft_config(base_model_dir, str(tmp_path / "data"), str(tmp_path / "sft")), tracking,
                      registered_model="server-sft")
     stages.compare_variants(tracking, [{"variant": "none", "win_rate": 0.5, "win_rate_low": 0.4}], tmp_path / "cmp")
 

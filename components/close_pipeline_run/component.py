@@ -15,7 +15,7 @@ def close_pipeline_run(
     """End the MLflow runs of the job `pipeline_job_name` that are still open: the parent run FINISHED
     or FAILED by the job's final state, a stage run that never ended (a killed step) KILLED.
     Returns how many runs it ended."""
-    from hydra_core.tracking import stages
+    from hydra_core.tracking.runs import Tracking, close_pipeline_run
 
-    return len(stages.close_pipeline_run(stages.Tracking(tracking_uri, experiment), pipeline_job_name,
-                                         status.state, status.error_message))
+    return len(close_pipeline_run(Tracking(tracking_uri, experiment), pipeline_job_name, status.state,
+                                  status.error_message))

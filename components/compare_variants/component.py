@@ -26,9 +26,10 @@ def compare_variants(
     import os
     from pathlib import Path
 
-    from hydra_core.tracking import stages
+    from hydra_core import stages
+    from hydra_core.tracking.runs import Tracking
 
-    text = stages.compare_variants(stages.Tracking(tracking_uri, experiment, parent_run_id),
+    text = stages.compare_variants(Tracking(tracking_uri, experiment, parent_run_id),
                                    [dict(e.metadata) for e in evaluations], record_dir=os.path.dirname(comparison.path),
                                    registered_model=registered_model, versions=versions,
                                    champion_threshold=champion_threshold)

@@ -30,16 +30,19 @@ def hydra_ppo(
 ) -> str:
     """PPO from a Hydra-SFT model (hydra_core PPOConfig; variant full|lora|lora-dynamic|j-hydra|hydra;
     a parameter left None keeps the config default, `config` sets any other field). The policy is
-    logged to MLflow as the run's `model` artifact. Returns the MLflow run id."""
-    from hydra_core.config import PPOConfig
-    from hydra_core.tracking import stages
+    logged to MLflow as the run's `model` artifact, nested under `parent_run_id` (by default the
+    data's pipeline run). Returns the MLflow run id."""
+    from components.metrics import PPO_KEYS, fill_metrics
+    from hydra_core import stages
+    from hydra_core.config import PPOConfig, from_parameters
+    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
 
-    cfg = stages.stage_config(PPOConfig, config, model=sft_model.path, data=data.path, output_dir=policy.path,
-                              variant=variant, steps=steps, rollout_batch_size=rollout_batch_size,
-                              mini_batch_size=mini_batch_size, learning_rate=learning_rate,
-                              critic_learning_rate=critic_learning_rate, kl_coef=kl_coef, lora_rank=lora_rank,
-                              seed=seed)
-    summary = stages.ppo(cfg, stages.Tracking(tracking_uri, experiment, parent_run_id))
-    policy.metadata.update({"variant": cfg.variant, "mlflow": summary["tracking"],
-                            **stages.fill_metrics(metrics, summary, stages.PPO_KEYS)})
+    cfg = from_parameters(PPOConfig, config, model=sft_model.path, data=data.path, output_dir=policy.path,
+                          variant=variant, steps=steps, rollout_batch_size=rollout_batch_size,
+                          mini_batch_size=mini_batch_size, learning_rate=learning_rate,
+                          critic_learning_rate=critic_learning_rate, kl_coef=kl_coef, lora_rank=lora_rank, seed=seed)
+    parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
+    summary = stages.ppo(cfg, Tracking(tracking_uri, experiment, parent))
+    policy.metadata.update({"variant": cfg.variant, "mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
+                            **fill_metrics(metrics, summary, PPO_KEYS)})
     return summary["tracking"]["run_id"]

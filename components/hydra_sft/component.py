@@ -1,4 +1,4 @@
-"""Hydra-SFT: one backbone, LM head and reward head trained together (hydra_core.train)."""
+"""Hydra-SFT: one backbone, LM head and reward head trained together (hydra_core.sft)."""
 
 from typing import Optional
 
@@ -26,16 +26,22 @@ def hydra_sft(
     parent_run_id: str = "",
     registered_model: str = "",
 ) -> str:
-    """Train Hydra-SFT on a prepared directory (hydra_core TrainConfig: a parameter left None keeps
+    """Train Hydra-SFT on a prepared directory (hydra_core SFTConfig: a parameter left None keeps
     the config default, `config` sets any other field) from `base_model`, a model directory or hub
     id, or when it is empty from a fresh random-init `base_preset` model. The model is logged to
-    MLflow and, given `registered_model`, registered. Returns the MLflow run id."""
-    from hydra_core.config import TrainConfig
-    from hydra_core.tracking import stages
+    MLflow (nested under `parent_run_id`, by default the data's pipeline run) and, given
+    `registered_model`, registered. Returns the MLflow run id."""
+    from components.metrics import SFT_KEYS, fill_metrics
+    from hydra_core import stages
+    from hydra_core.config import SFTConfig, from_parameters
+    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
 
-    cfg = stages.stage_config(TrainConfig, config, model=stages.base_model(base_model, base_preset), data=data.path,
-                              output_dir=model.path, steps=steps, learning_rate=learning_rate,
-                              demo_batch_size=demo_batch_size, pair_batch_size=pair_batch_size, seed=seed)
-    summary = stages.sft(cfg, stages.Tracking(tracking_uri, experiment, parent_run_id), registered_model)
-    model.metadata.update({"mlflow": summary["tracking"], **stages.fill_metrics(metrics, summary, stages.SFT_KEYS)})
+    cfg = from_parameters(SFTConfig, config, model=base_model or None, data=data.path, output_dir=model.path,
+                          steps=steps, learning_rate=learning_rate, demo_batch_size=demo_batch_size,
+                          pair_batch_size=pair_batch_size, seed=seed)
+    cfg.model = stages.base_model(base_model, base_preset)  # after the settings are checked: it may build one
+    parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
+    summary = stages.sft(cfg, Tracking(tracking_uri, experiment, parent), registered_model)
+    model.metadata.update({"mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
+                           **fill_metrics(metrics, summary, SFT_KEYS)})
     return summary["tracking"]["run_id"]

@@ -33,16 +33,19 @@ def pairwise_eval(
     import shutil
     from pathlib import Path
 
-    from hydra_core.config import EvalConfig
+    from components.metrics import EVAL_KEYS, fill_metrics
+    from hydra_core import stages
+    from hydra_core.config import EvalConfig, from_parameters
     from hydra_core.eval.report import FILES
-    from hydra_core.tracking import stages
+    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
 
-    cfg = stages.stage_config(EvalConfig, config, candidate=candidate.path, baseline=baseline.path, prompts=data.path,
-                              output_dir=evaluation.path, judge=judge, judge_model=judge_model,
-                              judge_base_url=judge_base_url, max_prompts=max_prompts, seed=seed)
+    cfg = from_parameters(EvalConfig, config, candidate=candidate.path, baseline=baseline.path, prompts=data.path,
+                          output_dir=evaluation.path, judge=judge, judge_model=judge_model,
+                          judge_base_url=judge_base_url, max_prompts=max_prompts, seed=seed)
+    parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
     variant = candidate.metadata.get("variant", "")
-    summary = stages.evaluate(cfg, stages.Tracking(tracking_uri, experiment, parent_run_id), tags={"variant": variant})
+    summary = stages.evaluate(cfg, Tracking(tracking_uri, experiment, parent), tags={"variant": variant})
     shutil.copyfile(Path(evaluation.path) / FILES["report"], report.path)
-    evaluation.metadata.update({**candidate.metadata, "mlflow": summary["tracking"],
-                                **stages.fill_metrics(metrics, summary, stages.EVAL_KEYS)})
+    evaluation.metadata.update({**candidate.metadata, "mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
+                                **fill_metrics(metrics, summary, EVAL_KEYS)})
     return summary["tracking"]["run_id"]

@@ -1,5 +1,5 @@
 """Register and promote: a new registered-model version of the evaluated policy, `candidate`
-always, `champion` when the judged win-rate's lower confidence bound beats a threshold."""
+always, `champion` when it wins by hydra_core.registry's champion rule."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Output
@@ -24,10 +24,12 @@ def register_model(
     import os
     from pathlib import Path
 
-    from hydra_core.tracking import stages
+    from hydra_core import stages
+    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
 
-    result = stages.register_policy(stages.Tracking(tracking_uri, experiment, parent_run_id), evaluation.path,
-                                    policy_run_id, registered_model, champion_threshold,
+    parent = parent_run_id or evaluation.metadata.get(PIPELINE_RUN_KEY, "")
+    result = stages.register_policy(Tracking(tracking_uri, experiment, parent), evaluation.path, policy_run_id,
+                                    registered_model, champion_threshold,
                                     variant=evaluation.metadata.get("variant") or "policy",
                                     record_dir=os.path.dirname(decision.path))
     Path(decision.path).write_text(result["markdown"], encoding="utf-8")

@@ -19,7 +19,6 @@ Prompt templates (the text the policy is conditioned on):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +27,10 @@ from typing import Any, Callable, Iterator
 from tqdm import tqdm
 
 from hydra_core.config import DataConfig
-from hydra_core.data.schema import (
-    DataError,
-    Demonstration,
-    PreferencePair,
-    validate_demonstration,
-    validate_pair,
-)
+from hydra_core.data.rows import SUFFIXES, file_rows
+from hydra_core.data.schema import (DataError, Demonstration, PreferencePair, check_text, validate_demonstration,
+                                     validate_pair)
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 MAX_SKIPPED_EXAMPLES = 5
 HH_ASSISTANT = "\n\nAssistant:"
 
@@ -54,62 +48,19 @@ class LoadResult:
 
 
 def iter_rows(source: str, split: str = "train", config: str = "") -> Iterator[tuple[str, Any]]:
-    """(where, row) for every record of `source`; `where` is e.g. "data.jsonl:line 3".
+    """(where, row) for every record of `source`: a local file (`rows.file_rows`) or a dataset.
 
     A record that cannot be parsed comes out as a `DataError` in place of its row, so that
     `skip_bad` can step over it; a source that cannot be read at all raises.
     """
     path = Path(source)
     if path.is_file():
-        if path.suffix not in LOCAL_SUFFIXES:
-            raise DataError(source, None, f"unsupported file type; expected one of {LOCAL_SUFFIXES}")
-        if path.suffix == ".parquet":
-            yield from _parquet_rows(path)
-        else:
-            yield from _json_rows(path)
-    elif path.suffix in LOCAL_SUFFIXES:
+        yield from file_rows(path)
+    elif path.suffix in SUFFIXES:
         # Looks like a file name, so a hub lookup would only produce a confusing network error.
         raise DataError(source, None, "no such file")
     else:
         yield from _dataset_rows(source, split, config)
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    i = 0
-    for batch in pq.ParquetFile(path).iter_batches():  # batches keep large files out of memory
-        for row in batch.to_pylist():
-            i += 1
-            yield f"{path}:row {i}", row
-
-
-def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
-        f.seek(0)
-        if head.startswith("["):
-            try:
-                rows = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:line {e.lineno}", None, f"malformed JSON ({e.msg})") from None
-            for i, row in enumerate(rows, start=1):
-                yield f"{path}:row {i}", _object_or_error(row, f"{path}:row {i}")
-            return
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:line {i}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, DataError(where, None, f"malformed JSON ({e.msg})")
-                continue
-            yield where, _object_or_error(row, where)
-
-
-def _object_or_error(row: Any, where: str) -> Any:
-    return row if isinstance(row, dict) else DataError(where, None, "expected a JSON object")
 
 
 def _dataset_rows(source: str, split: str, config: str) -> Iterator[tuple[str, Any]]:
@@ -198,14 +149,9 @@ def _value(row: dict, where: str, name: str) -> Any:
 
 
 def _text(row: dict, where: str, name: str) -> str:
-    value = _value(row, where, name)
-    if not isinstance(value, str):
-        raise DataError(where, name, f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        # Checked here too, not only by validate_pair, because a template around an empty
-        # field would hide it and the message should name the input field.
-        raise DataError(where, name, "is empty")
-    return value
+    # Checked on the input field, not only on the record, because a template around an empty
+    # field would hide it and the message should name the input field.
+    return check_text(_value(row, where, name), where, name)
 
 
 def _optional_text(row: dict, name: str) -> str:

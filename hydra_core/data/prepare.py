@@ -2,7 +2,7 @@
 
 The split is by prompt, so that no prompt of the eval splits was seen in training, and it is a
 seeded shuffle of the distinct prompts, so the same data and seed give the same split. The six
-split files of `schema.SPLIT_FILES` are written first and `manifest.json` last: a directory with
+split files of `splits.SPLIT_FILES` are written first and `manifest.json` last: a directory with
 no manifest is an unfinished one.
 """
 
@@ -16,16 +16,10 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from hydra_core.config import DataConfig
+from hydra_core.config import DataConfig, save_config
 from hydra_core.data.loaders import LoadResult, load_demonstrations, load_preferences
-from hydra_core.data.schema import (
-    MANIFEST,
-    SPLIT_FILES,
-    DataError,
-    Demonstration,
-    EvalPrompt,
-    write_records,
-)
+from hydra_core.data.schema import DataError, Demonstration, EvalPrompt
+from hydra_core.data.splits import MANIFEST, SPLIT_FILES, write_records
 
 
 def prepare(cfg: DataConfig, progress: bool = True) -> dict:
@@ -52,7 +46,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict:
         "config": asdict(cfg),
         "created_with": _created_with(),
     }
-    _write(Path(cfg.output_dir), splits, files, manifest)
+    _write(Path(cfg.output_dir), splits, files, manifest, cfg)
     return manifest
 
 
@@ -139,7 +133,7 @@ def _stats(texts: list[str]) -> dict:
             "p95": n[math.ceil(0.95 * len(n)) - 1], "max": n[-1]}
 
 
-def _write(out: Path, splits: dict[str, list], files: dict[str, str], manifest: dict) -> None:
+def _write(out: Path, splits: dict[str, list], files: dict[str, str], manifest: dict, cfg: DataConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # until the new one is written, the dir is unfinished
     for name, records in splits.items():
@@ -147,6 +141,7 @@ def _write(out: Path, splits: dict[str, list], files: dict[str, str], manifest: 
         for suffix in (".jsonl", ".parquet"):
             (out / f"{name}{suffix}").unlink(missing_ok=True)
         write_records(records, out / files[name])
+    save_config(cfg, out)
     tmp = out / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, out / MANIFEST)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from hydra_core.data import arithmetic
-from hydra_core.data.schema import read_manifest
+from hydra_core.data.splits import read_manifest
 
 Verifier = Callable[[str, str], bool]  # (prompt, response) -> correct
 

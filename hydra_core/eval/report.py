@@ -18,8 +18,10 @@ FILES = {
     "judgments_csv": "judgments.csv",
     "chart": "winrate.png",
     "report": "report.html",
-    "summary": "summary.json",
+    "summary": "eval_summary.json",
 }
+# the summary's figures, logged as `eval/<name>` metrics
+SUMMARY_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "wins", "ties", "losses", "errors", "position_bias")
 COLOURS = {"wins": "#2e7d32", "ties": "#9e9e9e", "losses": "#c62828", "errors": "#f9a825"}
 
 

@@ -10,21 +10,19 @@ from pathlib import Path
 
 import torch
 
-from hydra_core.config import EvalConfig, to_dict
-from hydra_core.data.schema import DataError, EvalPrompt, load_split, read_manifest, read_records
+from hydra_core.config import EvalConfig, save_config, to_dict
+from hydra_core.data.schema import DataError, EvalPrompt
+from hydra_core.data.splits import load_split, read_manifest, read_records
 from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.judges import GoldJudge, Judge, Response, RewardModelJudge
 from hydra_core.eval.openai_judge import OpenAIJudge
 from hydra_core.eval.pairwise import judge_pairs, tally
-from hydra_core.eval.report import headline, write_report
+from hydra_core.eval.report import SUMMARY_METRICS, headline, write_report
 from hydra_core.eval.stats import win_rate
 from hydra_core.models.generation import Decoding, generate
 from hydra_core.models.hydra import CONFIG_FILE, load_hydra
 from hydra_core.runtime import pick_device, seed_everything
 from hydra_core.tracking.base import Tracker
-
-METRICS = ("win_rate", "win_rate_low", "win_rate_high", "wins", "ties", "losses", "errors", "position_bias")
-
 
 def load_prompts(source: str, max_prompts: int = 0) -> list[EvalPrompt]:
     """The prompts_eval split of a prepared directory, or a JSONL file of {"prompt", "reference"?}."""
@@ -36,11 +34,6 @@ def load_prompts(source: str, max_prompts: int = 0) -> list[EvalPrompt]:
         prompts = read_records(Path(source), EvalPrompt)
         if not prompts:
             raise DataError(source, None, "has no prompts")
-    for p in prompts:
-        if not isinstance(p.prompt, str) or not p.prompt.strip():
-            raise DataError(p.source, "prompt", "must be a non-empty string")
-        if not isinstance(p.reference, str):
-            raise DataError(p.source, "reference", "must be a string")
     return prompts[:max_prompts] if max_prompts > 0 else prompts
 
 
@@ -114,10 +107,11 @@ def run_eval(cfg: EvalConfig, tracker: Tracker | None = None) -> dict:
     }
     summary["headline"] = headline(summary)
     paths = write_report(cfg.output_dir, results, summary)
+    save_config(cfg, cfg.output_dir)
 
     tracker.log_params(to_dict(cfg))
     tracker.log_metrics({f"eval/{name}": math.nan if summary[name] is None else summary[name]
-                         for name in METRICS}, step=0)
+                         for name in SUMMARY_METRICS}, step=0)
     for name in ("report", "chart", "judgments", "judgments_csv", "summary"):
         tracker.log_artifact(paths[name], artifact_path="eval")
     return summary

@@ -16,22 +16,27 @@ import warnings
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from hydra_core import checkpoint
 from hydra_core.config import PPOConfig, save_config, to_dict
-from hydra_core.data.schema import load_split
+from hydra_core.data.batching import BatchStream
+from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
+from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes, reset_peak
 from hydra_core.models.generation import Decoding, generate
 from hydra_core.plots import plot_curves
 from hydra_core.ppo import algorithm as A
-from hydra_core.ppo import checkpoint
 from hydra_core.ppo.roles import PolicyStack
 from hydra_core.runtime import pick_device, seed_everything
 from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
-from hydra_core.train.batching import BatchStream
-from hydra_core.train.metrics import gold_accuracy
 
 SUMMARY_FILE = "ppo_summary.json"
+CURVES_FILE = "ppo_curves.png"
+# settings a resumed run may change without changing what it computes
+RESUMABLE = ("resume", "checkpoint_every", "eval_every", "greedy_eval_prompts", "kl_ceiling", "device",
+             "output_dir", "trust_remote_code")
 CURVES = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value",
           "policy/clipfrac", "eval/gold_accuracy")
 
@@ -48,10 +53,18 @@ def _check_finite(step: int, phase: str, last_checkpoint, **values: torch.Tensor
                                  "Lower the learning rates or the KL coefficient, or check the reward model.")
 
 
-def _lr_lambda(cfg: PPOConfig, total_updates: int):
+def build_optimizer(cfg: PPOConfig, stack: PolicyStack):
+    """AdamW over the actor's and the critic's trained parameters (one group each, its own rate), and
+    the learning-rate schedule over every optimizer step of the run."""
+    optimizer = torch.optim.AdamW([{"params": stack.actor_params, "lr": cfg.learning_rate},
+                                   {"params": stack.critic_params, "lr": cfg.critic_learning_rate}],
+                                  weight_decay=0.0)
+    total = cfg.steps * cfg.ppo_epochs * math.ceil(cfg.rollout_batch_size / cfg.mini_batch_size)
     if cfg.lr_schedule == "constant":
-        return lambda _: 1.0
-    return lambda update: 0.5 * (1.0 + math.cos(math.pi * min(update, total_updates) / total_updates))
+        schedule = lambda _: 1.0  # noqa: E731
+    else:
+        schedule = lambda update: 0.5 * (1.0 + math.cos(math.pi * min(update, total) / total))  # noqa: E731
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def _mean(rows: list[dict]) -> dict[str, float]:
@@ -171,18 +184,14 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     out_dir.mkdir(parents=True, exist_ok=True)
     local = JsonlTracker(out_dir)
     tracker = MultiTracker(local, tracker)
-    save_config(cfg, out_dir / "ppo_config.json")
+    save_config(cfg, out_dir)
     tracker.log_params(to_dict(cfg))
 
     prompts = BatchStream(load_split(cfg.data, "prompts_train"), cfg.rollout_batch_size, cfg.seed)
     verifier = verifier_for(cfg.data)
     eval_prompts = load_split(cfg.data, "prompts_eval")[: cfg.greedy_eval_prompts] if verifier else []
     stack = PolicyStack(cfg, device)
-    optimizer = torch.optim.AdamW([{"params": stack.actor_params, "lr": cfg.learning_rate},
-                                   {"params": stack.critic_params, "lr": cfg.critic_learning_rate}],
-                                  weight_decay=0.0)
-    updates = cfg.steps * cfg.ppo_epochs * math.ceil(cfg.rollout_batch_size / cfg.mini_batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, updates))
+    optimizer, scheduler = build_optimizer(cfg, stack)
     trainable = stack.named_trainable()
 
     def gold() -> float:
@@ -191,7 +200,9 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
 
     start, history, last_checkpoint = 0, [], None
     if cfg.resume and (last_checkpoint := checkpoint.latest(out_dir)):
-        start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, prompts)
+        start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, {"prompts": prompts},
+                                         to_dict(cfg), RESUMABLE)
+        local.keep_until(start)  # the killed run's rows after the checkpoint are redone below
         print(f"resumed from {last_checkpoint} (step {start})")
     summary: dict = {"variant": cfg.variant, "steps": cfg.steps}
     if verifier:
@@ -200,8 +211,6 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
         if not history:
             tracker.log_metrics({"eval/gold_accuracy_before": before, "eval/gold_accuracy": before}, 0)
             history.append({"step": 0, "eval/gold_accuracy_before": before, "eval/gold_accuracy": before})
-
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"PPO ({cfg.variant})", disable=not progress)
     started = time.perf_counter()
@@ -220,7 +229,8 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
             # never let a poisoned state replace the last good checkpoint
             _check_finite(step, "checkpoint", last_checkpoint,
                           weights=torch.stack([p.detach().float().abs().max() for p in trainable.values()]))
-            last_checkpoint = checkpoint.save(out_dir, step, trainable, optimizer, scheduler, prompts, history)
+            last_checkpoint = checkpoint.save(out_dir, step, trainable, optimizer, scheduler, {"prompts": prompts},
+                                              history, to_dict(cfg))
     bar.close()
 
     if verifier and "eval/gold_accuracy" not in history[-1]:
@@ -237,6 +247,6 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
         stack.policy_model.save(out_dir, heads=(), kind="ppo-policy", variant=cfg.variant, sft_model=cfg.model,
                                 data=cfg.data)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    plot_curves(history, CURVES, out_dir / "ppo_curves.png", title=f"PPO ({cfg.variant})")
-    tracker.log_artifact(out_dir / "ppo_curves.png")
+    if plot_curves(history, CURVES, out_dir / CURVES_FILE, title=f"PPO ({cfg.variant})"):
+        tracker.log_artifact(out_dir / CURVES_FILE)
     return summary

@@ -25,8 +25,14 @@ class Tracker:
         pass
 
 
+def numeric_entries(summary: dict, keys) -> dict[str, float]:
+    """The entries of `summary` among `keys` that can be logged as metrics (numbers, not None or bools)."""
+    return {k: float(summary[k]) for k in keys
+            if isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool)}
+
+
 class JsonlTracker(Tracker):
-    """Appends every metric row to `<dir>/metrics.jsonl` and params to `<dir>/params.json`."""
+    """Appends every metric row to `<dir>/metrics.jsonl`. (The params are the stage's saved config.)"""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -34,10 +40,15 @@ class JsonlTracker(Tracker):
         self.metrics_path = self.directory / "metrics.jsonl"
         self.history: list[dict] = []
 
-    def log_params(self, params: dict) -> None:
-        path = self.directory / "params.json"
-        merged = {**(json.loads(path.read_text()) if path.exists() else {}), **params}
-        path.write_text(json.dumps(merged, indent=2, default=str))
+    def keep_until(self, step: int) -> None:
+        """Drop the rows logged after `step`: a run resumed from a checkpoint at `step` logs them again."""
+        if not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(self.metrics_path)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         row = {"step": step, "time": time.time(), **{k: float(v) for k, v in metrics.items()}}

@@ -3,7 +3,8 @@
 `sft` trains the LM head on demonstrations, `rm` the reward head on preference pairs, `hydra`
 both on one backbone: the demonstrations and the pairs go through the backbone in a single
 forward pass (one batch, demo rows first) so the two losses share every activation, and DDP sees
-one forward per backward.
+one forward per backward. `--checkpoint-every` writes resumable state (`hydra_core.checkpoint`)
+and `--resume` continues from the newest, reproducing the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,21 +20,27 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from hydra_core.config import TrainConfig, save_config, to_dict
-from hydra_core.data.encoding import lm_batch, pair_batch
-from hydra_core.data.schema import load_split
+from hydra_core import checkpoint
+from hydra_core.config import SFTConfig, save_config, to_dict
+from hydra_core.data.batching import BatchStream
+from hydra_core.data.encoding import IGNORE_INDEX, lm_batch, pair_batch
+from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
+from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes
 from hydra_core.models.hydra import HydraModel, load_hydra
 from hydra_core.models.lora import add_lora
 from hydra_core.plots import plot_curves
 from hydra_core.runtime import keep_freed_memory, mixed_precision, seed_everything
+from hydra_core.sft.metrics import demo_loss, lm_loss, pairwise_loss, reward_accuracy
 from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
-from hydra_core.train.batching import BatchStream
-from hydra_core.train.metrics import demo_loss, gold_accuracy, lm_loss, pairwise_loss, reward_accuracy
 
-SUMMARY_FILE = "train_summary.json"
+SUMMARY_FILE = "sft_summary.json"
+CURVES_FILE = "sft_curves.png"
 CURVES = ("train/loss", "train/lm_loss", "train/reward_loss", "eval/reward_accuracy", "eval/lm_loss", "train/lr")
+# settings a resumed run may change without changing what it computes
+RESUMABLE = ("resume", "checkpoint_every", "log_every", "eval_every", "eval_batch_size", "greedy_eval_prompts",
+             "output_dir", "trust_remote_code")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,11 +57,11 @@ def _merge_rows(demo: dict, pairs: dict, pad_id: int) -> dict:
     return {
         "input_ids": torch.cat([widen(demo["input_ids"], pad_id), widen(pairs["input_ids"], pad_id)]),
         "attention_mask": torch.cat([widen(demo["attention_mask"], 0), widen(pairs["attention_mask"], 0)]),
-        "labels": widen(demo["labels"], -100),
+        "labels": widen(demo["labels"], IGNORE_INDEX),
     }
 
 
-def _build_batch(cfg: TrainConfig, tokenizer, demos, pairs) -> dict:
+def _build_batch(cfg: SFTConfig, tokenizer, demos, pairs) -> dict:
     if cfg.mode == "sft":
         return lm_batch(tokenizer, demos, cfg.max_length)
     pb = pair_batch(tokenizer, pairs, cfg.max_length)
@@ -63,7 +70,7 @@ def _build_batch(cfg: TrainConfig, tokenizer, demos, pairs) -> dict:
     return _merge_rows(lm_batch(tokenizer, demos, cfg.max_length), pb, tokenizer.pad_token_id)
 
 
-def _losses(cfg: TrainConfig, model, batch: dict, n_demos: int) -> dict[str, torch.Tensor]:
+def _losses(cfg: SFTConfig, model, batch: dict, n_demos: int) -> dict[str, torch.Tensor]:
     out = model(
         batch["input_ids"],
         batch["attention_mask"],
@@ -83,7 +90,7 @@ def _losses(cfg: TrainConfig, model, batch: dict, n_demos: int) -> dict[str, tor
     return losses
 
 
-def _evaluate(cfg: TrainConfig, model: HydraModel, data: dict) -> dict[str, float]:
+def _evaluate(cfg: SFTConfig, model: HydraModel, data: dict) -> dict[str, float]:
     model.eval()
     metrics = {}
     if cfg.mode != "sft":
@@ -94,21 +101,10 @@ def _evaluate(cfg: TrainConfig, model: HydraModel, data: dict) -> dict[str, floa
     return metrics
 
 
-def _save_checkpoint(model: HydraModel, optimizer, scheduler, step: int, output_dir: Path, meta: dict) -> Path:
-    root = output_dir / "checkpoints"
-    path = model.save(root / f"step-{step}", **meta)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
-               path / "trainer_state.pt")
-    for old in root.glob("step-*"):  # keep the newest only: each one is a whole model
-        if old != path:
-            shutil.rmtree(old)
-    return path
-
-
-def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
-    """Train per `cfg`; writes the model and `train_summary.json` to `cfg.output_dir`.
-
-    Returns the summary on the main process and {} on the others of a distributed run.
+def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
+    """Train per `cfg`; writes the model, `sft_summary.json`, `metrics.jsonl` and the curves to
+    `cfg.output_dir`. Returns the summary on the main process and {} on the others of a
+    distributed run.
     """
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.mode == "rm" else []
     on_gpu = torch.cuda.is_available()
@@ -116,7 +112,7 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
         keep_freed_memory()
     precision = mixed_precision(cfg.mixed_precision, torch.device("cuda" if on_gpu else "cpu"))
     # Autocast is ours (below), not accelerate's: accelerate fixes the precision once per process,
-    # so a second train() in the same process could not choose another. cpu=True on a GPU-less
+    # so a second run_sft() in the same process could not choose another. cpu=True on a GPU-less
     # machine: several processes there then form a gloo group, not N singles.
     accelerator = Accelerator(cpu=not on_gpu,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -127,8 +123,7 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
     local = JsonlTracker(output_dir) if main else None
     tracker = MultiTracker(local, tracker) if main else Tracker()
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "train_config.json")
+        save_config(cfg, output_dir)
         tracker.log_params(to_dict(cfg))
 
     data = {name: load_split(cfg.data, name) for name in ("demos_train", "pairs_train", "demos_eval", "pairs_eval")}
@@ -143,27 +138,39 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
         model.base_model.gradient_checkpointing_enable()
     model.to(accelerator.device)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = list(trainable.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=(0.9, cfg.adam_beta2))
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
-    demos = BatchStream(data["demos_train"], cfg.demo_batch_size, cfg.seed, rank, world)
-    pairs = BatchStream(data["pairs_train"], cfg.pair_batch_size, cfg.seed + 1, rank, world)
+    streams = {"demos": BatchStream(data["demos_train"], cfg.demo_batch_size, cfg.seed, rank, world),
+               "pairs": BatchStream(data["pairs_train"], cfg.pair_batch_size, cfg.seed + 1, rank, world)}
     meta = {"kind": f"{cfg.mode}-model" if cfg.mode != "hydra" else "hydra-sft", "base_model": cfg.model,
             "data": cfg.data, "mode": cfg.mode}
 
-    bar = tqdm(total=cfg.steps, desc=f"{cfg.mode} training", disable=not (progress and main))
-    start = last_log = time.perf_counter()
+    start, history, last_checkpoint = 0, [], None
+    if cfg.resume and (last_checkpoint := checkpoint.latest(output_dir)):
+        start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, streams, to_dict(cfg),
+                                         RESUMABLE)
+        if main:
+            local.keep_until(start)  # the killed run's rows after the checkpoint are redone below
+            print(f"resumed from {last_checkpoint} (step {start})")
+
+    def record(row: dict, step: int) -> None:
+        tracker.log_metrics(row, step)
+        history.append({"step": step, **row})
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.mode} training", disable=not (progress and main))
+    started = last_log = time.perf_counter()
     samples = tokens = 0
-    checkpoint = None
-    history: dict[str, float] = {}
-    for step in range(1, cfg.steps + 1):
+    for step in range(start + 1, cfg.steps + 1):
         for _ in range(cfg.gradient_accumulation_steps):
-            demo_rows = demos.next() if cfg.mode != "rm" else []
-            pair_rows = pairs.next() if cfg.mode != "sft" else []
-            batch = {k: v.to(accelerator.device) for k, v in _build_batch(cfg, model.tokenizer, demo_rows, pair_rows).items()}
+            demo_rows = streams["demos"].next() if cfg.mode != "rm" else []
+            pair_rows = streams["pairs"].next() if cfg.mode != "sft" else []
+            batch = {k: v.to(accelerator.device)
+                     for k, v in _build_batch(cfg, model.tokenizer, demo_rows, pair_rows).items()}
             with accelerator.accumulate(wrapped):
                 with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     losses = _losses(cfg, wrapped, batch, len(demo_rows))
@@ -171,8 +178,8 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"step {step}: training loss is {loss.item()}; stopping. The last good checkpoint is "
-                        f"{checkpoint or 'none (no checkpoint was written yet)'}. Lower --learning-rate or check the data."
-                    )
+                        f"{last_checkpoint or 'none (no checkpoint was written yet)'}. Lower --learning-rate or "
+                        "check the data.")
                 accelerator.backward(loss)
                 if cfg.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -195,35 +202,35 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, progress: bool = Tru
             })
             samples = tokens = 0
             last_log = now
-            tracker.log_metrics(row, step)
+            record(row, step)
             bar.set_postfix(loss=f"{row['train/loss']:.3f}", **(
                 {"acc": f"{row['train/reward_accuracy']:.2f}"} if "train/reward_accuracy" in row else {}))
-            history.update(row)
         if main and (step % cfg.eval_every == 0 or step == cfg.steps):
-            evals = _evaluate(cfg, model, data)
-            tracker.log_metrics(evals, step)
-            history.update(evals)
-        if main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            checkpoint = _save_checkpoint(model, optimizer, scheduler, step, output_dir, meta)
-        accelerator.wait_for_everyone()
+            record(_evaluate(cfg, model, data), step)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            if main:
+                last_checkpoint = checkpoint.save(output_dir, step, trainable, optimizer, scheduler, streams,
+                                                  history, to_dict(cfg))
+            accelerator.wait_for_everyone()
     bar.close()
 
-    summary = {"steps": cfg.steps, "train_seconds": time.perf_counter() - start, "processes": world,
+    summary = {"steps": cfg.steps, "train_seconds": time.perf_counter() - started, "processes": world,
                "mixed_precision": precision}
     if main:
         memory = model_memory([model], [optimizer])
         model.eval()
         if verifier:
-            summary["eval/gold_accuracy"] = gold_accuracy(model, prompts_eval, verifier)
-            tracker.log_metrics({"eval/gold_accuracy": summary["eval/gold_accuracy"]}, cfg.steps)
+            gold = {"eval/gold_accuracy": gold_accuracy(model, prompts_eval, verifier, cfg.max_new_tokens)}
+            record(gold, cfg.steps)
         tracker.log_metrics(memory, cfg.steps)
-        summary.update(history)
+        for row in history:  # the latest value of every metric
+            summary.update({k: v for k, v in row.items() if k != "step"})
         summary.update(memory)
         model.save(output_dir, **meta)
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(output_dir / checkpoint.DIRECTORY, ignore_errors=True)
         summary = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in summary.items()}
         (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-        if plot_curves(local.history, CURVES, output_dir / "train_curves.png", title=f"{cfg.mode} training"):
-            tracker.log_artifact(output_dir / "train_curves.png")
+        if plot_curves(history, CURVES, output_dir / CURVES_FILE, title=f"{cfg.mode} training"):
+            tracker.log_artifact(output_dir / CURVES_FILE)
     accelerator.wait_for_everyone()
     return summary if main else {}

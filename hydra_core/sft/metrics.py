@@ -1,4 +1,4 @@
-"""Held-out measurements shared by training, PPO and evaluation."""
+"""SFT's losses and its held-out measurements (reward pairwise accuracy, LM loss on demonstrations)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from hydra_core.data.encoding import IGNORE_INDEX, lm_batch, pair_batch
-from hydra_core.models.generation import Decoding, generate
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -43,12 +42,3 @@ def demo_loss(model, demos, max_length: int, batch_size: int = 256) -> float:
         total += lm_loss(out.logits, batch["labels"]).item() * n
         count += n
     return total / max(count, 1)
-
-
-@torch.no_grad()
-def gold_accuracy(model, prompts, verifier, max_new_tokens: int = 8, max_prompt_length: int = 512) -> float:
-    """Share of held-out prompts whose greedy response the task's verifier accepts."""
-    out = generate(model, [p.prompt for p in prompts], Decoding(max_new_tokens=max_new_tokens, greedy=True),
-                   max_prompt_length=max_prompt_length)
-    ok = [bool(end) and verifier(p.prompt, text) for p, text, end in zip(prompts, out.texts, out.ended.tolist())]
-    return sum(ok) / len(ok)

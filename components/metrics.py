@@ -1,0 +1,21 @@
+"""What each component reports in its Kubeflow `Metrics` output: a few scalars of its stage's summary,
+the figures a person compares across runs in the Kubeflow UI."""
+
+from hydra_core.data.splits import SPLIT_FILES
+from hydra_core.eval.report import SUMMARY_METRICS
+from hydra_core.tracking.base import numeric_entries
+
+DATA_KEYS = tuple(f"data/{name}" for name in SPLIT_FILES)
+SFT_KEYS = ("eval/reward_accuracy", "eval/gold_accuracy", "eval/lm_loss", "train/loss", "train_seconds",
+            "memory/peak_bytes")
+PPO_KEYS = ("objective/scores", "objective/kl", "policy/clipfrac", "eval/gold_accuracy_before", "eval/gold_accuracy",
+            "memory/peak_bytes", "memory/trainable_params", "time/s_per_sample", "train_seconds_this_run")
+EVAL_KEYS = SUMMARY_METRICS
+
+
+def fill_metrics(metrics, summary: dict, keys) -> dict[str, float]:
+    """Report the numbers of `summary` among `keys` to `metrics` (a Kubeflow Metrics artifact); returns them."""
+    values = numeric_entries(summary, keys)
+    for name, value in values.items():
+        metrics.log_metric(name, value)
+    return values

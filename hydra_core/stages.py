@@ -1,0 +1,205 @@
+"""How each stage runs end to end: the one place the CLI and the Kubeflow components both call.
+
+A stage function runs one hydra_core stage in an MLflow run (nested under the pipeline's run when
+there is one) and records what the stage does not record itself: its data as MLflow dataset
+inputs, its output directory as the `model` artifact and a registered model version, the
+judgments as a table. It returns the stage's summary plus a `tracking` entry (state, run id,
+where pending records wait), which also goes into the stage's summary file.
+
+The last two stages of a pipeline are here too: `register_policy` (the registry's rules are in
+`hydra_core.registry`) and `compare_variants`, which closes the pipeline's parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra_core import registry
+from hydra_core.config import (DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig, SFTConfig, build,
+                               to_dict)
+from hydra_core.data.prepare import prepare
+from hydra_core.data.splits import MANIFEST, SPLIT_FILES, split_path
+from hydra_core.eval.report import FILES as EVAL_FILES
+from hydra_core.eval.report import SUMMARY_METRICS as EVAL_METRICS
+from hydra_core.eval.runner import run_eval
+from hydra_core.models.hydra import load_hydra
+from hydra_core.models.presets import build_base_model
+from hydra_core.ppo.trainer import SUMMARY_FILE as PPO_SUMMARY
+from hydra_core.ppo.trainer import run_ppo
+from hydra_core.sft.trainer import SUMMARY_FILE as SFT_SUMMARY
+from hydra_core.sft.trainer import run_sft
+from hydra_core.tracking.base import numeric_entries
+from hydra_core.tracking.mlflow_tracker import PENDING_DIR, MlflowTracker
+from hydra_core.tracking.runs import STAGE_TAG, Tracking, main_process
+
+LEFT_OUT = ("checkpoints", PENDING_DIR)  # resumable state and tracking leftovers: not part of a model
+SFT_RUN_NAMES = {"sft": "sft", "rm": "reward-model", "hydra": "hydra-sft"}
+
+
+@contextmanager
+def _stage_run(tracking: Tracking, run_name: str, output_dir: str | Path, summary_file: Path | None = None,
+               tags: dict | None = None):
+    """The stage's MLflow run, ended FAILED if the stage raises; its status goes into the summary file."""
+    run = tracking.tracker(run_name, output_dir, tags={STAGE_TAG: run_name, **(tags or {})})
+    try:
+        yield run
+    except BaseException:
+        run.close("FAILED")
+        raise
+    run.close("FINISHED")
+    if summary_file is not None and summary_file.exists() and main_process():
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        summary["tracking"] = run.status()
+        tmp = summary_file.with_name(summary_file.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, summary_file)
+
+
+def _log_splits(run: MlflowTracker, data_dir: str, names) -> None:
+    for name in names:
+        context = "training" if name.endswith("_train") else "evaluation"
+        run.log_dataset(split_path(data_dir, name), name, context)
+
+
+def _log_output_dir(run: MlflowTracker, directory: str | Path) -> None:
+    for entry in sorted(Path(directory).iterdir()):
+        if entry.name not in LEFT_OUT:
+            path = registry.MODEL_ARTIFACT
+            run.log_artifact(entry, f"{path}/{entry.name}" if entry.is_dir() else path)
+
+
+# --- the stages ------------------------------------------------------------------------------
+
+
+def init_model(cfg: ModelInitConfig) -> Path:
+    """A random-init base model of `cfg.preset` with its tokenizer, in Hugging Face format."""
+    return build_base_model(cfg)
+
+
+def base_model(model: str, preset: str | None = None) -> str:
+    """`model` (a directory or a hub id), or when it is empty a fresh random-init `preset` model."""
+    if model:
+        return model
+    values = {"output_dir": tempfile.mkdtemp(prefix="hydra-base-model-"), **({"preset": preset} if preset else {})}
+    return str(init_model(build(ModelInitConfig, (values, lambda name: f"base {name}"))))
+
+
+def prepare_data(cfg: DataConfig, tracking: Tracking) -> dict:
+    """`prepare` in a `data-prep` run: params, split counts, the manifest, every split as a dataset."""
+    with _stage_run(tracking, "data-prep", cfg.output_dir) as run:
+        manifest = prepare(cfg)
+        counts = {f"data/{name}": n for name, n in manifest["counts"].items()}
+        run.log_params(to_dict(cfg))
+        run.log_metrics(counts, step=0)
+        run.log_artifact(Path(cfg.output_dir) / MANIFEST, "data")
+        _log_splits(run, cfg.output_dir, SPLIT_FILES)
+    return {**manifest, **counts, "tracking": run.status()}
+
+
+def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "") -> dict:
+    """`run_sft` in a run named by its mode; the model directory is logged and, given a name, registered.
+    Returns {} on the other processes of a distributed run."""
+    run_name = SFT_RUN_NAMES[cfg.mode]
+    registered = {}
+    with _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY) as run:
+        _log_splits(run, cfg.data, ("demos_train", "pairs_train"))
+        summary = run_sft(cfg, run)
+        if summary:
+            _log_output_dir(run, cfg.output_dir)
+            if registered_model:
+                version = run.register_model(registered_model, registry.MODEL_ARTIFACT, tags={
+                    "variant": run_name, "data": cfg.data, "base_model": cfg.model, "run_id": run.run_id,
+                    "pipeline_run_id": tracking.parent_run_id})
+                registered = {"registered_model": registered_model, "model_version": version}
+    return {**summary, "tracking": {**run.status(), **registered}} if summary else {}
+
+
+def ppo(cfg: PPOConfig, tracking: Tracking) -> dict:
+    """`run_ppo` in a `ppo-<variant>` run; the policy directory is logged as the `model` artifact."""
+    with _stage_run(tracking, f"ppo-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
+                    tags={"variant": cfg.variant}) as run:
+        _log_splits(run, cfg.data, ("prompts_train",))
+        summary = run_ppo(cfg, run)
+        _log_output_dir(run, cfg.output_dir)
+    return {**summary, "tracking": run.status()}
+
+
+def evaluate(cfg: EvalConfig, tracking: Tracking, tags: dict | None = None) -> dict:
+    """`run_eval` in a `pairwise-eval` run, with the judgments as an MLflow table."""
+    out = Path(cfg.output_dir)
+    with _stage_run(tracking, "pairwise-eval", out, out / EVAL_FILES["summary"], tags=tags) as run:
+        if Path(cfg.prompts).is_dir():
+            _log_splits(run, cfg.prompts, ("prompts_eval",))
+        summary = run_eval(cfg, run)
+        run.log_table(out / EVAL_FILES["judgments"], "eval/judgments_table.json")
+    return {**summary, "tracking": run.status()}
+
+
+def export(cfg: ExportConfig) -> Path:
+    """A Hydra directory's policy as a plain Hugging Face causal-LM directory."""
+    model = load_hydra(cfg.model, heads=(), trust_remote_code=cfg.trust_remote_code)
+    return model.export_policy(cfg.output_dir)
+
+
+def register_policy(tracking: Tracking, evaluation_dir: str, policy_run_id: str, registered_model: str,
+                    champion_threshold: float, variant: str, record_dir: str | Path) -> dict:
+    """`registry.register_policy` in a `register-<variant>` run, for the policy that `evaluation_dir`
+    (an eval output) judged."""
+    evaluation = json.loads((Path(evaluation_dir) / EVAL_FILES["summary"]).read_text(encoding="utf-8"))
+    with _stage_run(tracking, f"register-{variant}", record_dir, tags={"variant": variant}) as run:
+        run.log_params({"registered_model": registered_model, "champion_threshold": champion_threshold,
+                        "policy_run_id": policy_run_id})
+        run.log_metrics(numeric_entries(evaluation, EVAL_METRICS), step=0)
+        decision = registry.register_policy(run, evaluation, policy_run_id, registered_model, champion_threshold,
+                                            variant, tracking.parent_run_id)
+        run.set_tags({"decision": ",".join(decision["aliases"]) or "not registered"})
+    return {**decision, "tracking": run.status()}
+
+
+COMPARISON_COLUMNS = (("variant", "variant"), ("win_rate", "win-rate"), ("win_rate_low", "low"),
+                      ("win_rate_high", "high"), ("wins", "W"), ("ties", "T"), ("losses", "L"),
+                      ("errors", "E"), ("eval/gold_accuracy", "gold acc."), ("memory/peak_bytes", "peak MiB"),
+                      ("memory/trainable_params", "trainable"), ("time/s_per_sample", "s/sample"))
+
+
+def compare_variants(tracking: Tracking, rows: list[dict], record_dir: str | Path, registered_model: str = "",
+                     versions: list[str] = (), champion_threshold: float = registry.CHAMPION_THRESHOLD) -> str:
+    """The variants side by side, best lower bound first, as Markdown; logged to the pipeline's run
+    (per-variant metrics and the table), which is then closed. Given the registered `versions` of
+    the variants, the aliases are settled on the best of them (`registry.settle_aliases`)."""
+    ranked = sorted(rows, key=lambda r: -(r.get("win_rate_low") or 0.0))
+    lines = ["# PPO variants against the Hydra-SFT baseline", "",
+             "| " + " | ".join(title for _, title in COMPARISON_COLUMNS) + " |",
+             "|" + "---|" * len(COMPARISON_COLUMNS)]
+    for row in ranked:
+        lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in COMPARISON_COLUMNS) + " |")
+    settled = registry.settle_aliases(tracking, registered_model, list(versions), champion_threshold)
+    text = "\n".join([*lines, *(["", settled] if settled else [])]) + "\n"
+    if tracking.parent_run_id:
+        run = tracking.top_level().tracker("pipeline", record_dir, run_id=tracking.parent_run_id,
+                                           system_metrics=False)
+        for row in ranked:
+            variant = row.get("variant", "policy")
+            run.log_metrics({f"{variant}/{k}": v for k, v in numeric_entries(row, EVAL_METRICS).items()}, step=0)
+        path = Path(record_dir) / "comparison.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        run.log_artifact(path)
+        run.close("FINISHED")
+    return text
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key == "memory/peak_bytes":
+        return f"{value / 2**20:.0f}"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.3f}"
+    if isinstance(value, float):
+        return f"{value:.0f}"
+    return str(value)
