@@ -5,20 +5,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: pipelines and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def plot_curves(history: list[dict], keys, path: str | Path, title: str = "") -> Path | None:
-    """One small panel per metric in `keys` that `history` (rows with a `step`) contains."""
+    """One small panel per metric in `keys` that `history` (rows with a `step`) contains; None if none does."""
     present = [k for k in keys if any(k in row and row[k] is not None for row in history)]
     if not present:
         return None
     cols = min(3, len(present))
     rows = math.ceil(len(present) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    # A bare Figure renders with the Agg canvas and leaves pyplot's global state (and backend) alone.
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="tight")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, key in zip(axes.flat, present):
         points = [(row["step"], row[key]) for row in history if row.get(key) is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if len(points) < 30 else None)
@@ -29,8 +28,6 @@ def plot_curves(history: list[dict], keys, path: str | Path, title: str = "") ->
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hydra_core import registry
 from hydra_core.config import (DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig, SFTConfig, build,
-                               to_dict)
+                               save_config, to_dict)
 from hydra_core.data.prepare import prepare
 from hydra_core.data.splits import MANIFEST, SPLIT_FILES, split_path
 from hydra_core.eval.report import FILES as EVAL_FILES
@@ -142,7 +142,9 @@ def evaluate(cfg: EvalConfig, tracking: Tracking, tags: dict | None = None) -> d
 def export(cfg: ExportConfig) -> Path:
     """A Hydra directory's policy as a plain Hugging Face causal-LM directory."""
     model = load_hydra(cfg.model, heads=(), trust_remote_code=cfg.trust_remote_code)
-    return model.export_policy(cfg.output_dir)
+    out = model.export_policy(cfg.output_dir)
+    save_config(cfg, out)
+    return out
 
 
 def register_policy(tracking: Tracking, evaluation_dir: str, policy_run_id: str, registered_model: str,

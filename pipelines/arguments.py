@@ -57,8 +57,9 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
     """The pipeline arguments of a recipe file, and the settings in it that the pipeline sets itself.
 
     A recipe has a section per stage (`prepare`, `init-model`, `sft`, `ppo`, `eval`) of that stage's
-    config fields, and `pipeline` for the pipeline's own parameters. A field with a pipeline
-    parameter of its own goes there; any other goes in the stage's `*_config` parameter.
+    config fields, and `pipeline` for the pipeline's parameters, which win over the stage sections.
+    A field with a pipeline parameter of its own goes there; any other goes in the stage's
+    `*_config` parameter.
     """
     data = C.read_config_file(path)
     if not C.is_recipe(data):
@@ -68,8 +69,9 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
     config_parameter = {stage: name for name, stage in CONFIG_PARAMETERS.items()}
     arguments: dict = {}
     wired: list[str] = []
-    for section, settings in data.items():
-        for field, value in (settings or {}).items():
+    # the pipeline's own section last, whatever the file's order: a parameter set there wins
+    for section in sorted(data, key=lambda name: name == "pipeline"):
+        for field, value in (data[section] or {}).items():
             if section == "pipeline":
                 arguments[field] = _typed(field, value)
                 continue

@@ -66,9 +66,6 @@ class HydraModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def has_head(self, name: str) -> bool:
-        return name in self.heads
-
     # --- forward -------------------------------------------------------------------------
     def forward(
         self,

@@ -14,7 +14,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from hydra_core.config import ModelInitConfig
+from hydra_core.config import ModelInitConfig, save_config
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
@@ -64,4 +64,5 @@ def build_base_model(cfg: ModelInitConfig) -> Path:
     out = Path(cfg.output_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    save_config(cfg, out)
     return out

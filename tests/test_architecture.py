@@ -1,0 +1,90 @@
+"""The layers of ARCHITECTURE.md, checked on every import statement of the library (function-local
+ones included): hydra_core uses no kfp, components or pipelines, and each layer imports only the
+layers below it."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ROOT / "hydra_core"
+
+# bottom first; a module may import its own package and anything in a lower layer
+LAYERS = (
+    ("config", "runtime", "memory", "plots", "checkpoint", "tracking"),  # infrastructure
+    ("data",),
+    ("models",),
+    ("eval",),
+    ("sft", "ppo"),
+    ("registry",),
+    ("stages",),
+    ("cli",),
+)
+LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def unit(module: str) -> str:
+    """hydra_core.tracking.runs -> tracking; hydra_core.config -> config."""
+    return module.split(".")[1]
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this file's package
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found += [(node.lineno, base)] + [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return found
+
+
+MODULES = sorted(LIBRARY.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_hydra_core_uses_no_kfp_components_or_pipelines(path):
+    bad = [(line, name) for line, name in imports(path) if name.split(".")[0] in ("kfp", "components", "pipelines")]
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if p.name != "__init__.py" or p.parent != LIBRARY],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_each_layer_imports_only_the_layers_below_it(path):
+    own = path.relative_to(LIBRARY).parts[0].removesuffix(".py")
+    assert own in LAYER, f"{own}: put it in a layer of this test and of ARCHITECTURE.md"
+    upward = [(line, name) for line, name in imports(path)
+              if name.startswith("hydra_core.") and unit(name) != own and unit(name) in LAYER
+              and LAYER[unit(name)] >= LAYER[own]]
+    assert not upward, f"{path.relative_to(ROOT)} (layer {LAYER[own]}) imports upward or sideways: {upward}"
+
+
+def test_the_tracking_infrastructure_imports_nothing_else_of_hydra_core():
+    for path in (LIBRARY / "tracking").rglob("*.py"):
+        others = [name for _, name in imports(path) if name.startswith("hydra_core.") and unit(name) != "tracking"]
+        assert not others, f"{path.relative_to(ROOT)} imports {others}"
+
+
+def test_the_whole_library_and_its_cli_load_without_kfp():
+    code = ("import importlib, pkgutil, sys, hydra_core\n"
+            "for m in pkgutil.walk_packages(hydra_core.__path__, 'hydra_core.'): importlib.import_module(m.name)\n"
+            "from hydra_core import cli\n"
+            "cli.build_parser({c.name: c for c in cli.COMMANDS})\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('kfp', 'pipelines', 'components')], "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('kfp', 'pipelines', 'components'))")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_the_pipeline_commands_join_the_one_registry():
+    from hydra_core import cli
+
+    names = list(cli.commands())
+    assert {"prepare", "sft", "ppo", "eval", "sync-tracking", "compile", "submit", "run"} <= set(names)
+    assert len(names) == len(set(names))

@@ -1,0 +1,223 @@
+"""Settings: one coercion and check for flags, config files, component parameters and pipeline
+arguments; saved configs read back with --config reproduce a stage; recipes feed the pipeline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import logged_rows
+from hydra_core import cli
+from hydra_core import config as C
+from hydra_core.config import DataConfig, PPOConfig, SFTConfig
+from hydra_core.models.hydra import load_hydra
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERIC = str(ROOT / "tests" / "fixtures" / "data" / "generic.jsonl")
+
+
+def test_text_and_values_become_the_field_type_one_way():
+    cfg = C.build(PPOConfig, ({"steps": "3", "learning_rate": "5e-4", "whiten_advantages": "no"}, C.flag),
+                  ({"kl_coef": 1, "eval_every": 4.0, "variant": "lora"}, lambda n: n))
+    assert (cfg.steps, cfg.learning_rate, cfg.whiten_advantages) == (3, 5e-4, False)
+    assert type(cfg.kl_coef) is float and type(cfg.eval_every) is int and cfg.variant == "lora"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"steps": "ten"}, "--steps: expected an integer, got 'ten'"),
+    ({"steps": 2.5}, "--steps: expected an integer, got 2.5"),
+    ({"steps": True}, "--steps: expected an integer, got True"),
+    ({"mode": "dpo"}, "--mode: 'dpo' is not one of sft, rm, hydra"),
+    ({"stpes": 3}, "--stpes: 'hydra-rlhf sft' has no such setting; did you mean 'steps'?"),
+    ({"gradient_checkpointing": "maybe"}, "--gradient-checkpointing: expected true or false, got 'maybe'"),
+])
+def test_a_bad_setting_is_named_as_its_source_names_it(values, message):
+    with pytest.raises(C.ConfigError) as error:
+        C.build(SFTConfig, (values, C.flag))
+    assert str(error.value) == message
+
+
+def test_component_parameters_then_their_config_dict():
+    cfg = C.from_parameters(PPOConfig, {"eval_every": 4.0, "kl_coef": 1}, steps=3, variant="lora", lora_rank=None)
+    assert (cfg.steps, cfg.eval_every, cfg.kl_coef, cfg.variant) == (3, 4, 1.0, "lora")
+    assert cfg.lora_rank == PPOConfig().lora_rank  # None keeps the default
+    with pytest.raises(C.ConfigError, match="steps: given both as a component parameter and in its `config`"):
+        C.from_parameters(PPOConfig, {"steps": 2}, steps=3)
+    with pytest.raises(C.ConfigError, match=r"config\['kl_coeff'\]: .*did you mean 'kl_coef'"):
+        C.from_parameters(PPOConfig, {"kl_coeff": 2})
+
+
+def test_the_choices_are_written_once():
+    from hydra_core.data.loaders import PAIR_FORMATS
+    from hydra_core.models.presets import PRESETS
+    from hydra_core.ppo.roles import LAYOUTS
+
+    assert tuple(LAYOUTS) == C.PPO_VARIANTS
+    assert tuple(PRESETS) == C.MODEL_PRESETS
+    assert set(PAIR_FORMATS) | {"arithmetic"} == set(C.DATA_FORMATS)
+    assert C.field_type(PPOConfig, "variant") == (str, list(C.PPO_VARIANTS))
+
+
+
+# --- config files ----------------------------------------------------------------------------------
+
+
+def write(path: Path, data) -> str:
+    path.write_text(yaml.safe_dump(data) if path.suffix in (".yaml", ".yml") else json.dumps(data))
+    return str(path)
+
+
+def parse(argv):
+    registry = cli.commands()
+    args = cli.build_parser(registry).parse_args(argv)
+    return cli.config_from_args(C.STAGE_CONFIGS[args.command], args)
+
+
+def test_flags_override_the_file_and_a_recipe_gives_each_stage_its_section(tmp_path):
+    flat = write(tmp_path / "ppo.yaml", {"steps": 5, "learning_rate": "5e-4", "variant": "lora"})
+    cfg = parse(["ppo", "--config", flat, "--steps", "7"])
+    assert (cfg.steps, cfg.learning_rate, cfg.variant) == (7, 5e-4, "lora")
+
+    recipe = write(tmp_path / "recipe.yaml", {"sft": {"steps": 9, "mode": "rm"}, "ppo": {"kl_coef": 0.02}})
+    assert (parse(["sft", "--config", recipe]).steps, parse(["sft", "--config", recipe]).mode) == (9, "rm")
+    assert parse(["ppo", "--config", recipe]).kl_coef == 0.02
+    assert parse(["ppo", "--config", recipe, "--kl-coef", "0.1"]).kl_coef == 0.1
+
+
+@pytest.mark.parametrize("name, data, command, message", [
+    ("saved.json", {"type": "PPOConfig", "steps": 3}, "sft",
+     "holds a PPOConfig, not the SFTConfig of 'hydra-rlhf sft'"),
+    ("r.yaml", {"ppo": {"steps": 3}}, "sft", "the recipe has no 'sft' section (it has: ppo)"),
+    ("r.yaml", {"sft": {"setps": 3}}, "sft", "r.yaml: sft.setps: 'hydra-rlhf sft' has no such setting; did you mean"),
+    ("f.yaml", {"learning_rate": "fast"}, "sft", "f.yaml: learning_rate: expected a number, got 'fast'"),
+    ("f.yaml", [1, 2], "sft", "f.yaml: expected a mapping of settings, got list"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_file_and_key(tmp_path, capsys, name, data, command, message):
+    path = write(tmp_path / name, data)
+    assert cli.main([command, "--config", path, "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_malformed_files_name_the_file(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text('{"steps": 3,}')
+    (tmp_path / "bad.yaml").write_text("steps: [3\n")
+    for name in ("bad.json", "bad.yaml"):
+        assert cli.main(["sft", "--config", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name}" in err and "malformed" in err and err.count("\n") == 1
+    assert cli.main(["sft", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+
+
+# --- a saved config reproduces its stage -----------------------------------------------------------
+
+
+def rerun(stage: str, first: Path, second: Path) -> None:
+    """Run `stage` again from the config the first run saved, into `second`."""
+    saved = first / C.config_file_name(C.STAGE_CONFIGS[stage])
+    assert cli.main([stage, "--config", str(saved), "--output-dir", str(second)]) == 0
+    a, b = (json.loads((d / saved.name).read_text()) for d in (first, second))
+    assert {**a, "output_dir": ""} == {**b, "output_dir": ""}
+
+
+def same_weights(a: Path, b: Path, heads=()) -> bool:
+    pa, pb = load_hydra(str(a), heads=heads), load_hydra(str(b), heads=heads)
+    return all(torch.equal(p, q) for (_, p), (_, q) in zip(pa.named_parameters(), pb.named_parameters()))
+
+
+def test_prepare_and_init_model_from_their_saved_configs(tmp_path):
+    first, second = tmp_path / "data-a", tmp_path / "data-b"
+    assert cli.main(["prepare", "--format", "generic", "--source", GENERIC, "--eval-fraction", "0.3", "--seed", "4",
+                     "--output-dir", str(first)]) == 0
+    rerun("prepare", first, second)
+    for split in ("pairs_train", "pairs_eval", "demos_train", "prompts_eval"):
+        assert (first / f"{split}.jsonl").read_text() == (second / f"{split}.jsonl").read_text()
+
+    assert cli.main(["init-model", "--seed", "3", "--output-dir", str(tmp_path / "m-a")]) == 0
+    rerun("init-model", tmp_path / "m-a", tmp_path / "m-b")
+    assert same_weights(tmp_path / "m-a", tmp_path / "m-b")
+
+
+def test_sft_ppo_and_eval_from_their_saved_configs(tmp_path, base_model_dir, arithmetic_dir, hydra_sft_dir):
+    sft = ["sft", "--model", base_model_dir, "--data", arithmetic_dir, "--steps", "4", "--demo-batch-size", "8",
+           "--pair-batch-size", "4", "--eval-every", "2", "--log-every", "2", "--greedy-eval-prompts", "8",
+           "--warmup-steps", "1", "--checkpoint-every", "0"]
+    assert cli.main([*sft, "--output-dir", str(tmp_path / "sft-a")]) == 0
+    rerun("sft", tmp_path / "sft-a", tmp_path / "sft-b")
+    assert logged_rows(tmp_path / "sft-a" / "metrics.jsonl") == logged_rows(tmp_path / "sft-b" / "metrics.jsonl")
+    assert same_weights(tmp_path / "sft-a", tmp_path / "sft-b", heads=("reward",))
+
+    ppo = ["ppo", "--model", hydra_sft_dir, "--data", arithmetic_dir, "--steps", "2", "--rollout-batch-size", "8",
+           "--mini-batch-size", "4", "--ppo-epochs", "1", "--lora-rank", "4", "--greedy-eval-prompts", "8"]
+    assert cli.main([*ppo, "--output-dir", str(tmp_path / "ppo-a")]) == 0
+    rerun("ppo", tmp_path / "ppo-a", tmp_path / "ppo-b")
+    assert logged_rows(tmp_path / "ppo-a" / "metrics.jsonl") == logged_rows(tmp_path / "ppo-b" / "metrics.jsonl")
+    assert same_weights(tmp_path / "ppo-a", tmp_path / "ppo-b")
+
+    assert cli.main(["eval", "--candidate", str(tmp_path / "ppo-a"), "--prompts", arithmetic_dir, "--max-prompts", "6",
+                     "--output-dir", str(tmp_path / "eval-a")]) == 0
+    rerun("eval", tmp_path / "eval-a", tmp_path / "eval-b")
+    a, b = (json.loads((tmp_path / d / "eval_summary.json").read_text()) for d in ("eval-a", "eval-b"))
+    assert {k: a[k] for k in ("wins", "ties", "losses", "baseline")} == {k: b[k] for k in ("wins", "ties", "losses",
+                                                                                          "baseline")}
+    assert (tmp_path / "eval-a" / "judgments.jsonl").read_text() == (tmp_path / "eval-b" / "judgments.jsonl").read_text()
+
+
+def test_every_stage_saves_the_config_it_ran_with(tmp_path):
+    assert C.save_config(DataConfig(seed=5), tmp_path).name == "prepare_config.json"
+    assert C.load_config(DataConfig, tmp_path / "prepare_config.json") == DataConfig(seed=5)
+
+
+# --- recipes for the pipeline ----------------------------------------------------------------------
+
+
+def test_a_recipe_becomes_pipeline_arguments(tmp_path):
+    from pipelines.arguments import pipeline_arguments
+
+    recipe = write(tmp_path / "recipe.yaml", {
+        "init-model": {"preset": "llama-30m"},
+        "prepare": {"format": "generic", "source": GENERIC, "output_dir": "outputs/data", "seed": 2},
+        "sft": {"steps": 50, "warmup_steps": 5, "data": "outputs/data", "seed": 2},
+        "ppo": {"variant": "lora", "kl_coef": 0.02, "lr_schedule": "constant", "model": "outputs/hydra-sft"},
+        "eval": {"judge": "reward-model", "max_new_tokens": 32},
+        "pipeline": {"champion_threshold": 0.6, "ppo_variants": "lora,hydra"},
+    })
+    arguments, wired = pipeline_arguments(["ppo_kl_coef=0.05", 'sft_config={"log_every": 5}'], recipe)
+    assert arguments["base_preset"] == "llama-30m" and arguments["data_format"] == "generic"
+    assert arguments["seed"] == 2 and arguments["sft_steps"] == 50 and arguments["judge"] == "reward-model"
+    assert arguments["sft_config"] == {"warmup_steps": 5, "log_every": 5}  # merged with -p
+    assert arguments["ppo_config"] == {"lr_schedule": "constant"} and arguments["ppo_kl_coef"] == 0.05
+    assert arguments["eval_config"] == {"max_new_tokens": 32}
+    assert arguments["ppo_variants"] == ["lora", "hydra"]  # the pipeline section is read after the ppo one
+    assert arguments["champion_threshold"] == 0.6
+    assert sorted(wired) == ["ppo.model", "prepare.output_dir", "sft.data"]
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"sft": {"seed": 1}, "ppo": {"seed": 2}}, "sft.seed is 1 but another stage's is 2"),
+    ({"sft": {"steps": "many"}}, "sft.steps: expected an integer, got 'many'"),
+    ({"export": {"model": "x"}}, "export.model: the pipeline does not take this setting"),
+    ({"pipeline": {"sft_stpes": 3}}, "unknown pipeline parameter 'sft_stpes'"),
+    ({"steps": 3}, "not a recipe"),
+    ({"ppo": {"rollout_batch_size": 4, "variant": "hydra"}, "pipeline": {"ppo_variants": ["hydra", "dpo"]}},
+     "pipeline parameter ppo_variants: 'dpo' is not one of"),
+])
+def test_a_bad_recipe_is_refused_before_the_pipeline_runs(tmp_path, capsys, recipe, message):
+    path = write(tmp_path / "recipe.yaml", recipe)
+    assert cli.main(["run", "--config", path, "--output-dir", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_compile_writes_a_recipes_settings_as_the_spec_defaults(tmp_path):
+    recipe = write(tmp_path / "recipe.yaml", {"sft": {"steps": 77, "warmup_steps": 3}, "ppo": {"variant": "lora"}})
+    spec = tmp_path / "spec.yaml"
+    assert cli.main(["compile", "--config", recipe, "-o", str(spec), "-p", "ppo_steps=5"]) == 0
+    parameters = next(yaml.safe_load_all(spec.read_text()))["root"]["inputDefinitions"]["parameters"]
+    assert parameters["sft_steps"]["defaultValue"] == 77 and parameters["ppo_steps"]["defaultValue"] == 5
+    assert parameters["sft_config"]["defaultValue"] == {"warmup_steps": 3}
+    assert parameters["ppo_variants"]["defaultValue"] == ["lora"]
