@@ -5,6 +5,7 @@ the assertions read the JSON it writes. The numbers themselves are the benchmark
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,10 @@ def report(tmp_path_factory, base_model_dir):
     cmd = [sys.executable, str(SCRIPT), "--sizes", "tiny-llama", "--variants", "sft,full,hydra", "--batch", "2",
            "--prompt-length", "6", "--new-tokens", "3", "--iterations", "1", "--warmup", "0", "--lora-rank", "4",
            "--threads", "1", "--device", "cpu", "--out", str(out / "results"), "--cache-dir", str(out / "models")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # Outside the repo and with PYTHONSAFEPATH (inherited by the workers), the script's directory is
+    # not on sys.path by default: the entry and the `--worker` re-runs must find their modules alone.
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=out, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "building" not in done.stdout  # the cache was used
     return out / "results", json.loads((out / "results" / "ppo_variants.json").read_text()), done.stdout

@@ -1,0 +1,170 @@
+"""The benchmark's report: the table, the targets, the notes and the chart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra_core.config import PPO_VARIANTS
+
+from measure import SFT, MiB
+
+
+def fmt_mib(n) -> str:
+    return "-" if n is None else f"{n / MiB:,.0f}" if n >= 100 * MiB else f"{n / MiB:,.1f}"
+
+
+def fmt_num(x, fmt="{:.3g}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def table(runs: list[dict], cuda: bool) -> str:
+    head = ["size", "variant", "batch", "peak MiB", "net MiB" if not cuda else "", "params M", "train M",
+            "param MiB", "grad MiB", "optim MiB", "s/sample", "tok/s", "gen s", "score s", "train s"]
+    rows = []
+    for r in runs:
+        if r["status"] != "ok":
+            rows.append([r["size"], r["variant"], str(r["batch"]), r["status"]] + [""] * (len(head) - 4))
+            continue
+        m, ph = r["memory"], r["phases_s"]
+        rows.append([r["size"], r["variant"], str(r["batch"]), fmt_mib(r["peak_bytes"]),
+                     fmt_mib(r["net_peak_bytes"]) if not cuda else "",
+                     f"{m['memory/params'] / 1e6:.2f}", f"{m['memory/trainable_params'] / 1e6:.3f}",
+                     fmt_mib(m["memory/param_bytes"]), fmt_mib(m["memory/grad_bytes"]),
+                     fmt_mib(m["memory/optimizer_bytes"]),
+                     f"{r['s_per_sample']:.4f}", f"{r['tokens_per_s']:,.0f}",
+                     fmt_num(ph.get("generation"), "{:.3f}"), fmt_num(ph.get("scoring"), "{:.3f}"),
+                     fmt_num(ph.get("training"), "{:.3f}")])
+    keep = [i for i, h in enumerate(head) if h]
+    head, rows = [head[i] for i in keep], [[row[i] for i in keep] for row in rows]
+    widths = [max(len(head[i]), *(len(row[i]) for row in rows)) for i in range(len(head))]
+    line = lambda cells: "| " + " | ".join(c.rjust(w) if j > 1 else c.ljust(w)  # noqa: E731
+                                           for j, (c, w) in enumerate(zip(cells, widths))) + " |"
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def targets(runs: list[dict], budget: list[dict], cuda: bool) -> list[dict]:
+    """The issue's three targets, each with its measured numbers. Reported, not asserted."""
+    by = {(r["size"], r["variant"]): r for r in runs if r["status"] == "ok"}
+    sizes = list(dict.fromkeys(r["size"] for r in runs))
+    kinds = [("peak_bytes", "peak")] + ([] if cuda else [("net_peak_bytes", "net (baseline-subtracted) peak")])
+    out = []
+    for size in sizes:
+        hydra, sft, full = by.get((size, "hydra")), by.get((size, SFT)), by.get((size, "full"))
+        for key, label in kinds:
+            if hydra and sft:
+                out.append({"target": "Hydra-PPO peak <= full-fine-tune SFT peak (same model and batch)",
+                            "size": size, "measure": label, "hydra": hydra[key], "sft": sft[key],
+                            "ratio": hydra[key] / sft[key], "verdict": _verdict(hydra[key] <= sft[key]),
+                            "headline": size == "llama-120m"})
+        for key, label in kinds:
+            if hydra and full:
+                out.append({"target": "Hydra-PPO peak <= 0.5 x full-PPO peak", "size": size, "measure": label,
+                            "hydra": hydra[key], "full": full[key], "ratio": hydra[key] / full[key],
+                            "verdict": _verdict(hydra[key] <= 0.5 * full[key]), "headline": True})
+    found = {(b["size"], b["variant"]): b for b in budget}
+    for size in dict.fromkeys(b["size"] for b in budget):
+        hydra, lora = found.get((size, "hydra")), found.get((size, "lora"))
+        if hydra and lora and hydra["s_per_sample"] and lora["s_per_sample"]:
+            ratio = hydra["s_per_sample"] / lora["s_per_sample"]
+            out.append({"target": "under one memory budget, Hydra-PPO s/sample <= 0.35 x LoRA-PPO s/sample",
+                        "size": size, "measure": f"budget {hydra['budget_bytes'] / MiB:.0f} MiB",
+                        "hydra": hydra["s_per_sample"], "lora": lora["s_per_sample"],
+                        "hydra_batch": hydra["max_batch"], "lora_batch": lora["max_batch"], "ratio": ratio,
+                        "verdict": _verdict(ratio <= 0.35), "headline": True})
+    return out
+
+
+def describe_target(t: dict) -> str:
+    if "lora" in t:
+        nums = (f"hydra {t['hydra']:.4f} s/sample at batch {t['hydra_batch']} vs lora {t['lora']:.4f} "
+                f"at batch {t['lora_batch']}")
+    else:
+        other = "sft" if "sft" in t else "full"
+        nums = f"hydra {t['hydra'] / MiB:,.1f} MiB vs {other} {t[other] / MiB:,.1f} MiB"
+    note = "" if t.get("headline", True) else "  (indicative: the target is stated at ~120M)"
+    return f"[{t['verdict']}] {t['target']} | {t['size']}, {t['measure']}: {nums} (ratio {t['ratio']:.2f}){note}"
+
+
+def _budget_panel(ax, size: str, budget: list[dict], colors: dict) -> None:
+    found = [b for b in budget if b["size"] == size and b["max_batch"]]
+    names = [b["variant"] for b in found]
+    ax.bar(range(len(found)), [b["s_per_sample"] * 1000 for b in found], color=[colors[v] for v in names])
+    for i, b in enumerate(found):
+        ax.annotate(f"b={b['max_batch']}", (i, b["s_per_sample"] * 1000), ha="center", va="bottom", fontsize=7)
+    label = f"{budget[0]['budget_bytes'] / 2**30:.2f} GiB"
+    ax.set_title(f"{size}: ms/sample at the largest batch in {label}", fontsize=9)
+    ax.set_xticks(range(len(found)), names, fontsize=7, rotation=20)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def chart(runs: list[dict], budget: list[dict], path: Path, cuda: bool) -> Path:
+    # Imported here: every worker process is the entry script, which imports this module, and
+    # matplotlib would sit in each worker's RSS. A bare Figure renders with the Agg canvas and sets
+    # no global backend.
+    from matplotlib.figure import Figure
+
+    sizes = list(dict.fromkeys([r["size"] for r in runs] + [b["size"] for b in budget]))
+    nrows = (2 if runs else 0) + (1 if budget else 0)
+    fig = Figure(figsize=(4.6 * len(sizes), 3.4 * nrows))
+    axes = fig.subplots(nrows, len(sizes), squeeze=False)
+    colors = {"full": "#b2182b", "lora": "#ef8a62", "lora-dynamic": "#fddbc7", "j-hydra": "#67a9cf",
+              "hydra": "#2166ac", SFT: "#4d4d4d"}
+    for col, size in enumerate(sizes):
+        if budget:
+            _budget_panel(axes[-1][col], size, budget, colors)
+        if not runs:
+            continue
+        mine = {r["variant"]: r for r in runs if r["size"] == size and r["status"] == "ok"}
+        ppo = [v for v in PPO_VARIANTS if v in mine]
+        x = range(len(ppo))
+        ax = axes[0][col]
+        ax.bar(x, [mine[v]["peak_bytes"] / MiB for v in ppo], color=[colors[v] for v in ppo])
+        if not cuda:  # the runtime baseline inside every CPU peak
+            ax.bar(x, [mine[v]["baseline_bytes"] / MiB for v in ppo], color="none", hatch="//", edgecolor="grey",
+                   linewidth=0, label="runtime baseline (RSS after imports)")
+        if SFT in mine:
+            ax.axhline(mine[SFT]["peak_bytes"] / MiB, color="black", linestyle="--", label="full-fine-tune SFT")
+        batch = next(iter(mine.values()))["batch"] if mine else "?"
+        ax.set_title(f"{size}: peak memory (batch {batch})", fontsize=9)
+        ax.set_ylabel("MiB" + ("" if cuda else " (peak RSS)"), fontsize=8)
+        ax.set_xticks(list(x), ppo, fontsize=7, rotation=20)
+        ax.legend(fontsize=6, loc="upper right")
+        ax.grid(axis="y", alpha=0.3)
+
+        ax = axes[1][col]
+        ax.bar(x, [mine[v]["s_per_sample"] * 1000 for v in ppo], color=[colors[v] for v in ppo])
+        if SFT in mine:
+            ax.axhline(mine[SFT]["s_per_sample"] * 1000, color="black", linestyle="--", label="SFT step")
+            ax.legend(fontsize=6)
+        ax.set_title(f"{size}: ms per sample (PPO iteration)", fontsize=9)
+        ax.set_xticks(list(x), ppo, fontsize=7, rotation=20)
+        ax.grid(axis="y", alpha=0.3)
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def run_notes(args, runs: list[dict], cuda: bool, load_before: tuple[float, ...]) -> list[str]:
+    """How to read the figures on this device, and how busy the machine was while they were taken."""
+    baseline = [r["baseline_bytes"] for r in runs if r["status"] == "ok"]
+    out = []
+    if not cuda:
+        out.append("CPU: 'peak' is the process peak RSS, which includes the Python/torch runtime "
+                   f"(RSS right after imports, ~{(sum(baseline) / len(baseline) if baseline else 0) / MiB:.0f} MiB "
+                   "here); 'net' subtracts that baseline, leaving model + optimizer + activations + allocator slack"
+                   + (" (glibc malloc set to return freed memory: --tight-malloc)." if args.tight_malloc else "."))
+        out.append(f"CPU timings are only as steady as the machine: {os.cpu_count()} cores, load average "
+                   f"{load_before[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at the end of this run.")
+    out.append("grad MiB: the gradients present at the optimizer step; optim MiB: AdamW state after the last step.")
+    if not cuda:
+        out.append("JSON phase_peaks_bytes on CPU are cumulative within an iteration (hydra_core.memory.reset_peak "
+                   "does not reset the RSS mark on CPU); iteration peaks are reset per iteration by this script.")
+    out.append("s/sample: one whole PPO iteration (rollout + scoring + optimise) / batch; SFT: one step / batch; "
+               f"the {args.timing_stat} over {args.iterations} iteration(s) after {args.warmup} warm-up.")
+    return out
