@@ -56,8 +56,8 @@ def config_from_args(cls, args: argparse.Namespace):
     """The config of `--config FILE` (if given) with the flags that were given on top."""
     given = {name: value for name, value in vars(args).items() if name in C.field_names(cls)}
     if args.config:
-        return C.load_config(cls, args.config, [(given, C.flag)])
-    return C.build(cls, (given, C.flag))
+        return C.load_config(cls, args.config, [(given, C.flag)], unset=C.flag)
+    return C.build(cls, (given, C.flag), unset=C.flag)
 
 
 def stage_command(cls, handler: Callable, help_text: str, tracked: bool = True) -> Command:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -31,8 +33,18 @@ JUDGES = ("openai", "reward-model", "gold")
 PRECISIONS = ("auto", "bf16", "no")
 
 
+Namer = Callable[[str], str]  # how an error names a field: "--steps", "recipe.yaml: sft.steps", ...
+
+
 class ConfigError(ValueError):
     """A setting with a wrong type or value; the message names it as its source does."""
+
+
+def setting(default, *, ge=None, gt=None, le=None, lt=None):
+    """A field with its allowed range (`ge` <= value, `gt` < value, value <= `le`, value < `lt`),
+    checked by `validate`."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
 
 
 @dataclass
@@ -47,14 +59,18 @@ class DataConfig:
     dataset_split: str = "train"  # the split of a hub dataset to read
     dataset_config: str = ""  # the config (subset) name of a hub dataset, if it has several
     demonstrations: str = ""  # optional separate demonstrations (prompt, response) file or id
-    eval_fraction: float = 0.05
-    max_records: int = 0  # 0 = all
-    seed: int = 0
+    eval_fraction: float = setting(0.05, gt=0, lt=1)
+    max_records: int = setting(0, ge=0)  # 0 = all
+    seed: int = setting(0, ge=0)
     skip_bad: bool = False  # skip bad records (and report them) instead of stopping at the first
     output_format: Literal["jsonl", "parquet"] = "jsonl"
     # embedded arithmetic task only
-    arithmetic_eval_prompts: int = 400
-    arithmetic_pairs_per_prompt: int = 2
+    arithmetic_eval_prompts: int = setting(400, ge=1)
+    arithmetic_pairs_per_prompt: int = setting(2, ge=1)
+
+    def relations(self, name: Namer):
+        if self.format != "arithmetic" and not self.source:
+            yield "source", f"is required with {name('format')} {self.format} (a file or a dataset id)"
 
 
 @dataclass
@@ -65,7 +81,7 @@ class ModelInitConfig:
 
     output_dir: str = "outputs/base-model"
     preset: Literal[MODEL_PRESETS] = "tiny-llama"
-    seed: int = 0
+    seed: int = setting(0, ge=0)
 
 
 @dataclass
@@ -78,32 +94,32 @@ class SFTConfig:
     data: str = "outputs/data"  # a prepared directory
     output_dir: str = "outputs/hydra-sft"
     mode: Literal[SFT_MODES] = "hydra"
-    steps: int = 1500
-    demo_batch_size: int = 128
-    pair_batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    reward_loss_weight: float = 1.0
-    max_grad_norm: float = 1.0  # 0 = no clipping
-    adam_beta2: float = 0.98
-    max_length: int = 512
-    gradient_accumulation_steps: int = 1
+    steps: int = setting(1500, ge=1)
+    demo_batch_size: int = setting(128, ge=1)
+    pair_batch_size: int = setting(64, ge=1)
+    learning_rate: float = setting(2e-3, gt=0)
+    weight_decay: float = setting(0.1, ge=0)
+    warmup_steps: int = setting(100, ge=0)
+    reward_loss_weight: float = setting(1.0, ge=0)
+    max_grad_norm: float = setting(1.0, ge=0)  # 0 = no clipping
+    adam_beta2: float = setting(0.98, gt=0, lt=1)
+    max_length: int = setting(512, ge=2)
+    gradient_accumulation_steps: int = setting(1, ge=1)
     gradient_checkpointing: bool = False
     # auto = bf16 autocast (fp32 weights) on a bf16 GPU or a CPU with native bf16 maths, else fp32
     mixed_precision: Literal[PRECISIONS] = "auto"
-    lora_rank: int = 0  # 0 = train the backbone in full
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    eval_every: int = 250
-    eval_batch_size: int = 256
-    checkpoint_every: int = 500  # 0 = no checkpoints
+    lora_rank: int = setting(0, ge=0)  # 0 = train the backbone in full
+    lora_alpha: int = setting(16, ge=1)
+    lora_dropout: float = setting(0.0, ge=0, lt=1)
+    eval_every: int = setting(250, ge=1)
+    eval_batch_size: int = setting(256, ge=1)
+    checkpoint_every: int = setting(500, ge=0)  # 0 = no checkpoints
     resume: bool = False  # continue from the newest checkpoint in output_dir
-    log_every: int = 25
-    seed: int = 0
+    log_every: int = setting(25, ge=1)
+    seed: int = setting(0, ge=0)
     trust_remote_code: bool = False
-    greedy_eval_prompts: int = 400  # held-out prompts checked greedily by the task verifier
-    max_new_tokens: int = 6  # length of those greedy responses (as PPO and eval generate them)
+    greedy_eval_prompts: int = setting(400, ge=1)  # held-out prompts checked greedily by the task verifier
+    max_new_tokens: int = setting(6, ge=1)  # length of those greedy responses (as PPO and eval generate them)
 
 
 @dataclass
@@ -128,38 +144,45 @@ class PPOConfig:
     data: str = "outputs/data"  # a prepared directory (its prompts_train split)
     output_dir: str = "outputs/ppo"
     variant: Literal[PPO_VARIANTS] = "hydra"
-    steps: int = 12  # PPO iterations: rollout, score, optimise
-    rollout_batch_size: int = 256  # prompts sampled per iteration
-    mini_batch_size: int = 64
-    ppo_epochs: int = 4
-    learning_rate: float = 1e-3  # actor
-    critic_learning_rate: float = 1e-3
+    steps: int = setting(12, ge=1)  # PPO iterations: rollout, score, optimise
+    rollout_batch_size: int = setting(256, ge=1)  # prompts sampled per iteration
+    mini_batch_size: int = setting(64, ge=1)
+    ppo_epochs: int = setting(4, ge=1)
+    learning_rate: float = setting(1e-3, gt=0)  # actor
+    critic_learning_rate: float = setting(1e-3, gt=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    kl_coef: float = 0.5
+    lora_rank: int = setting(8, ge=1)
+    lora_alpha: int = setting(16, ge=1)
+    kl_coef: float = setting(0.5, ge=0)
     kl_estimator: Literal["k1", "k3"] = "k1"
-    kl_ceiling: float = 10.0  # warn when the mean sequence KL passes this
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    value_loss_coef: float = 0.5  # weight of the value loss where actor and critic share weights
+    kl_ceiling: float = setting(10.0, gt=0)  # warn when the mean sequence KL passes this
+    gamma: float = setting(1.0, ge=0, le=1)
+    lam: float = setting(0.95, ge=0, le=1)
+    clip_range: float = setting(0.2, gt=0)
+    clip_range_value: float = setting(0.2, gt=0)
+    value_loss_coef: float = setting(0.5, ge=0)  # weight of the value loss where actor and critic share weights
     whiten_advantages: bool = True
-    missing_eos_penalty: float = 1.0  # subtracted from the score of a response with no EOS
-    max_grad_norm: float = 1.0
-    max_new_tokens: int = 6
-    max_prompt_length: int = 512
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    checkpoint_every: int = 0  # 0 = only at the end
+    missing_eos_penalty: float = setting(1.0, ge=0)  # subtracted from the score of a response with no EOS
+    max_grad_norm: float = setting(1.0, gt=0)
+    max_new_tokens: int = setting(6, ge=1)
+    max_prompt_length: int = setting(512, ge=1)
+    temperature: float = setting(1.0, gt=0)
+    top_k: int = setting(0, ge=0)  # 0 = no top-k cut
+    top_p: float = setting(1.0, gt=0, le=1)
+    checkpoint_every: int = setting(0, ge=0)  # 0 = only at the end
     resume: bool = False  # continue from the newest checkpoint in output_dir
-    eval_every: int = 0  # greedy gold accuracy every N iterations where the task has a verifier
-    greedy_eval_prompts: int = 400
-    seed: int = 0
+    eval_every: int = setting(0, ge=0)  # greedy gold accuracy every N iterations where the task has a verifier
+    greedy_eval_prompts: int = setting(400, ge=1)
+    seed: int = setting(0, ge=0)
     device: str = ""  # "" = CUDA when available, else CPU
     trust_remote_code: bool = False
+
+    def relations(self, name: Namer):
+        if self.mini_batch_size > self.rollout_batch_size:
+            yield "mini_batch_size", (f"{self.mini_batch_size} is more than {name('rollout_batch_size')} "
+                                      f"({self.rollout_batch_size}); a mini-batch is a part of one rollout batch")
+        if not re.fullmatch(r"|cpu|cuda(:\d+)?", self.device):
+            yield "device", f"{self.device!r} is not cpu, cuda or cuda:N ('' picks CUDA when there is one)"
 
 
 @dataclass
@@ -173,29 +196,30 @@ class EvalConfig:
     prompts: str = "outputs/data"  # a prepared directory (its prompts_eval split) or a JSONL of prompts
     output_dir: str = "outputs/eval"
     judge: Literal[JUDGES] = "gold"
-    max_prompts: int = 200
-    max_new_tokens: int = 6
+    max_prompts: int = setting(200, ge=1)
+    max_new_tokens: int = setting(6, ge=1)
     greedy: bool = True
-    temperature: float = 1.0
-    seed: int = 0
+    temperature: float = setting(1.0, gt=0)
+    seed: int = setting(0, ge=0)
     reward_model: str = ""  # for the reward-model judge; default: the baseline directory
     judge_base_url: str = "https://api.openai.com/v1"
     judge_model: str = "gpt-4o"
     judge_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key, never the key
-    judge_concurrency: int = 4
-    judge_timeout: float = 60.0
-    judge_max_retries: int = 5
+    judge_concurrency: int = setting(4, ge=1)
+    judge_timeout: float = setting(60.0, gt=0)
+    judge_max_retries: int = setting(5, ge=0)
     judge_cache: str = ""  # a judgments cache file; default: <output_dir>/judge_cache.jsonl
-    confidence: float = 0.95
+    confidence: float = setting(0.95, gt=0, lt=1)
     trust_remote_code: bool = False
+
+    def relations(self, name: Namer):
+        if self.judge == "openai" and not self.judge_base_url.startswith(("http://", "https://")):
+            yield "judge_base_url", f"{self.judge_base_url!r} is not an http(s) URL"
 
 
 # stage command -> its config; a recipe file has one section per stage, under these names
 STAGE_CONFIGS = {cls.STAGE: cls for cls in (DataConfig, ModelInitConfig, SFTConfig, PPOConfig, EvalConfig,
                                             ExportConfig)}
-
-Namer = Callable[[str], str]  # how an error names a field: "--steps", "recipe.yaml: 'steps'", ...
-
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -283,11 +307,11 @@ def coerce(cls, name: str, value: Any, namer: Namer) -> Any:
         raise ConfigError(f"{namer(name)}: {e}") from None
 
 
-def build(cls, *layers: tuple[Mapping[str, Any], Namer]):
+def build(cls, *layers: tuple[Mapping[str, Any], Namer], unset: Namer | None = None):
     """A `cls` config from layers of settings, each `(values, namer)`; a later layer wins.
 
     Each value is coerced as its layer names it; the whole config is then validated, an error
-    naming the field as the layer that set it does (a field left at its default, as `cls.field`).
+    naming a field as the layer that set it does, and a field left at its default by `unset`.
     """
     values: dict[str, Any] = {}
     namers: dict[str, Namer] = {}
@@ -296,7 +320,8 @@ def build(cls, *layers: tuple[Mapping[str, Any], Namer]):
             values[name] = coerce(cls, name, value, namer)
             namers[name] = namer
     cfg = cls(**values)
-    validate(cfg, lambda name: namers.get(name, lambda n: f"{cls.__name__}.{n}")(name))
+    unset = unset or (lambda name: f"{cls.__name__}.{name}")
+    validate(cfg, lambda name: namers.get(name, unset)(name))
     return cfg
 
 
@@ -308,15 +333,38 @@ def from_parameters(cls, overrides: Mapping[str, Any] | None = None, **parameter
     twice = sorted(set(given) & set(overrides))
     if twice:
         raise ConfigError(f"{', '.join(twice)}: given both as a component parameter and in its `config`")
-    return build(cls, (given, lambda n: f"parameter {n}"), (overrides, lambda n: f"config[{n!r}]"))
+    return build(cls, (given, lambda n: f"parameter {n}"), (overrides, lambda n: f"config[{n!r}]"),
+                 unset=lambda n: f"config[{n!r}]")
+
+
+_BOUNDS = {"ge": (lambda v, b: v >= b, "at least"), "gt": (lambda v, b: v > b, "more than"),
+           "le": (lambda v, b: v <= b, "at most"), "lt": (lambda v, b: v < b, "less than")}
+
+
+def bounds(cls, name: str) -> dict:
+    """The range `setting` declared for field `name` ({} when it has none)."""
+    return next(f.metadata.get("bounds", {}) for f in dataclasses.fields(cls) if f.name == name)
 
 
 def validate(cfg, namer: Namer) -> None:
-    """Checks that need the whole config. Types and choices are checked by `coerce` already."""
-    for name in field_names(type(cfg)):
-        tp, choices = field_type(type(cfg), name)
-        if choices is not None and getattr(cfg, name) not in choices:  # a config built directly
-            raise ConfigError(f"{namer(name)}: {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
+    """Every field's choices and range, then the relations between fields (a config's `relations`);
+    the first problem is a ConfigError naming the field by `namer`."""
+    cls = type(cfg)
+    for name in field_names(cls):
+        value = getattr(cfg, name)
+        _, choices = field_type(cls, name)
+        if choices is not None and value not in choices:  # a config built directly, not through coerce
+            raise ConfigError(f"{namer(name)}: {value!r} is not one of {', '.join(choices)}")
+        allowed = bounds(cls, name)
+        if allowed and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ConfigError(f"{namer(name)}: {value!r} is not a finite number")
+        for kind, limit in allowed.items():
+            holds, words = _BOUNDS[kind]
+            if not holds(value, limit):
+                rule = " and ".join(f"{_BOUNDS[k][1]} {v:g}" for k, v in allowed.items())
+                raise ConfigError(f"{namer(name)}: {value:g} is out of range; it must be {rule}")
+    for name, problem in getattr(cfg, "relations", lambda _: ())(namer):
+        raise ConfigError(f"{namer(name)}: {problem}")
 
 
 # --- config files ------------------------------------------------------------------------------
@@ -382,11 +430,12 @@ def file_namer(path: str | Path, section: str = "") -> Namer:
     return lambda name: f"{where}{name}"
 
 
-def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, Any], Namer]] = ()):
+def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, Any], Namer]] = (),
+                unset: Namer | None = None):
     """The `cls` config of file `path`, with later layers (e.g. command-line flags) on top."""
     data = read_config_file(path)
     section = cls.STAGE if is_recipe(data) else ""
-    return build(cls, (stage_settings(cls, data, path), file_namer(path, section)), *overrides)
+    return build(cls, (stage_settings(cls, data, path), file_namer(path, section)), *overrides, unset=unset)
 
 
 __all__ = [

@@ -14,9 +14,17 @@ import torch
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`requested` ("cpu", "cuda", "cuda:N"), or CUDA when there is one; a ValueError when the
+    requested GPU is not there, before anything is loaded onto it."""
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            found = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ValueError(f"device {requested!r}: this machine has {found} (torch {torch.__version__})")
+    return device
 
 
 def default_dtype(device: torch.device | str | None = None) -> torch.dtype:

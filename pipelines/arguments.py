@@ -130,9 +130,12 @@ def check(arguments: dict, pipeline=hydra_rlhf) -> None:
             layers.append(({field: values[name]}, lambda _, n=name: f"pipeline parameter {n}"))
         config_name = next(n for n, s in CONFIG_PARAMETERS.items() if s == stage)
         layers.append((values[config_name], lambda f, n=config_name: f"pipeline parameter {n}[{f!r}]"))
+        owners = {field: n for n, (target, field) in STAGE_PARAMETERS.items() if target == stage}
+        unset = (lambda f, c=config_name, o=owners:  # a field at its default: the parameter that would set it
+                 f"pipeline parameter {o[f]}" if f in o else f"pipeline parameter {c}[{f!r}]")
         for variant in variants:
             extra = [({"variant": variant}, lambda _: "pipeline parameter ppo_variants")] if variant else []
-            C.build(cls, *layers, *extra)
+            C.build(cls, *layers, *extra, unset=unset)
     C.coerce(C.ModelInitConfig, "preset", values["base_preset"], lambda _: "pipeline parameter base_preset")
 
 

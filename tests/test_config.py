@@ -203,7 +203,7 @@ def test_a_recipe_becomes_pipeline_arguments(tmp_path):
     ({"export": {"model": "x"}}, "export.model: the pipeline does not take this setting"),
     ({"pipeline": {"sft_stpes": 3}}, "unknown pipeline parameter 'sft_stpes'"),
     ({"steps": 3}, "not a recipe"),
-    ({"ppo": {"rollout_batch_size": 4, "variant": "hydra"}, "pipeline": {"ppo_variants": ["hydra", "dpo"]}},
+    ({"ppo": {"variant": "hydra"}, "pipeline": {"ppo_variants": ["hydra", "dpo"]}},
      "pipeline parameter ppo_variants: 'dpo' is not one of"),
 ])
 def test_a_bad_recipe_is_refused_before_the_pipeline_runs(tmp_path, capsys, recipe, message):
@@ -221,3 +221,88 @@ def test_compile_writes_a_recipes_settings_as_the_spec_defaults(tmp_path):
     assert parameters["sft_steps"]["defaultValue"] == 77 and parameters["ppo_steps"]["defaultValue"] == 5
     assert parameters["sft_config"]["defaultValue"] == {"warmup_steps": 3}
     assert parameters["ppo_variants"]["defaultValue"] == ["lora"]
+
+
+# --- every range and relation, from every source ---------------------------------------------------
+
+
+def out_of_range(cls, name):
+    """A value just outside the declared range of field `name`."""
+    bound = C.bounds(cls, name)
+    step = 1 if C.field_type(cls, name)[0] is int else 0.5
+    if "ge" in bound:
+        return bound["ge"] - step
+    if "gt" in bound:
+        return bound["gt"]
+    return bound["le"] + step if "le" in bound else bound["lt"]
+
+
+RANGED = [(stage, name) for stage, cls in C.STAGE_CONFIGS.items() for name in C.field_names(cls)
+          if C.bounds(cls, name)]
+RELATIONS = [
+    (["ppo", "--rollout-batch-size", "4", "--mini-batch-size", "16"], "--mini-batch-size: 16 is more than "
+     "--rollout-batch-size (4)"),
+    (["ppo", "--device", "gpu"], "--device: 'gpu' is not cpu, cuda or cuda:N"),
+    (["prepare", "--format", "generic"], "--source: is required with --format generic"),
+    (["eval", "--judge", "openai", "--judge-base-url", "api.example.com"], "--judge-base-url: 'api.example.com' is "
+     "not an http(s) URL"),
+    (["eval", "--max-prompts", "0"], "--max-prompts: 0 is out of range; it must be at least 1"),
+    (["ppo", "--learning-rate", "nan"], "--learning-rate: nan is not a finite number"),
+]
+
+
+def refused(argv, capsys) -> str:
+    assert cli.main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("stage, name", RANGED, ids=[f"{s}.{n}" for s, n in RANGED])
+def test_every_flag_out_of_its_range_is_refused_in_one_line(stage, name, tmp_path, capsys):
+    bad = out_of_range(C.STAGE_CONFIGS[stage], name)
+    err = refused([stage, C.flag(name), str(bad), "--output-dir", str(tmp_path / "out")], capsys)
+    assert err.startswith(f"hydra-rlhf {stage}: error: {C.flag(name)}: {bad:g} is out of range; it must be")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", RELATIONS, ids=[" ".join(a[:2]) for a, _ in RELATIONS])
+def test_every_relation_between_flags_is_refused_in_one_line(argv, message, capsys):
+    assert message in refused(argv, capsys)
+
+
+def test_a_gpu_that_is_not_there_is_refused_before_any_model_loads(tmp_path, capsys, hydra_sft_dir, arithmetic_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    err = refused(["ppo", "--device", "cuda", "--model", hydra_sft_dir, "--data", arithmetic_dir, "--output-dir",
+                   str(tmp_path / "out")], capsys)
+    assert "device 'cuda': this machine has no CUDA device" in err
+
+
+PIPELINE_RANGED = [name for name, (stage, field) in __import__("pipelines.hydra_rlhf", fromlist=["x"])
+                   .STAGE_PARAMETERS.items() if C.bounds(C.STAGE_CONFIGS[stage], field)]
+
+
+@pytest.mark.parametrize("name", PIPELINE_RANGED)
+def test_every_pipeline_parameter_out_of_its_range_is_refused_before_the_run(name, tmp_path, capsys):
+    from pipelines.hydra_rlhf import STAGE_PARAMETERS
+
+    stage, field = STAGE_PARAMETERS[name]
+    bad = out_of_range(C.STAGE_CONFIGS[stage], field)
+    err = refused(["run", "--output-dir", str(tmp_path / "run"), "-p", f"{name}={bad}"], capsys)
+    assert f"pipeline parameter {name}: {bad:g} is out of range" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stage_config_parameter_out_of_range_is_named_by_its_key(capsys):
+    err = refused(["run", "-p", 'ppo_config={"top_p": 1.5}'], capsys)
+    assert "pipeline parameter ppo_config['top_p']: 1.5 is out of range; it must be more than 0 and at most 1" in err
+    err = refused(["run", "-p", "ppo_rollout_batch_size=4", "-p", "ppo_mini_batch_size=16"], capsys)
+    assert "pipeline parameter ppo_mini_batch_size: 16 is more than pipeline parameter ppo_rollout_batch_size" in err
+
+
+def test_a_component_refuses_a_bad_parameter_before_its_stage_runs():
+    with pytest.raises(C.ConfigError, match=r"parameter steps: 0 is out of range; it must be at least 1"):
+        C.from_parameters(PPOConfig, {}, steps=0)
+    with pytest.raises(C.ConfigError, match=r"config\['top_p'\]: 1.5 is out of range"):
+        C.from_parameters(PPOConfig, {"top_p": 1.5})

@@ -98,8 +98,6 @@ def load_records(
     With `skip_bad`, records that fail are counted by reason instead of raising; a source with
     no good record at all is still an error.
     """
-    if not source:
-        raise DataError("<empty source>", None, "no data source given (set 'source')")
     result = LoadResult(records=[])
     reasons: Counter[str] = Counter()
     rows = tqdm(iter_rows(source, split, config), desc=f"reading {source}", unit=" records",
