@@ -1,5 +1,10 @@
+import http.server
 import json
+import re
+import threading
+from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -8,6 +13,7 @@ from hydra_core.data.schema import PreferencePair
 from hydra_core.models.hydra import CONFIG_FILE, last_token_index, load_hydra
 from hydra_core.models.lora import add_lora
 from hydra_core.models.presets import char_tokenizer
+from hydra_core.models.reference import ModelReferenceError, check_model
 
 
 def test_char_tokenizer_round_trips_text_and_loads_with_autotokenizer(base_model_dir):
@@ -113,3 +119,68 @@ def test_cli_export_writes_a_directory_without_heads(tmp_path, hydra_sft_dir):
     assert (tmp_path / "x" / "model.safetensors").exists()
     assert not (tmp_path / "x" / CONFIG_FILE).exists()
     AutoModelForCausalLM.from_pretrained(tmp_path / "x")
+
+
+# --- model references, resolved before any work ------------------------------------------------------
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A stand-in for the Hugging Face hub's model API on 127.0.0.1 that knows one model."""
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server interface
+            self.send_response(200 if self.path == "/api/models/known/model" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield
+    server.shutdown()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp / "nope", "no such directory"),
+    (lambda tmp: (tmp / "file.txt").write_text("x") and tmp / "file.txt", "is a file; a model is a directory"),
+    (lambda tmp: tmp, "not a model directory; missing: config.json, weights"),
+    (lambda tmp: (tmp / "manifest.json").write_text("{}") and tmp, "(it is a prepared data directory)"),
+])
+def test_a_local_reference_must_hold_a_model(tmp_path, make, message):
+    with pytest.raises(ModelReferenceError, match=rf"^model {tmp_path}.*{re.escape(message)}"):
+        check_model(str(make(tmp_path)), "model")
+
+
+def test_a_model_directory_is_accepted_and_names_what_is_missing(base_model_dir, tmp_path):
+    assert check_model(base_model_dir, "model") == base_model_dir
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((Path(base_model_dir) / name).read_bytes())
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(ModelReferenceError, match=r"missing: weights \(model.safetensors or pytorch_model.bin\)$"):
+        check_model(str(tmp_path), "baseline")
+
+
+def test_a_hub_id_is_looked_up_once_with_one_line_when_it_fails(hub, monkeypatch):
+    assert check_model("known/model", "model") == "known/model"
+    with pytest.raises(ModelReferenceError, match=r"has no model of that name .*HTTP 404"):
+        check_model("unknown/model", "model")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(ModelReferenceError, match=r"not in the Hugging Face cache, and the hub .* cannot be reached"):
+        check_model("known/model", "reward_model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelReferenceError, match="while HF_HUB_OFFLINE is set"):
+        check_model("known/model", "model")
+
+
+def test_stages_refuse_a_wrong_model_before_training(tmp_path, arithmetic_dir, capsys):
+    from hydra_core import cli
+
+    for argv in (["sft", "--model", str(arithmetic_dir)], ["ppo", "--model", str(tmp_path / "none")],
+                 ["eval", "--candidate", str(arithmetic_dir), "--baseline", str(arithmetic_dir)]):
+        assert cli.main([*argv, "--data" if argv[0] != "eval" else "--prompts", arithmetic_dir,
+                         "--output-dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("not a model directory" in err or "no such directory" in err), err

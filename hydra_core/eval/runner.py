@@ -21,6 +21,7 @@ from hydra_core.eval.report import SUMMARY_METRICS, headline, write_report
 from hydra_core.eval.stats import win_rate
 from hydra_core.models.generation import Decoding, generate
 from hydra_core.models.hydra import CONFIG_FILE, load_hydra
+from hydra_core.models.reference import check_model
 from hydra_core.runtime import pick_device, seed_everything
 from hydra_core.tracking.base import Tracker
 
@@ -86,8 +87,12 @@ def _started_from(candidate: str) -> str:
 
 def run_eval(cfg: EvalConfig, tracker: Tracker | None = None) -> dict:
     """Judge `cfg.candidate` against `cfg.baseline` and write the report; returns the summary."""
+    check_model(cfg.candidate, "candidate")
     if not cfg.baseline:
         cfg = replace(cfg, baseline=_started_from(cfg.candidate))
+    check_model(cfg.baseline, "baseline")
+    if cfg.judge == "reward-model" and cfg.reward_model:
+        check_model(cfg.reward_model, "reward_model")
     tracker = tracker or Tracker()
     prompts = load_prompts(cfg.prompts, cfg.max_prompts)
     judge = make_judge(cfg)

@@ -26,6 +26,7 @@ from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes, reset_peak
 from hydra_core.models.generation import Decoding, generate
+from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_curves
 from hydra_core.ppo import algorithm as A
 from hydra_core.ppo.roles import PolicyStack
@@ -179,6 +180,9 @@ def _describe(step: int, steps: int, m: dict) -> str:
 def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
     """Run PPO per `cfg`; writes the policy, `ppo_summary.json`, metrics and curves to `output_dir`."""
     device = pick_device(cfg.device or None)
+    check_model(cfg.model, "model")
+    if cfg.reward_model:
+        check_model(cfg.reward_model, "reward_model")
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

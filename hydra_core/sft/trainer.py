@@ -30,6 +30,7 @@ from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes
 from hydra_core.models.hydra import HydraModel, load_hydra
 from hydra_core.models.lora import add_lora
+from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_curves
 from hydra_core.runtime import keep_freed_memory, mixed_precision, seed_everything
 from hydra_core.sft.metrics import demo_loss, lm_loss, pairwise_loss, reward_accuracy
@@ -106,6 +107,7 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
     `cfg.output_dir`. Returns the summary on the main process and {} on the others of a
     distributed run.
     """
+    check_model(cfg.model, "model")
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.mode == "rm" else []
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
