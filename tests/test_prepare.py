@@ -152,3 +152,78 @@ def test_arithmetic_delegates_to_build_task(tmp_path, monkeypatch):
     assert manifest["operand_digits"] == 3 and manifest["task"] == "arithmetic"
     assert manifest["counts"] == {name: 1 for name in SPLIT_FILES}
     assert load_split(cfg.output_dir, "prompts_eval") == [prompt]
+
+
+# --- broken files and half-written or mixed folders ------------------------------------------------
+
+
+def test_a_lone_surrogate_is_a_bad_record_named_by_file_line_and_field(tmp_path):
+    source = tmp_path / "surrogate.jsonl"
+    lines = ['{"prompt": "p\\ud83d", "chosen": "a", "rejected": "b"}'] + [
+        f'{{"prompt": "q{i}", "chosen": "a", "rejected": "b"}}' for i in range(4)]
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"^{source}:line 1, field 'prompt': holds a lone surrogate"):
+        run(tmp_path, source=str(source))
+    assert not (tmp_path / "out").exists()
+    _, manifest = run(tmp_path, source=str(source), skip_bad=True)
+    assert manifest["skipped"]["pairs"]["total"] == 1
+    assert manifest["counts"]["pairs_train"] + manifest["counts"]["pairs_eval"] == 4
+
+
+def test_a_binary_file_is_named_with_its_line(tmp_path):
+    source = tmp_path / "model.jsonl"
+    source.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(DataError, match=rf"^{source}:line 1: is not UTF-8 text \(byte 0x80\); is it a binary file"):
+        run(tmp_path, source=str(source))
+    parquet = tmp_path / "fake.parquet"
+    parquet.write_text("not parquet")
+    with pytest.raises(DataError, match=rf"^{parquet}: is not a readable Parquet file"):
+        run(tmp_path, source=str(parquet))
+
+
+def test_skip_bad_says_what_it_left_out_when_too_little_is_left(tmp_path):
+    source = tmp_path / "mostly_bad.jsonl"
+    source.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "", "rejected": "b"}\n'
+                      '{"prompt": "r", "chosen": "", "rejected": "b"}\n{"prompt": "s"}\n')
+    with pytest.raises(DataError, match=r"would be empty.*--skip-bad left out 3 pairs \(2 with field 'chosen': is "
+                                        r"empty, 1 with field 'chosen': is missing\)"):
+        run(tmp_path, source=str(source), skip_bad=True)
+
+
+def test_a_folder_is_read_only_as_its_manifest_lists_it(tmp_path):
+    cfg, _ = run(tmp_path)
+    out = Path(cfg.output_dir)
+    (out / "pairs_train.parquet").write_bytes(b"left over")  # a file the manifest does not list is ignored
+    assert load_split(out, "pairs_train") == splits(out)["pairs_train"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["files"]["demos_eval"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"manifest.json, field 'files': does not list a 'demos_eval' split"):
+        load_split(out, "demos_eval")
+    (out / MANIFEST).unlink()
+    with pytest.raises(DataError, match=r"no manifest.json, so not a finished prepared data directory"):
+        load_split(out, "pairs_train")
+
+
+def test_preparing_replaces_the_whole_folder_or_nothing(tmp_path, monkeypatch):
+    import hydra_core.data.prepare as prepare_module
+
+    cfg, manifest = run(tmp_path)
+    before = {p.name: p.read_bytes() for p in Path(cfg.output_dir).iterdir()}
+
+    def fail_midway(records, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prepare_module, "write_records", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        run(tmp_path, seed=9)
+    assert {p.name: p.read_bytes() for p in Path(cfg.output_dir).iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
+
+
+def test_prepare_refuses_to_replace_a_folder_that_is_not_prepared_data(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"exists and is not a prepared data directory"):
+        run(tmp_path)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"

@@ -12,6 +12,8 @@ import json
 import math
 import os
 import random
+import shutil
+import tempfile
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +26,10 @@ from hydra_core.data.splits import MANIFEST, SPLIT_FILES, write_records
 
 def prepare(cfg: DataConfig, progress: bool = True) -> dict:
     """Write the prepared directory `cfg.output_dir` and return its manifest."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).exists())):
+        raise DataError(str(out), None, "exists and is not a prepared data directory (no manifest.json); "
+                        "choose another output_dir: preparing replaces the whole directory")
     if cfg.format == "arithmetic":
         # Imported here so that the file formats work without the arithmetic task module.
         from hydra_core.data.arithmetic import build_task
@@ -46,13 +52,11 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict:
         "config": asdict(cfg),
         "created_with": _created_with(),
     }
-    _write(Path(cfg.output_dir), splits, files, manifest, cfg)
+    _write(out, splits, files, manifest, cfg)
     return manifest
 
 
 def _split_by_prompt(cfg: DataConfig, progress: bool) -> tuple[dict[str, list], dict]:
-    if not 0 < cfg.eval_fraction < 1:
-        raise ValueError(f"eval_fraction must be between 0 and 1, got {cfg.eval_fraction}")
     loaded = {"pairs": load_preferences(cfg, progress)}
     pairs = loaded["pairs"].records
     eval_prompts = _eval_prompts([p.prompt for p in pairs], cfg)
@@ -80,15 +84,22 @@ def _split_by_prompt(cfg: DataConfig, progress: bool) -> tuple[dict[str, list], 
     for name, records in splits.items():
         if not records:
             source = cfg.demonstrations if name.startswith("demos") and cfg.demonstrations else cfg.source
+            skipped = {kind: r.skipped for kind, r in loaded.items() if r.skipped}
             raise DataError(source, None, f"too small to split: split '{name}' would be empty "
                             f"(eval_fraction={cfg.eval_fraction}); the split is by distinct prompt, "
-                            "so it needs at least 2 distinct prompts, one for train and one for eval")
+                            "so it needs at least 2 distinct prompts, one for train and one for eval"
+                            + (f"; --skip-bad left out {_skipped_text(skipped)}" if skipped else ""))
     info = {
         "source": cfg.source,
         "demonstrations": cfg.demonstrations or "chosen responses of the pairs",
         "skipped": {name: _skip_report(result) for name, result in loaded.items()},
     }
     return splits, info
+
+
+def _skipped_text(skipped: dict[str, dict[str, int]]) -> str:
+    return "; ".join(f"{sum(reasons.values())} {kind} ({', '.join(f'{n} with {why}' for why, n in reasons.items())})"
+                     for kind, reasons in skipped.items())
 
 
 def _eval_prompts(prompts: list[str], cfg: DataConfig) -> set[str]:
@@ -134,17 +145,25 @@ def _stats(texts: list[str]) -> dict:
 
 
 def _write(out: Path, splits: dict[str, list], files: dict[str, str], manifest: dict, cfg: DataConfig) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # until the new one is written, the dir is unfinished
-    for name, records in splits.items():
-        # A split left over in the other format would shadow this one (split_path prefers .jsonl).
-        for suffix in (".jsonl", ".parquet"):
-            (out / f"{name}{suffix}").unlink(missing_ok=True)
-        write_records(records, out / files[name])
-    save_config(cfg, out)
-    tmp = out / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    """Write the directory beside `out` and move it into place complete: a reader never sees a half
+    written directory, nor the splits of an earlier run beside the new ones."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    try:
+        for name, records in splits.items():
+            write_records(records, staging / files[name])
+        save_config(cfg, staging)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if out.exists():
+            replaced = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            out.rename(replaced)
+            staging.rename(out)
+            shutil.rmtree(replaced)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _created_with() -> str:

@@ -53,6 +53,11 @@ def check_text(value: Any, where: str, name: str, *, empty_ok: bool = False) -> 
         raise DataError(where, name, f"expected a string, got {type(value).__name__}")
     if not empty_ok and not value.strip():
         raise DataError(where, name, "is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # valid JSON ("\\ud83d") can still be a half of a character
+        raise DataError(where, name, "holds a lone surrogate: half of a character (an emoji, say) cut in two, "
+                        "which is not text") from None
     return value
 
 

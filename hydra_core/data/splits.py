@@ -58,14 +58,18 @@ def read_records(path: Path, kind: type[Record]) -> list[Record]:
 
 
 def split_path(prepared_dir: str | Path, split: str) -> Path:
-    """The file for `split` in a prepared directory, whichever of the formats it was written in."""
+    """The file of `split` that the directory's manifest lists. A directory without a manifest is
+    not a finished prepared directory, and a split it does not list is not part of it."""
     base = Path(prepared_dir)
-    for suffix in (".jsonl", ".parquet"):
-        candidate = base / f"{split}{suffix}"
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(
-        f"{base}: no '{split}.jsonl' or '{split}.parquet'; is this a directory written by 'hydra-rlhf prepare'?")
+    if not (base / MANIFEST).is_file():
+        what = "no such directory" if not base.exists() else f"no {MANIFEST}, so not a finished prepared data directory"
+        raise DataError(str(base), None, f"{what}; prepare one with 'hydra-rlhf prepare'")
+    listed = read_manifest(base).get("files", {}).get(split)
+    if not listed:
+        raise DataError(str(base / MANIFEST), "files", f"does not list a '{split}' split")
+    if not (base / listed).is_file():
+        raise DataError(str(base / MANIFEST), "files", f"lists {listed} for '{split}', and there is no such file")
+    return base / listed
 
 
 def load_split(prepared_dir: str | Path, split: str) -> list:
@@ -77,7 +81,11 @@ def load_split(prepared_dir: str | Path, split: str) -> list:
 
 
 def read_manifest(prepared_dir: str | Path) -> dict:
+    """The manifest of a prepared directory ({} when it has none)."""
     path = Path(prepared_dir) / MANIFEST
     if not path.exists():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(str(path), None, f"is not a readable manifest ({e})") from None
