@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import warnings
@@ -77,7 +78,8 @@ def save(directory: str | Path, step: int, trainable: dict[str, torch.Tensor], o
     save_file({k: v.contiguous() for k, v in rng_tensors.items()}, path / RNG_TENSORS)
     torch.save(optimizer.state_dict(), path / OPTIMIZER)
     files = {name: _sha256(path / name) for name in (WEIGHTS, RNG_TENSORS, OPTIMIZER)}
-    state = {"step": step, "scheduler": scheduler.state_dict(), "streams": {k: s.state_dict() for k, s in streams.items()},
+    state = {"step": step, "scheduler": scheduler.state_dict(),
+             "streams": {name: stream.state_dict() for name, stream in streams.items()},
              "rng": rng, "history": history, "config": config, "files": files}
     tmp = path / (STATE + ".tmp")
     tmp.write_text(json.dumps(state), encoding="utf-8")
@@ -145,7 +147,12 @@ def load(path: str | Path, trainable: dict[str, torch.Tensor], optimizer, schedu
                 raise ValueError(f"{path}: tensor {name} has shape {tuple(weights[name].shape)} in the checkpoint "
                                  f"and {tuple(p.shape)} in this run")
             p.copy_(weights[name])
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
+    try:
+        optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path / OPTIMIZER} holds objects other than tensors and numbers; not loaded, since "
+                         f"unpickling them could run code ({str(e).splitlines()[0][:200]})") from None
+    optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(state["scheduler"])
     for name, stream in streams.items():
         stream.load_state_dict(state["streams"][name])

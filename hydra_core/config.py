@@ -47,6 +47,11 @@ def setting(default, *, ge=None, gt=None, le=None, lt=None):
     return dataclasses.field(default=default, metadata={"bounds": bounds})
 
 
+def _resume_or_overwrite(cfg, name: Namer):
+    if cfg.resume and cfg.overwrite:
+        yield "overwrite", f"and {name('resume')} contradict each other: continue the run in output_dir, or start over"
+
+
 @dataclass
 class DataConfig:
     """`hydra-rlhf prepare`: load, validate, split and write preference data."""
@@ -115,11 +120,15 @@ class SFTConfig:
     eval_batch_size: int = setting(256, ge=1)
     checkpoint_every: int = setting(500, ge=0)  # 0 = no checkpoints
     resume: bool = False  # continue from the newest checkpoint in output_dir
+    overwrite: bool = False  # start over in an output_dir that holds an earlier run
     log_every: int = setting(25, ge=1)
     seed: int = setting(0, ge=0)
     trust_remote_code: bool = False
     greedy_eval_prompts: int = setting(400, ge=1)  # held-out prompts checked greedily by the task verifier
     max_new_tokens: int = setting(6, ge=1)  # length of those greedy responses (as PPO and eval generate them)
+
+    def relations(self, name: Namer):
+        yield from _resume_or_overwrite(self, name)
 
 
 @dataclass
@@ -171,6 +180,7 @@ class PPOConfig:
     top_p: float = setting(1.0, gt=0, le=1)
     checkpoint_every: int = setting(0, ge=0)  # 0 = only at the end
     resume: bool = False  # continue from the newest checkpoint in output_dir
+    overwrite: bool = False  # start over in an output_dir that holds an earlier run
     eval_every: int = setting(0, ge=0)  # greedy gold accuracy every N iterations where the task has a verifier
     greedy_eval_prompts: int = setting(400, ge=1)
     seed: int = setting(0, ge=0)
@@ -178,6 +188,7 @@ class PPOConfig:
     trust_remote_code: bool = False
 
     def relations(self, name: Namer):
+        yield from _resume_or_overwrite(self, name)
         if self.mini_batch_size > self.rollout_batch_size:
             yield "mini_batch_size", (f"{self.mini_batch_size} is more than {name('rollout_batch_size')} "
                                       f"({self.rollout_batch_size}); a mini-batch is a part of one rollout batch")

@@ -12,15 +12,17 @@ The last two stages of a pipeline are here too: `register_policy` (the registry'
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra_core import registry
+from hydra_core import checkpoint, registry
 from hydra_core.config import (DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig, SFTConfig, build,
-                               save_config, to_dict)
+                               config_file_name, save_config, to_dict)
 from hydra_core.data.prepare import prepare
 from hydra_core.data.splits import MANIFEST, SPLIT_FILES, split_path
 from hydra_core.eval.report import FILES as EVAL_FILES
@@ -36,8 +38,49 @@ from hydra_core.tracking.base import numeric_entries
 from hydra_core.tracking.mlflow_tracker import PENDING_DIR, MlflowTracker
 from hydra_core.tracking.runs import STAGE_TAG, Tracking, main_process
 
-LEFT_OUT = ("checkpoints", PENDING_DIR)  # resumable state and tracking leftovers: not part of a model
+LOCK = ".hydra-rlhf.lock"  # held by the stage writing an output directory, while it runs
+# resumable state, tracking leftovers and the lock: not part of a model
+LEFT_OUT = (checkpoint.DIRECTORY, PENDING_DIR, LOCK)
 SFT_RUN_NAMES = {"sft": "sft", "rm": "reward-model", "hydra": "hydra-sft"}
+# what a run of a resumable stage leaves in its output directory besides the model
+RUN_FILES = {"sft": (config_file_name(SFTConfig), "metrics.jsonl", checkpoint.DIRECTORY, SFT_SUMMARY),
+             "ppo": (config_file_name(PPOConfig), "metrics.jsonl", checkpoint.DIRECTORY, PPO_SUMMARY)}
+
+
+@contextmanager
+def _exclusive(directory: str | Path, stage: str):
+    """Hold `directory` for this stage while it runs: a second run writing there is refused, not
+    interleaved. Only the main process of a distributed run writes, so only it holds the lock."""
+    if not main_process():
+        yield
+        return
+    path = Path(directory) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{directory}: another hydra-rlhf {stage} is writing there now; wait for it to end "
+                             "or choose another output_dir") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _claim(cfg: SFTConfig | PPOConfig) -> None:
+    """Refuse an output directory that holds an earlier run of the stage unless the run resumes it
+    or starts it over; starting over removes that run's records first, its checkpoints included."""
+    out = Path(cfg.output_dir)
+    earlier = [name for name in RUN_FILES[cfg.STAGE] if (out / name).exists()]
+    if not earlier or cfg.resume:
+        return
+    if not cfg.overwrite:
+        raise ValueError(f"{out}: holds an earlier {cfg.STAGE} run ({', '.join(earlier)}); pass --resume to continue "
+                         "it, --overwrite to start over, or choose another --output-dir")
+    for name in earlier:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 @contextmanager
@@ -105,7 +148,10 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "") -> dict:
     Returns {} on the other processes of a distributed run."""
     run_name = SFT_RUN_NAMES[cfg.mode]
     registered = {}
-    with _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY) as run:
+    if main_process():
+        _claim(cfg)
+    with _exclusive(cfg.output_dir, cfg.STAGE), \
+            _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY) as run:
         _log_splits(run, cfg.data, ("demos_train", "pairs_train"))
         summary = run_sft(cfg, run)
         if summary:
@@ -120,8 +166,10 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "") -> dict:
 
 def ppo(cfg: PPOConfig, tracking: Tracking) -> dict:
     """`run_ppo` in a `ppo-<variant>` run; the policy directory is logged as the `model` artifact."""
-    with _stage_run(tracking, f"ppo-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
-                    tags={"variant": cfg.variant}) as run:
+    _claim(cfg)
+    with _exclusive(cfg.output_dir, cfg.STAGE), \
+            _stage_run(tracking, f"ppo-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
+                       tags={"variant": cfg.variant}) as run:
         _log_splits(run, cfg.data, ("prompts_train",))
         summary = run_ppo(cfg, run)
         _log_output_dir(run, cfg.output_dir)
@@ -131,7 +179,10 @@ def ppo(cfg: PPOConfig, tracking: Tracking) -> dict:
 def evaluate(cfg: EvalConfig, tracking: Tracking, tags: dict | None = None) -> dict:
     """`run_eval` in a `pairwise-eval` run, with the judgments as an MLflow table."""
     out = Path(cfg.output_dir)
-    with _stage_run(tracking, "pairwise-eval", out, out / EVAL_FILES["summary"], tags=tags) as run:
+    # A rerun into the same folder is how the judge cache saves a paid judge's calls; two at once
+    # would each pay for every judgment and overwrite each other's report.
+    with _exclusive(out, cfg.STAGE), _stage_run(tracking, "pairwise-eval", out, out / EVAL_FILES["summary"],
+                                                 tags=tags) as run:
         if Path(cfg.prompts).is_dir():
             _log_splits(run, cfg.prompts, ("prompts_eval",))
         summary = run_eval(cfg, run)

@@ -80,8 +80,8 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
                 wired.append(f"{section}.{field}")
             elif field == "seed" and section in SEEDED:
                 if arguments.setdefault("seed", value) != value:
-                    raise ArgumentError(f"{path}: {section}.seed is {value} but another stage's is {arguments['seed']}; "
-                                        "the pipeline runs every stage with one seed")
+                    raise ArgumentError(f"{path}: {section}.seed is {value} but another stage's is "
+                                        f"{arguments['seed']}; the pipeline runs every stage with one seed")
             elif (section, field) in by_field:
                 name = by_field[(section, field)]
                 arguments[name] = [value] if _kind(name) is list else value

@@ -164,7 +164,8 @@ def test_sft_ppo_and_eval_from_their_saved_configs(tmp_path, base_model_dir, ari
     a, b = (json.loads((tmp_path / d / "eval_summary.json").read_text()) for d in ("eval-a", "eval-b"))
     assert {k: a[k] for k in ("wins", "ties", "losses", "baseline")} == {k: b[k] for k in ("wins", "ties", "losses",
                                                                                           "baseline")}
-    assert (tmp_path / "eval-a" / "judgments.jsonl").read_text() == (tmp_path / "eval-b" / "judgments.jsonl").read_text()
+    judged = [(tmp_path / d / "judgments.jsonl").read_text() for d in ("eval-a", "eval-b")]
+    assert judged[0] == judged[1]
 
 
 def test_every_stage_saves_the_config_it_ran_with(tmp_path):

@@ -342,3 +342,17 @@ def test_openai_judge_end_to_end_with_cache_and_no_key_anywhere(tiny, tmp_path, 
     for path in written:
         assert KEY.encode() not in path.read_bytes(), path
     assert "Bearer ***" in (out / "judgments.jsonl").read_text()
+
+
+def test_the_judge_cache_is_kept_per_endpoint_and_model(chat_server, tmp_path):
+    def ask(judge):
+        before = len(chat_server.requests)
+        assert judge.judge("2+2=", Response("4"), Response("5")).verdict != "error"
+        return len(chat_server.requests) - before
+
+    assert ask(make_openai_judge(chat_server, tmp_path)) == 1
+    assert ask(make_openai_judge(chat_server, tmp_path)) == 0  # the same endpoint, model and messages: cached
+    elsewhere = chat_server.base_url.replace("127.0.0.1", "localhost")  # another server's name, the same model name
+    assert ask(OpenAIJudge(elsewhere, "judge-model", KEY_ENV, cache_path=str(tmp_path / "cache.jsonl"))) == 1
+    other_model = OpenAIJudge(chat_server.base_url, "judge-model-2", KEY_ENV, cache_path=str(tmp_path / "cache.jsonl"))
+    assert ask(other_model) == 1

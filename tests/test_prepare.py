@@ -183,7 +183,8 @@ def test_a_binary_file_is_named_with_its_line(tmp_path):
 
 def test_skip_bad_says_what_it_left_out_when_too_little_is_left(tmp_path):
     source = tmp_path / "mostly_bad.jsonl"
-    source.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "", "rejected": "b"}\n'
+    source.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                      '{"prompt": "q", "chosen": "", "rejected": "b"}\n'
                       '{"prompt": "r", "chosen": "", "rejected": "b"}\n{"prompt": "s"}\n')
     with pytest.raises(DataError, match=r"would be empty.*--skip-bad left out 3 pairs \(2 with field 'chosen': is "
                                         r"empty, 1 with field 'chosen': is missing\)"):

@@ -292,3 +292,43 @@ def test_pending_records_replay_into_a_live_server(mlflow_server, tmp_path, file
     got = MlflowClient(mlflow_server).get_run(run_id)
     assert got.data.params == {"steps": "2"} and got.data.metrics == {"objective/kl": 0.5}
     assert got.info.run_name == "offline" and got.info.status == "FINISHED"
+
+
+def test_sync_to_a_server_still_down_is_one_line_and_keeps_the_records(tmp_path, files, capsys):
+    with pytest.warns(RuntimeWarning, match="keeps its records"):
+        run = MlflowTracker(f"http://127.0.0.1:{free_port()}", "offline", files / PENDING_DIR)
+    run.log_metrics({"loss": 1.0}, step=1)
+    run.close()
+    journal = (files / PENDING_DIR / JOURNAL).read_text()
+    assert cli.main(["sync-tracking", str(files / PENDING_DIR), "--tracking-uri",
+                     f"http://127.0.0.1:{free_port()}"]) == 1
+    err = capsys.readouterr().err
+    assert "sending stopped at record 1 of 3" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert (files / PENDING_DIR / JOURNAL).read_text() == journal  # nothing sent, nothing lost
+
+
+def test_a_sync_that_stops_part_way_sends_each_record_once_when_run_again(tmp_path, files, monkeypatch):
+    from hydra_core.tracking import mlflow_tracker
+
+    with pytest.warns(RuntimeWarning, match="keeps its records"):
+        run = MlflowTracker(f"http://127.0.0.1:{free_port()}", "offline", files / PENDING_DIR)
+    for step in range(4):
+        run.log_metrics({"loss": float(step)}, step=step)
+    run.close()
+    original, calls = mlflow_tracker._Sender.apply, {"n": 0}
+
+    def flaky(self, op, args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # start and two metric rows go through, then the server drops
+            raise ConnectionError("connection reset")
+        return original(self, op, args)
+
+    monkeypatch.setattr(mlflow_tracker._Sender, "apply", flaky)
+    uri = sqlite_uri(tmp_path)
+    with pytest.raises(mlflow_tracker.TrackingUnreachable, match="stopped at record 4 of 6"):
+        replay(files / PENDING_DIR, uri)
+    monkeypatch.setattr(mlflow_tracker._Sender, "apply", original)
+    run_id = replay(files / PENDING_DIR, uri)
+    client = MlflowClient(uri)
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.0, 1.0, 2.0, 3.0]
+    assert len(client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])) == 1

@@ -8,6 +8,7 @@ judgment, message and setting this judge produces.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -30,6 +31,7 @@ SYSTEM_PROMPT = (
 )
 VERDICT_TAG = re.compile(r"\[\[([ABC])\]\]")
 TAG_TO_VERDICT = {"A": "A", "B": "B", "C": "tie"}
+DECODING = {"temperature": 0}  # sent with every request, and part of every cached judgment's key
 RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 MAX_BACKOFF_S = 60.0
 
@@ -85,9 +87,11 @@ class OpenAIJudge:
     def judge(self, prompt: str, a: Response, b: Response, reference: str = "") -> Judgment:
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": user_message(prompt, a.text, b.text, reference)}]
-        # The exact messages (question, reference, both answers, template) and the model decide the
-        # judgment, so they are the key; a changed template never reuses an old verdict.
-        key = judgment_key(self.model, messages[0]["content"], messages[1]["content"])
+        # What decides the judgment is the key: the endpoint (another server may serve another model
+        # under the same name), the model, the decoding and the exact messages (question, reference,
+        # both answers, template), so a changed template or server never reuses an old verdict.
+        key = judgment_key(self.base_url.rstrip("/"), self.model, json.dumps(DECODING, sort_keys=True),
+                           messages[0]["content"], messages[1]["content"])
         cached = self.cache.get(key)
         if cached is not None:
             return Judgment(cached["verdict"], cached["rationale"])
@@ -103,7 +107,7 @@ class OpenAIJudge:
         return Judgment(verdict, text)
 
     def _complete(self, messages: list[dict]) -> str:
-        body = {"model": self.model, "messages": messages, "temperature": 0}
+        body = {"model": self.model, "messages": messages, **DECODING}
         headers = {"Authorization": f"Bearer {self._key}"}
         problem = ""
         for attempt in range(self.max_retries + 1):

@@ -53,7 +53,8 @@ def judge_pairs(judge: Judge, prompts: list[EvalPrompt], candidate: list[Respons
         jobs += [(p.prompt, c, b, p.reference), (p.prompt, b, c, p.reference)]
 
     with ThreadPoolExecutor(max_workers=judge.concurrency) as pool:
-        judgments = list(tqdm(pool.map(lambda job: judge.judge(*job), jobs), total=len(jobs), desc=f"judging ({judge.name})",
+        judgments = list(tqdm(pool.map(lambda job: judge.judge(*job), jobs), total=len(jobs),
+                              desc=f"judging ({judge.name})",
                               disable=not progress))
     results = []
     for i, (p, c, b) in enumerate(zip(prompts, candidate, baseline)):

@@ -6,6 +6,8 @@ import base64
 import csv
 import html
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -37,23 +39,39 @@ def headline(summary: dict) -> str:
             f"position bias {_rate(s['position_bias'])}")
 
 
+@contextmanager
+def _replacing(path: Path):
+    """A temporary path beside `path` (same suffix) that replaces it once written: a reader sees the
+    old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.stem}.writing{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_report(output_dir: str | Path, results: list[PairResult], summary: dict) -> dict[str, Path]:
-    """Write every file of FILES into `output_dir`; the summary goes last, naming the others."""
+    """Write every file of FILES into `output_dir`, each whole or not at all; the summary goes last,
+    naming the others."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / file for name, file in FILES.items()}
     rows = [asdict(r) for r in results]
-    with paths["judgments"].open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    with paths["judgments_csv"].open("w", encoding="utf-8", newline="") as f:
+    with _replacing(paths["judgments"]) as tmp:
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    with _replacing(paths["judgments_csv"]) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(PairResult)])
         writer.writeheader()
         writer.writerows(rows)
-    plot_winrate(summary, paths["chart"])
-    paths["report"].write_text(render_html(summary, rows, paths["chart"].read_bytes()), encoding="utf-8")
+    with _replacing(paths["chart"]) as tmp:
+        plot_winrate(summary, tmp)
+        chart = tmp.read_bytes()
+    with _replacing(paths["report"]) as tmp:
+        tmp.write_text(render_html(summary, rows, chart), encoding="utf-8")
     summary["files"] = {name: path.name for name, path in paths.items()}
-    paths["summary"].write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    with _replacing(paths["summary"]) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     return paths
 
 

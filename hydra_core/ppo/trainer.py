@@ -36,7 +36,7 @@ from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 SUMMARY_FILE = "ppo_summary.json"
 CURVES_FILE = "ppo_curves.png"
 # settings a resumed run may change without changing what it computes
-RESUMABLE = ("resume", "checkpoint_every", "eval_every", "greedy_eval_prompts", "kl_ceiling", "device",
+RESUMABLE = ("resume", "overwrite", "checkpoint_every", "eval_every", "greedy_eval_prompts", "kl_ceiling", "device",
              "output_dir", "trust_remote_code")
 CURVES = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value",
           "policy/clipfrac", "eval/gold_accuracy")
@@ -49,7 +49,8 @@ class NonFiniteError(RuntimeError):
 def _check_finite(step: int, phase: str, last_checkpoint, **values: torch.Tensor) -> None:
     for name, value in values.items():
         if not torch.isfinite(value).all():
-            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+            kept = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
+                    else "no checkpoint was written yet")
             raise NonFiniteError(f"PPO step {step}, {phase}: {name} is not finite; stopping ({kept}). "
                                  "Lower the learning rates or the KL coefficient, or check the reward model.")
 
@@ -206,8 +207,8 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     if cfg.resume and (last_checkpoint := checkpoint.latest(out_dir)):
         start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, {"prompts": prompts},
                                          to_dict(cfg), RESUMABLE)
-        local.keep_until(start)  # the killed run's rows after the checkpoint are redone below
         print(f"resumed from {last_checkpoint} (step {start})")
+    local.keep_until(start if last_checkpoint else None)  # as SFT: the rows from here on are this run's
     summary: dict = {"variant": cfg.variant, "steps": cfg.steps}
     if verifier:
         before = history[0]["eval/gold_accuracy_before"] if history else gold()

@@ -36,7 +36,8 @@ def reward_accuracy(model, pairs, max_length: int, batch_size: int = 256) -> dic
 def demo_loss(model, demos, max_length: int, batch_size: int = 256) -> float:
     total, count = 0.0, 0
     for start in range(0, len(demos), batch_size):
-        batch = {k: v.to(model.device) for k, v in lm_batch(model.tokenizer, demos[start:start + batch_size], max_length).items()}
+        rows = lm_batch(model.tokenizer, demos[start:start + batch_size], max_length)
+        batch = {k: v.to(model.device) for k, v in rows.items()}
         out = model(batch["input_ids"], batch["attention_mask"])
         n = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
         total += lm_loss(out.logits, batch["labels"]).item() * n

@@ -40,8 +40,8 @@ SUMMARY_FILE = "sft_summary.json"
 CURVES_FILE = "sft_curves.png"
 CURVES = ("train/loss", "train/lm_loss", "train/reward_loss", "eval/reward_accuracy", "eval/lm_loss", "train/lr")
 # settings a resumed run may change without changing what it computes
-RESUMABLE = ("resume", "checkpoint_every", "log_every", "eval_every", "eval_batch_size", "greedy_eval_prompts",
-             "output_dir", "trust_remote_code")
+RESUMABLE = ("resume", "overwrite", "checkpoint_every", "log_every", "eval_every", "eval_batch_size",
+             "greedy_eval_prompts", "output_dir", "trust_remote_code")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -157,8 +157,9 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
         start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, streams, to_dict(cfg),
                                          RESUMABLE)
         if main:
-            local.keep_until(start)  # the killed run's rows after the checkpoint are redone below
             print(f"resumed from {last_checkpoint} (step {start})")
+    if main:  # the rows after the checkpoint are redone below; a fresh run keeps none of an earlier one's
+        local.keep_until(start if last_checkpoint else None)
 
     def record(row: dict, step: int) -> None:
         tracker.log_metrics(row, step)

@@ -40,12 +40,14 @@ class JsonlTracker(Tracker):
         self.metrics_path = self.directory / "metrics.jsonl"
         self.history: list[dict] = []
 
-    def keep_until(self, step: int) -> None:
-        """Drop the rows logged after `step`: a run resumed from a checkpoint at `step` logs them again."""
+    def keep_until(self, step: int | None) -> None:
+        """Drop the rows logged after `step` (all of them for None): a run resumed from a checkpoint at
+        `step` logs them again, and a run started afresh owns the file alone."""
         if not self.metrics_path.exists():
             return
         lines = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in lines
+                if step is not None and line.strip() and json.loads(line).get("step", 0) <= step]
         tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
         tmp.replace(self.metrics_path)

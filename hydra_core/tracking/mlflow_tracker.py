@@ -326,23 +326,41 @@ class MlflowTracker(Tracker):
             self._monitor = None
 
 
+def _keep_unsent(journal: Path, entries: list[dict], sent: int, run_id: str) -> None:
+    if sent == 0:
+        return
+    start = {**entries[0], "args": {**entries[0]["args"], "run_id": run_id}}  # reopen the run already made
+    tmp = journal.with_name(journal.name + ".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in [start, *entries[sent:]]), encoding="utf-8")
+    os.replace(tmp, journal)
+
+
 def replay(pending_dir: str | Path, tracking_uri: str = "") -> str:
     """Send a stage's journal to MLflow (the URI it was meant for, or `tracking_uri`); returns the
-    run id. The journal is renamed once sent, so it is never replayed twice."""
+    run id. The journal is renamed once sent, so it is never replayed twice; if sending stops part
+    way, the journal keeps only what was not sent (reattaching to the run it created), so running
+    the command again sends each record once."""
     journal = Path(pending_dir) / JOURNAL
     if not journal.exists():
         raise FileNotFoundError(f"{journal}: no such journal; pass a '{PENDING_DIR}' directory of a stage output")
     entries = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not entries or entries[0]["op"] != "start":
         raise ValueError(f"{journal}: not a tracking journal (it must open with a 'start' record)")
-    sender = _Sender(tracking_uri or entries[0]["tracking_uri"])
+    uri = tracking_uri or entries[0]["tracking_uri"]
+    sender = _Sender(uri)
     base = journal.parent.parent
-    for entry in entries:
+    for done, entry in enumerate(entries):
         args = entry["args"]
         if "path" in args:
             args = {**args, "path": str(base / args["path"])}
         if entry["op"] == "metrics":
             args = {**args, "metrics": {k: (math.nan if v is None else v) for k, v in args["metrics"].items()}}
-        sender.apply(entry["op"], args)
+        try:
+            sender.apply(entry["op"], args)
+        except Exception as e:  # noqa: BLE001 - whatever stopped it, keep what is left and say so in one line
+            _keep_unsent(journal, entries, done, sender.run_id)
+            raise TrackingUnreachable(f"MLflow at {redact(uri)}: sending stopped at record {done + 1} of "
+                                      f"{len(entries)} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                                      f"); the rest stays in {journal}: run the command again later") from None
     journal.rename(journal.with_name(f"journal.sent-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
     return sender.run_id
