@@ -8,6 +8,9 @@ plain HF directory, `AutoModelForCausalLM.from_pretrained(dir)` loads its policy
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,17 +121,25 @@ class HydraModel(nn.Module):
         """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        backbone = self.backbone
-        if hasattr(backbone, "merge_and_unload"):
-            backbone = _merged_copy(backbone)
-        backbone.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
-        kept = [name for name in self.heads if heads is None or name in heads]
-        tensors = {f"{name}.{k}": v.detach().float().cpu().contiguous()
-                   for name in kept for k, v in self.heads[name].state_dict().items()}
-        save_file(tensors, out / HEADS_FILE)
-        config = {**self.meta, **meta, "heads": kept}
-        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        # Written beside the final files and moved over them one by one once all are complete, so a
+        # run killed while saving leaves the files it had, never a half-written weights file.
+        staging = Path(tempfile.mkdtemp(prefix=".model-writing-", dir=out))
+        try:
+            backbone = self.backbone
+            if hasattr(backbone, "merge_and_unload"):
+                backbone = _merged_copy(backbone)
+            backbone.save_pretrained(staging, safe_serialization=True)
+            self.tokenizer.save_pretrained(staging)
+            kept = [name for name in self.heads if heads is None or name in heads]
+            tensors = {f"{name}.{k}": v.detach().float().cpu().contiguous()
+                       for name in kept for k, v in self.heads[name].state_dict().items()}
+            save_file(tensors, staging / HEADS_FILE)
+            config = {**self.meta, **meta, "heads": kept}
+            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+            for written in staging.iterdir():
+                os.replace(written, out / written.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return out
 
     def export_policy(self, path: str | Path) -> Path:
