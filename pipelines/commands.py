@@ -80,6 +80,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where everything goes (default: runs/<timestamp>)")
     p.add_argument("--tracking-uri", default="",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print every line of every step as kfp streams it (executor inputs, each progress "
+                        "update), instead of a line per step; either way each step's log is written to "
+                        "<output-dir>/logs/<step>.log")
     _add_params(p)
 
 
@@ -90,15 +94,19 @@ def _run(args) -> None:
     if args.tracking_uri:
         arguments["tracking_uri"] = args.tracking_uri
     try:
-        result = run_local(arguments, args.output_dir)
+        result = run_local(arguments, args.output_dir, args.verbose)
     except PipelineFailed as e:
-        print(f"\nhydra-rlhf run: {e}\nThe failed step's log is above; its files are under {e.output_dir}.\n"
-              f"Its MLflow runs are closed (FAILED): {browse_command(e.tracking_uri)}", file=sys.stderr)
+        log = (f"The end of the failed step's log, {e.log}:\n" + "".join(f"    {line}\n" for line in e.tail)
+               if e.log else "")
+        print(f"\nhydra-rlhf run: {e}\n{log}Its files are under {e.output_dir}, its logs in "
+              f"{e.output_dir / 'logs'}.\nIts MLflow runs are closed (FAILED): {browse_command(e.tracking_uri)}",
+              file=sys.stderr)
         raise SystemExit(1) from None
     print(f"\npipeline finished in {result['seconds']:.0f} s")
     print(f"outputs:  {result['run_dir']}")
     for report in result["reports"]:
         print(f"report:   {report}")
+    print(f"logs:     {result['logs']}")
     if result["comparison"]:
         print(f"\n{result['comparison'].read_text(encoding='utf-8')}")
     print(f"MLflow:   {result['tracking_uri']}")

@@ -7,8 +7,9 @@ them side by side. The parameters' defaults are read from hydra_core's stage con
 follow them; `*_config` parameters set any other field of a stage's config.
 
 MLflow: data prep opens the pipeline's parent run, every step nests its own run under it (the steps
-in the variants loop find its id in the data's metadata), and the compare step closes it. The exit step (`close_pipeline_run`, run however the job ends) ends what is
-still open: the parent run FAILED after a failed step, the run of a killed step KILLED. Each
+in the variants loop find its id in the data's metadata), and the compare step closes it. The exit
+step (`close_pipeline_run`, run however the job ends) ends what is still open: the parent run
+FAILED after a failed step, the run of a killed step KILLED. Each
 variant's policy is registered as soon as it is judged (aliases moving as it goes); the compare
 step, after all of them, settles `candidate` on the variant with the best judged lower bound and
 `champion` on it too when that bound beats the threshold.

@@ -1,35 +1,40 @@
 """`hydra-rlhf run`: the whole pipeline in local processes (kfp's SubprocessRunner, this Python).
 
 Everything lands in one output folder: the kfp pipeline root (each task's artifacts), the kfp
-workspace, and, unless a tracking URI is given or MLFLOW_TRACKING_URI names one, the MLflow
-store: `mlflow.db` with its artifacts in `mlartifacts/`.
+workspace, a log file per step in `logs/` (the terminal gets a line per step: pipelines.console),
+and, unless a tracking URI is given or MLFLOW_TRACKING_URI names one, the MLflow store: `mlflow.db`
+with its artifacts in `mlartifacts/`.
 """
 
 import os
-import re
 import time
 import warnings
 from pathlib import Path
 
 from kfp import local
 
+from pipelines.console import ANSI, console_for
 from pipelines.hydra_rlhf import hydra_rlhf
 
 
 class PipelineFailed(RuntimeError):
-    """A step failed; the exit step has still closed the job's MLflow runs."""
+    """A step failed; the exit step has still closed the job's MLflow runs. `log` is the failed
+    step's log file (None when no step failed: kfp itself did), `tail` its last lines."""
 
-    def __init__(self, message: str, output_dir: Path, tracking_uri: str):
+    def __init__(self, message: str, output_dir: Path, tracking_uri: str, log: Path | None = None,
+                 tail: tuple[str, ...] = ()):
         super().__init__(message)
-        self.output_dir, self.tracking_uri = output_dir, tracking_uri
+        self.output_dir, self.tracking_uri, self.log, self.tail = output_dir, tracking_uri, log, tail
 
 
 def default_output_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def run_local(arguments: dict | None = None, output_dir: str | Path | None = None) -> dict:
-    """Run the pipeline with `arguments`; returns where its outputs and its MLflow records are."""
+def run_local(arguments: dict | None = None, output_dir: str | Path | None = None,
+              verbose: bool = False) -> dict:
+    """Run the pipeline with `arguments`; returns where its outputs, logs and MLflow records are.
+    `verbose`: the terminal gets every line of every step, as kfp prints them."""
     out = Path(output_dir or default_output_dir()).resolve()
     if "kfp-workspace" in str(out):  # kfp 2.17 rewrites any path containing it as a workspace path
         raise ValueError(f"{out}: the output folder's path must not contain 'kfp-workspace'")
@@ -41,7 +46,7 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                workspace_root=str(out / "workspace"))
     started = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), console_for(out / "logs", verbose) as console:
         # The components name the project's image, not a "python" one; here they run in this Python.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         # Resources and secrets are for the cluster; the local runner says so once per task.
@@ -49,8 +54,8 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
         try:
             hydra_rlhf(**arguments)
         except RuntimeError as e:  # kfp's local runner reports a failed task so, after the exit step
-            message = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # its colour codes
-            raise PipelineFailed(message, out, arguments["tracking_uri"]) from None
+            log, tail = (console.failed[0].log, tuple(console.failed[0].tail)) if console.failed else (None, ())
+            raise PipelineFailed(ANSI.sub("", str(e)), out, arguments["tracking_uri"], log, tail) from None
     run_dir = max(root.iterdir(), key=lambda p: p.stat().st_mtime)
     return {
         "seconds": time.perf_counter() - started,
@@ -58,6 +63,7 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
         "run_dir": run_dir,
         "comparison": next(run_dir.glob("**/comparison"), None),
         "reports": sorted(run_dir.glob("**/pairwise-eval/report")),
+        "logs": out / "logs",
         "tracking_uri": arguments["tracking_uri"],
     }
 

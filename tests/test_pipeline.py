@@ -124,6 +124,13 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     printed = capsys.readouterr().out
     uri = f"sqlite:///{out / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {uri}" in printed and "| lora |" in printed and "| hydra |" in printed
+    # a line per step as it starts and ends, not the steps' own output: that is in a log file per step
+    assert len(printed.splitlines()) < 100 and '"outputFile"' not in printed and "hydra training" not in printed
+    assert "hydra-ppo [lora]" in printed and "win-rate" in printed and f"logs:     {out / 'logs'}\n" in printed
+    logs = {path.name: path.read_text() for path in (out / "logs").iterdir()}
+    assert {"data-prep.log", "hydra-sft.log", "hydra-ppo-lora.log", "hydra-ppo-hydra.log", "pairwise-eval-lora.log",
+            "register-model-hydra.log", "compare-variants.log", "close-pipeline-run.log"} <= set(logs)
+    assert "hydra training:" in logs["hydra-sft.log"] and "PPO (lora)" in logs["hydra-ppo-lora.log"]
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])
@@ -186,8 +193,12 @@ def test_a_failed_local_run_says_so_and_leaves_no_mlflow_run_open(tmp_path, monk
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "Inner task failed: 'hydra-sft'" in err and "\x1b[" not in err
+    # the end of the failed step's log, where the error is, and where the whole log is
+    assert f"The end of the failed step's log, {out / 'logs' / 'hydra-sft.log'}:" in err and "no-such-model" in err
+    assert "FAILED after" in captured.out and len(captured.out.splitlines()) < 20
     assert f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in err
 
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
