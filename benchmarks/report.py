@@ -112,8 +112,9 @@ def chart(runs: list[dict], budget: list[dict], path: Path, cuda: bool) -> Path:
     nrows = (2 if runs else 0) + (1 if budget else 0)
     fig = Figure(figsize=(4.6 * len(sizes), 3.4 * nrows))
     axes = fig.subplots(nrows, len(sizes), squeeze=False)
-    colors = {"full": "#b2182b", "lora": "#ef8a62", "lora-dynamic": "#fddbc7", "j-hydra": "#67a9cf",
-              "hydra": "#2166ac", SFT: "#4d4d4d"}
+    # red for the variants that hold most memory, through to blue for Hydra, in the order of the list
+    palette = ("#b2182b", "#ef8a62", "#fddbc7", "#67a9cf", "#2166ac", "#053061", "#92c5de")
+    colors = {SFT: "#4d4d4d", **dict(zip(PPO_VARIANTS, palette))}
     for col, size in enumerate(sizes):
         if budget:
             _budget_panel(axes[-1][col], size, budget, colors)

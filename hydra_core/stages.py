@@ -70,10 +70,11 @@ def _exclusive(directory: str | Path, stage: str):
 
 def _claim(cfg: SFTConfig | PPOConfig) -> None:
     """Refuse an output directory that holds an earlier run of the stage unless the run resumes it
-    or starts it over; starting over removes that run's records first, its checkpoints included."""
+    or starts it over; starting over removes that run's records first, its checkpoints included.
+    The main process of a distributed run does this for all of them."""
     out = Path(cfg.output_dir)
     earlier = [name for name in RUN_FILES[cfg.STAGE] if (out / name).exists()]
-    if not earlier or cfg.resume:
+    if not earlier or cfg.resume or not main_process():
         return
     if not cfg.overwrite:
         raise ValueError(f"{out}: holds an earlier {cfg.STAGE} run ({', '.join(earlier)}); pass --resume to continue "
@@ -148,8 +149,7 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "") -> dict:
     Returns {} on the other processes of a distributed run."""
     run_name = SFT_RUN_NAMES[cfg.mode]
     registered = {}
-    if main_process():
-        _claim(cfg)
+    _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
             _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY) as run:
         _log_splits(run, cfg.data, ("demos_train", "pairs_train"))
