@@ -18,7 +18,6 @@ import difflib
 import json
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +231,7 @@ class EvalConfig:
 STAGE_CONFIGS = {cls.STAGE: cls for cls in (DataConfig, ModelInitConfig, SFTConfig, PPOConfig, EvalConfig,
                                             ExportConfig)}
 
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -245,8 +245,6 @@ def field_type(cls, name: str):
     hint = typing.get_type_hints(cls)[name]
     if get_origin(hint) is Literal:
         return str, list(get_args(hint))
-    if get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X]
-        return next(a for a in get_args(hint) if a is not type(None)), None
     return hint, None
 
 
