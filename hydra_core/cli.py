@@ -48,7 +48,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     for name in C.field_names(cls):
         tp, choices = C.field_type(cls, name)
         default = getattr(defaults, name)
-        shown = f"one of {', '.join(choices)}; default: {default}" if choices else f"default: {default!r}"
+        allowed = f"one of {', '.join(choices)}; " if choices else (
+            f"{C.describe_range(cls, name)}; " if C.bounds(cls, name) else "")
+        shown = f"{allowed}default: {default if choices else repr(default)}"
         extra = {"nargs": "?", "const": "true", "metavar": "BOOL"} if tp is bool else {"metavar": tp.__name__.upper()}
         parser.add_argument(C.flag(name), dest=name, default=argparse.SUPPRESS, help=f"({shown})", **extra)
 

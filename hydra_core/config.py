@@ -355,6 +355,11 @@ def bounds(cls, name: str) -> dict:
     return next(f.metadata.get("bounds", {}) for f in dataclasses.fields(cls) if f.name == name)
 
 
+def describe_range(cls, name: str) -> str:
+    """Field `name`'s range in words ("at least 1 and at most 4"; "" when it has none)."""
+    return " and ".join(f"{_BOUNDS[kind][1]} {limit:g}" for kind, limit in bounds(cls, name).items())
+
+
 def validate(cfg, namer: Namer) -> None:
     """Every field's choices and range, then the relations between fields (a config's `relations`);
     the first problem is a ConfigError naming the field by `namer`."""
@@ -368,10 +373,8 @@ def validate(cfg, namer: Namer) -> None:
         if allowed and not (isinstance(value, (int, float)) and math.isfinite(value)):
             raise ConfigError(f"{namer(name)}: {value!r} is not a finite number")
         for kind, limit in allowed.items():
-            holds, words = _BOUNDS[kind]
-            if not holds(value, limit):
-                rule = " and ".join(f"{_BOUNDS[k][1]} {v:g}" for k, v in allowed.items())
-                raise ConfigError(f"{namer(name)}: {value:g} is out of range; it must be {rule}")
+            if not _BOUNDS[kind][0](value, limit):
+                raise ConfigError(f"{namer(name)}: {value:g} is out of range; it must be {describe_range(cls, name)}")
     for name, problem in getattr(cfg, "relations", lambda _: ())(namer):
         raise ConfigError(f"{namer(name)}: {problem}")
 
@@ -450,7 +453,7 @@ def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, An
 __all__ = [
     "DATA_FORMATS", "JUDGES", "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
-    "build", "coerce", "coerce_value", "config_file_name", "field_names", "field_type", "file_namer", "flag",
+    "build", "coerce", "coerce_value", "config_file_name", "describe_range", "field_names", "field_type", "file_namer", "flag",
     "from_parameters", "is_recipe", "load_config", "parse_text", "read_config_file", "save_config",
     "stage_settings", "to_dict", "validate",
 ]
