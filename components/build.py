@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kfp import compiler
 
-NAMES = ("data_prep", "hydra_sft", "hydra_ppo", "pairwise_eval", "register_model", "compare_variants",
+NAMES = ("check_settings", "data_prep", "hydra_sft", "hydra_ppo", "pairwise_eval", "register_model", "compare_variants",
          "close_pipeline_run")
 HERE = Path(__file__).parent
 

@@ -379,6 +379,55 @@ def validate(cfg, namer: Namer) -> None:
         raise ConfigError(f"{namer(name)}: {problem}")
 
 
+# --- a pipeline's parameters ---------------------------------------------------------------------
+
+
+def check_parameters(values: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
+    """Build every stage's config from a pipeline's parameter `values` as the pipeline assembles
+    them, and check it; an error names the parameter that set the bad value.
+
+    `rules` says how (plain JSON, so a pipeline step can receive it): `fields` maps a parameter to
+    the (stage, field) it sets, `configs` a `*_config` parameter to its stage, `wired` each stage's
+    fields the pipeline sets itself, `seeded` the stages the `seed` parameter seeds.
+    """
+    fields = {name: tuple(target) for name, target in rules["fields"].items()}
+    configs, wired, seeded = rules["configs"], rules["wired"], rules["seeded"]
+
+    def named(parameter: str) -> Namer:
+        return lambda _: f"pipeline parameter {parameter}"
+
+    for name, stage in configs.items():
+        for field in values[name]:
+            if field in wired[stage]:
+                raise ConfigError(f"pipeline parameter {name}: {field!r} is set by the pipeline itself")
+            own = "seed" if field == "seed" and stage in seeded else next(
+                (p for p, target in fields.items() if target == (stage, field)), None)
+            if own:
+                raise ConfigError(f"pipeline parameter {name}: set {field!r} with the pipeline parameter {own}")
+    for config_name, stage in configs.items():
+        owners = {field: n for n, (target, field) in fields.items() if target == stage}
+        layers = [({"seed": values["seed"]}, named("seed"))] if stage in seeded else []
+        variants: list = [None]
+        for field, name in owners.items():
+            if name == "base_model" and not values[name]:  # "": a fresh random-init base_preset model
+                continue
+            if isinstance(values[name], list):  # one config per item: the variants a pipeline runs
+                variants = [(field, item, name) for item in values[name]]
+                if not variants:
+                    raise ConfigError(f"pipeline parameter {name}: the list is empty")
+                continue
+            layers.append(({field: values[name]}, named(name)))
+        layers.append((values[config_name], lambda f, c=config_name: f"pipeline parameter {c}[{f!r}]"))
+        unset = (lambda f, c=config_name, o=owners:  # a field at its default: the parameter that would set it
+                 f"pipeline parameter {o[f]}" if f in o else f"pipeline parameter {c}[{f!r}]")
+        for variant in variants:
+            extra = [({variant[0]: variant[1]}, named(variant[2]))] if variant else []
+            build(STAGE_CONFIGS[stage], *layers, *extra, unset=unset)
+    for name, (stage, field) in fields.items():
+        if stage not in configs.values():  # a stage whose config the pipeline builds from this one parameter
+            coerce(STAGE_CONFIGS[stage], field, values[name], named(name))
+
+
 # --- config files ------------------------------------------------------------------------------
 
 
@@ -453,7 +502,7 @@ def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, An
 __all__ = [
     "DATA_FORMATS", "JUDGES", "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
-    "bounds", "build", "coerce", "coerce_value", "config_file_name", "describe_range", "field_names", "field_type",
+    "bounds", "build", "check_parameters", "coerce", "coerce_value", "config_file_name", "describe_range", "field_names", "field_type",
     "file_namer", "flag", "from_parameters", "is_recipe", "load_config", "parse_text", "read_config_file",
     "save_config", "setting", "stage_settings", "to_dict", "validate",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra_core import config as C
-from pipelines.hydra_rlhf import CONFIG_PARAMETERS, SEEDED, STAGE_PARAMETERS, WIRED, hydra_rlhf
+from pipelines.hydra_rlhf import CONFIG_PARAMETERS, RULES, SEEDED, STAGE_PARAMETERS, WIRED, hydra_rlhf
 
 TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list, "Dict": dict}
 
@@ -102,41 +102,10 @@ def merge(*layers: dict) -> dict:
 
 
 def check(arguments: dict, pipeline=hydra_rlhf) -> None:
-    """Build every stage's config as the pipeline will from `arguments` (the rest at the pipeline's
-    defaults) and check it; an error names the parameter that set the bad value."""
-    inputs = _inputs(pipeline)
-    values = {name: arguments.get(name, spec.default) for name, spec in inputs.items()}
-    for name, stage in CONFIG_PARAMETERS.items():
-        for field in arguments.get(name, {}):
-            if field in WIRED[stage]:
-                raise ArgumentError(f"pipeline parameter {name}: {field!r} is set by the pipeline itself")
-            own = "seed" if field == "seed" and stage in SEEDED else next(
-                (p for p, target in STAGE_PARAMETERS.items() if target == (stage, field)), None)
-            if own:
-                raise ArgumentError(f"pipeline parameter {name}: set {field!r} with the pipeline parameter {own}")
-    for stage, cls in C.STAGE_CONFIGS.items():
-        if stage not in WIRED or stage == "init-model":
-            continue
-        layers = [({"seed": values["seed"]}, lambda _: "pipeline parameter seed")] if stage in SEEDED else []
-        variants = [None]
-        for name, (target, field) in STAGE_PARAMETERS.items():
-            if target != stage or (name == "base_model" and not values[name]):  # "": a fresh base_preset model
-                continue
-            if name == "ppo_variants":
-                variants = values[name]
-                if not variants:
-                    raise ArgumentError("pipeline parameter ppo_variants: the list is empty")
-                continue
-            layers.append(({field: values[name]}, lambda _, n=name: f"pipeline parameter {n}"))
-        config_name = next(n for n, s in CONFIG_PARAMETERS.items() if s == stage)
-        layers.append((values[config_name], lambda f, n=config_name: f"pipeline parameter {n}[{f!r}]"))
-        owners = {field: n for n, (target, field) in STAGE_PARAMETERS.items() if target == stage}
-        unset = (lambda f, c=config_name, o=owners:  # a field at its default: the parameter that would set it
-                 f"pipeline parameter {o[f]}" if f in o else f"pipeline parameter {c}[{f!r}]")
-        for variant in variants:
-            extra = [({"variant": variant}, lambda _: "pipeline parameter ppo_variants")] if variant else []
-            C.build(cls, *layers, *extra, unset=unset)
-    C.coerce(C.ModelInitConfig, "preset", values["base_preset"], lambda _: "pipeline parameter base_preset")
+    """Every stage's config as the pipeline will build it from `arguments` (the rest at the
+    pipeline's defaults), checked: the check the pipeline's first step makes, made before it runs."""
+    values = {name: arguments.get(name, spec.default) for name, spec in _inputs(pipeline).items()}
+    C.check_parameters(values, RULES)
 
 
 def pipeline_arguments(pairs: list[str], recipe: str | None = None) -> tuple[dict, list[str]]:

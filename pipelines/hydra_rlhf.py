@@ -1,5 +1,5 @@
-"""The Hydra-RLHF pipeline: data prep -> Hydra-SFT -> for each PPO variant (Hydra-PPO -> pairwise
-eval -> register) -> compare.
+"""The Hydra-RLHF pipeline: check settings -> data prep -> Hydra-SFT -> for each PPO variant
+(Hydra-PPO -> pairwise eval -> register) -> compare.
 
 With one PPO variant (the default) it is the method end to end. With several, all trained from the
 same Hydra-SFT model and judged against it, it is the paper's experiment, and the compare step puts
@@ -25,6 +25,7 @@ from typing import List
 
 from kfp import compiler, dsl, kubernetes
 
+from components.check_settings.component import check_settings
 from components.close_pipeline_run.component import close_pipeline_run
 from components.compare_variants.component import compare_variants
 from components.data_prep.component import data_prep
@@ -41,6 +42,7 @@ NAME = "hydra-rlhf"
 JUDGE_SECRET = "hydra-rlhf-judge"
 JUDGE_SECRET_KEY = "api-key"
 RESOURCES = {  # component name: (CPU request, memory request)
+    "check-settings": ("500m", "1G"),
     "data-prep": ("1", "4G"),
     "hydra-sft": ("4", "16G"),
     "hydra-ppo": ("4", "16G"),
@@ -74,6 +76,10 @@ CONFIG_PARAMETERS = {"data_config": "prepare", "sft_config": "sft", "ppo_config"
 WIRED = {"init-model": {"output_dir", "seed"}, "prepare": {"output_dir"}, "sft": {"data", "output_dir"},
          "ppo": {"model", "reward_model", "data", "output_dir"},
          "eval": {"candidate", "baseline", "prompts", "output_dir"}}
+# the above as hydra_core.config.check_parameters reads them, here and in the pipeline's first step
+RULES = {"fields": {name: list(target) for name, target in STAGE_PARAMETERS.items()}, "configs": CONFIG_PARAMETERS,
+         "wired": {stage: sorted(fields) for stage, fields in WIRED.items()}, "seeded": list(SEEDED)}
+CHECKED = (*STAGE_PARAMETERS, "seed", *CONFIG_PARAMETERS)  # the parameters the first step checks
 
 
 def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
@@ -124,14 +130,17 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
         registered_policy_model: str = POLICY_MODEL,
         champion_threshold: float = CHAMPION_THRESHOLD,
     ):
+        settings = {name: value for name, value in locals().items() if name in CHECKED}
         tracking = dict(tracking_uri=tracking_uri, experiment=experiment)
         closing = configure(close_pipeline_run(pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **tracking))
         closing.set_display_name("close MLflow runs")
         with dsl.ExitHandler(closing, name="hydra-rlhf-steps"):
+            checked = configure(check_settings(rules=RULES, **settings))
+            checked.set_display_name("check settings")
             prep = configure(data_prep(dataset=dataset, data_format=data_format, dataset_split=dataset_split,
                                        max_records=max_records, eval_fraction=eval_fraction, seed=seed,
                                        config=data_config, pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                       **tracking))
+                                       **tracking)).after(checked)
             prep.set_display_name("data prep")
             data, parent = prep.outputs["data"], prep.outputs["parent_run_id"]
             sft = configure(hydra_sft(data=data, base_model=base_model, base_preset=base_preset, steps=sft_steps,

@@ -105,3 +105,29 @@ def test_the_pin_list_covers_every_runtime_dependency():
         if requirement.marker is None:  # the runtime ones; extras (tests) stay out of the images
             name = canonicalize_name(requirement.name)
             assert name in pinned and requirement.specifier.contains(pinned[name]), requirement
+
+
+def test_the_check_step_takes_every_parameter_that_sets_a_stage_field():
+    from pipelines.hydra_rlhf import CHECKED, RULES, hydra_rlhf
+
+    step = load("check_settings").component_spec.inputs
+    pipeline = hydra_rlhf.component_spec.inputs
+    assert set(step) == {"rules", *CHECKED}
+    assert {name: step[name].type for name in CHECKED} == {name: pipeline[name].type for name in CHECKED}
+    values = {name: pipeline[name].default for name in CHECKED}
+    load("check_settings").python_func(rules=RULES, **values)  # the defaults pass
+    with pytest.raises(ValueError, match=r"pipeline parameter ppo_config\['top_p'\]: 1.5 is out of range"):
+        load("check_settings").python_func(rules=RULES, **{**values, "ppo_config": {"top_p": 1.5}})
+
+
+def test_a_bad_parameter_fails_the_first_step_however_the_run_started(tmp_path, monkeypatch):
+    """A run started without hydra-rlhf's own check (the KFP UI, a reused spec) stops at its first step."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from pipelines.hydra_rlhf import hydra_rlhf
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               workspace_root=str(tmp_path / "workspace"))
+    with pytest.raises(RuntimeError, match="Inner task failed: .*check-settings"):
+        hydra_rlhf(ppo_mini_batch_size=512, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [job] = (tmp_path / "root").iterdir()
+    assert [p.name for p in job.iterdir()] == ["close-pipeline-run"]  # the exit step ran; no step did any work

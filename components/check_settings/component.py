@@ -1,0 +1,50 @@
+"""Check settings: the pipeline's first step, so a bad parameter fails before any work, however the
+run was started (`hydra-rlhf run` and `submit` make the same check before they start it)."""
+
+from typing import List
+
+from kfp import dsl
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def check_settings(
+    rules: dict,
+    base_model: str,
+    base_preset: str,
+    dataset: str,
+    data_format: str,
+    dataset_split: str,
+    max_records: int,
+    eval_fraction: float,
+    seed: int,
+    sft_steps: int,
+    sft_learning_rate: float,
+    sft_demo_batch_size: int,
+    sft_pair_batch_size: int,
+    ppo_variants: List[str],
+    ppo_steps: int,
+    ppo_rollout_batch_size: int,
+    ppo_mini_batch_size: int,
+    ppo_learning_rate: float,
+    ppo_critic_learning_rate: float,
+    ppo_kl_coef: float,
+    ppo_lora_rank: int,
+    judge: str,
+    judge_model: str,
+    judge_base_url: str,
+    eval_max_prompts: int,
+    data_config: dict,
+    sft_config: dict,
+    ppo_config: dict,
+    eval_config: dict,
+) -> None:
+    """Build every stage's config from the pipeline's parameters (each parameter of this component
+    but `rules`, which says which stage field each one sets) and check it
+    (hydra_core.config.check_parameters); a bad value fails here, naming its parameter."""
+    values = {name: value for name, value in locals().items() if name != "rules"}
+
+    from hydra_core.config import check_parameters
+
+    check_parameters(values, rules)
