@@ -502,7 +502,7 @@ def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, An
 __all__ = [
     "DATA_FORMATS", "JUDGES", "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
-    "bounds", "build", "check_parameters", "coerce", "coerce_value", "config_file_name", "describe_range", "field_names", "field_type",
-    "file_namer", "flag", "from_parameters", "is_recipe", "load_config", "parse_text", "read_config_file",
+    "bounds", "build", "check_parameters", "coerce", "coerce_value", "config_file_name", "describe_range",
+    "field_names", "field_type", "file_namer", "flag", "from_parameters", "is_recipe", "load_config", "parse_text", "read_config_file",
     "save_config", "setting", "stage_settings", "to_dict", "validate",
 ]
