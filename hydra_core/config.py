@@ -406,22 +406,24 @@ def check_parameters(values: Mapping[str, Any], rules: Mapping[str, Any]) -> Non
                 raise ConfigError(f"pipeline parameter {name}: set {field!r} with the pipeline parameter {own}")
     for config_name, stage in configs.items():
         owners = {field: n for n, (target, field) in fields.items() if target == stage}
+
+        def unset(field: str, config_name=config_name, owners=owners) -> str:  # a field left at its default
+            return f"pipeline parameter {owners[field] if field in owners else f'{config_name}[{field!r}]'}"
+
         layers = [({"seed": values["seed"]}, named("seed"))] if stage in seeded else []
-        variants: list = [None]
+        builds: list[list] = [[]]  # one config, or one per item of a list parameter (the variants a pipeline runs)
         for field, name in owners.items():
-            if name == "base_model" and not values[name]:  # "": a fresh random-init base_preset model
+            value = values[name]
+            if name == "base_model" and not value:  # "": a fresh random-init base_preset model
                 continue
-            if isinstance(values[name], list):  # one config per item: the variants a pipeline runs
-                variants = [(field, item, name) for item in values[name]]
-                if not variants:
+            if isinstance(value, list):
+                if not value:
                     raise ConfigError(f"pipeline parameter {name}: the list is empty")
-                continue
-            layers.append(({field: values[name]}, named(name)))
+                builds = [[({field: item}, named(name))] for item in value]
+            else:
+                layers.append(({field: value}, named(name)))
         layers.append((values[config_name], lambda f, c=config_name: f"pipeline parameter {c}[{f!r}]"))
-        unset = (lambda f, c=config_name, o=owners:  # a field at its default: the parameter that would set it
-                 f"pipeline parameter {o[f]}" if f in o else f"pipeline parameter {c}[{f!r}]")
-        for variant in variants:
-            extra = [({variant[0]: variant[1]}, named(variant[2]))] if variant else []
+        for extra in builds:
             build(STAGE_CONFIGS[stage], *layers, *extra, unset=unset)
     for name, (stage, field) in fields.items():
         if stage not in configs.values():  # a stage whose config the pipeline builds from this one parameter
@@ -503,6 +505,6 @@ __all__ = [
     "DATA_FORMATS", "JUDGES", "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
     "bounds", "build", "check_parameters", "coerce", "coerce_value", "config_file_name", "describe_range",
-    "field_names", "field_type", "file_namer", "flag", "from_parameters", "is_recipe", "load_config", "parse_text", "read_config_file",
-    "save_config", "setting", "stage_settings", "to_dict", "validate",
+    "field_names", "field_type", "file_namer", "flag", "from_parameters", "is_recipe", "load_config", "parse_text",
+    "read_config_file", "save_config", "setting", "stage_settings", "to_dict", "validate",
 ]
