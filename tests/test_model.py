@@ -154,6 +154,11 @@ def test_a_local_reference_must_hold_a_model(tmp_path, make, message):
         check_model(str(make(tmp_path)), "model")
 
 
+def test_an_empty_reference_is_refused_by_name():
+    with pytest.raises(ModelReferenceError, match=r"^candidate: is empty; give a model directory or a hub id$"):
+        check_model("", "candidate")
+
+
 def test_a_model_directory_is_accepted_and_names_what_is_missing(base_model_dir, tmp_path):
     assert check_model(base_model_dir, "model") == base_model_dir
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):

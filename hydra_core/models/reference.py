@@ -63,6 +63,8 @@ def _ask_hub(reference: str, setting: str) -> None:
 
 def check_model(reference: str, setting: str) -> str:
     """`reference` if it names a model that can be loaded, else a ModelReferenceError naming `setting`."""
+    if not reference.strip():
+        raise ModelReferenceError(f"{setting}: is empty; give a model directory or a hub id")
     path = Path(reference).expanduser()
     if path.exists():
         if not path.is_dir():
