@@ -450,7 +450,7 @@ def read_config_file(path: str | Path) -> dict:
     """A JSON or YAML config file as a dict; a ConfigError naming the file if it cannot be."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: {'is a directory, not a' if path.is_dir() else 'no such'} config file")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".json":
@@ -465,13 +465,17 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    if is_recipe(data):
+        for section, settings in data.items():
+            if not isinstance(settings, dict | None):
+                raise ConfigError(f"{path}: section '{section}' must be a mapping of settings, "
+                                  f"got {type(settings).__name__}")
     return data
 
 
 def is_recipe(data: Mapping) -> bool:
     """A recipe has one section per stage (and `pipeline`); a stage's config file is flat."""
-    return bool(data) and set(data) <= {*STAGE_CONFIGS, "pipeline"} and all(
-        isinstance(v, dict) or v is None for v in data.values())
+    return bool(data) and set(data) <= {*STAGE_CONFIGS, "pipeline"}
 
 
 def stage_settings(cls, data: Mapping, path: str | Path) -> dict:

@@ -93,6 +93,7 @@ def test_flags_override_the_file_and_a_recipe_gives_each_stage_its_section(tmp_p
     ("r.yaml", {"sft": {"setps": 3}}, "sft", "r.yaml: sft.setps: 'hydra-rlhf sft' has no such setting; did you mean"),
     ("f.yaml", {"learning_rate": "fast"}, "sft", "f.yaml: learning_rate: expected a number, got 'fast'"),
     ("f.yaml", [1, 2], "sft", "f.yaml: expected a mapping of settings, got list"),
+    ("r.yaml", {"sft": {"steps": 3}, "ppo": 7}, "sft", "r.yaml: section 'ppo' must be a mapping of settings, got int"),
 ])
 def test_a_bad_config_file_is_one_line_naming_the_file_and_key(tmp_path, capsys, name, data, command, message):
     path = write(tmp_path / name, data)

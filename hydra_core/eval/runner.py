@@ -25,6 +25,7 @@ from hydra_core.models.reference import check_model
 from hydra_core.runtime import pick_device, seed_everything
 from hydra_core.tracking.base import Tracker
 
+
 def load_prompts(source: str, max_prompts: int = 0) -> list[EvalPrompt]:
     """The prompts_eval split of a prepared directory, or a JSONL file of {"prompt", "reference"?}."""
     if Path(source).is_dir():
