@@ -27,7 +27,9 @@ from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, get_args
 DATA_FORMATS = ("arithmetic", "generic", "hh-rlhf", "stack-exchange-paired", "tldr")
 MODEL_PRESETS = ("tiny-llama", "llama-30m", "llama-120m")
 SFT_MODES = ("sft", "rm", "hydra")
-PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")
+PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")  # memory layouts (the paper's Table 2)
+ALGORITHMS = ("ppo", "rloo", "grpo", "remax")  # policy-gradient methods; all but ppo are critic-free
+CRITIC_FREE = ("rloo", "grpo", "remax")
 JUDGES = ("openai", "reward-model", "gold")
 PRECISIONS = ("auto", "bf16", "no")
 
@@ -143,7 +145,8 @@ class ExportConfig:
 
 @dataclass
 class PPOConfig:
-    """`hydra-rlhf ppo`: PPO with one of the paper's five memory variants."""
+    """`hydra-rlhf ppo`: RL from a reward model with one of the paper's five memory variants (layouts) and
+    one of four algorithms: PPO (the paper's), or the critic-free RLOO, GRPO and ReMax."""
 
     STAGE: ClassVar[str] = "ppo"
 
@@ -151,10 +154,12 @@ class PPOConfig:
     reward_model: str = ""  # the reward model for full / lora / lora-dynamic; default: `model`
     data: str = "outputs/data"  # a prepared directory (its prompts_train split)
     output_dir: str = "outputs/ppo"
-    variant: Literal[PPO_VARIANTS] = "hydra"
-    steps: int = setting(12, ge=1)  # PPO iterations: rollout, score, optimise
+    variant: Literal[PPO_VARIANTS] = "hydra"  # the memory layout
+    algorithm: Literal[ALGORITHMS] = "ppo"  # how advantages are estimated; rloo, grpo and remax need no critic
+    steps: int = setting(12, ge=1)  # iterations: rollout, score, optimise
     rollout_batch_size: int = setting(256, ge=1)  # prompts sampled per iteration
-    mini_batch_size: int = setting(64, ge=1)
+    samples_per_prompt: int = setting(1, ge=1)  # responses sampled per prompt (a group); at least 2 for rloo, grpo
+    mini_batch_size: int = setting(64, ge=1)  # responses per optimizer step
     ppo_epochs: int = setting(4, ge=1)
     learning_rate: float = setting(1e-3, gt=0)  # actor
     critic_learning_rate: float = setting(1e-3, gt=0)
@@ -169,7 +174,13 @@ class PPOConfig:
     clip_range: float = setting(0.2, gt=0)
     clip_range_value: float = setting(0.2, gt=0)
     value_loss_coef: float = setting(0.5, ge=0)  # weight of the value loss where actor and critic share weights
-    whiten_advantages: bool = True
+    whiten_advantages: bool = True  # ppo, rloo, remax: advantages whitened over the batch (grpo: within groups)
+    # grpo: divide advantages by their group's std (false: only subtract the mean, as Dr. GRPO)
+    grpo_scale_rewards: bool = True
+    # grpo: the KL as a k3 term of the loss (DeepSeekMath) or folded into the sequence reward
+    grpo_kl: Literal["loss", "reward"] = "loss"
+    # the policy loss averaged over every response token of a mini-batch, or per sequence, then over sequences
+    loss_normalisation: Literal["token", "sequence"] = "token"
     missing_eos_penalty: float = setting(1.0, ge=0)  # subtracted from the score of a response with no EOS
     max_grad_norm: float = setting(1.0, gt=0)
     max_new_tokens: int = setting(6, ge=1)
@@ -188,9 +199,14 @@ class PPOConfig:
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
-        if self.mini_batch_size > self.rollout_batch_size:
-            yield "mini_batch_size", (f"{self.mini_batch_size} is more than {name('rollout_batch_size')} "
-                                      f"({self.rollout_batch_size}); a mini-batch is a part of one rollout batch")
+        responses = self.rollout_batch_size * self.samples_per_prompt
+        if self.mini_batch_size > responses:
+            yield "mini_batch_size", (f"{self.mini_batch_size} is more than the {responses} responses of a rollout "
+                                      f"({name('rollout_batch_size')} x {name('samples_per_prompt')}); "
+                                      "a mini-batch is a part of one rollout")
+        if self.algorithm in ("rloo", "grpo") and self.samples_per_prompt < 2:
+            yield "samples_per_prompt", (f"{self.algorithm} compares each response with the others to the same "
+                                         f"prompt; it needs at least 2 (got {self.samples_per_prompt})")
         if not re.fullmatch(r"|cpu|cuda(:\d+)?", self.device):
             yield "device", f"{self.device!r} is not cpu, cuda or cuda:N ('' picks CUDA when there is one)"
 
@@ -225,6 +241,25 @@ class EvalConfig:
     def relations(self, name: Namer):
         if self.judge == "openai" and not self.judge_base_url.startswith(("http://", "https://")):
             yield "judge_base_url", f"{self.judge_base_url!r} is not an http(s) URL"
+
+
+def run_label(variant: str, algorithm: str) -> str:
+    """How a variant/algorithm pair is named in pipelines, runs and tables: `hydra` (PPO), `hydra-grpo`."""
+    return variant if algorithm == "ppo" else f"{variant}-{algorithm}"
+
+
+RUN_LABELS = tuple(run_label(v, a) for a in ALGORITHMS for v in PPO_VARIANTS)
+
+
+def parse_run_label(label: str) -> dict[str, str]:
+    """The `variant` and `algorithm` settings a run label names ("hydra-grpo", "lora", "hydra-ppo");
+    a ValueError listing the labels for any other text."""
+    for algorithm in ALGORITHMS:
+        for variant in PPO_VARIANTS:
+            if label in (run_label(variant, algorithm), f"{variant}-{algorithm}"):
+                return {"variant": variant, "algorithm": algorithm}
+    raise ValueError(f"{label!r} is not a variant or variant-algorithm pair (e.g. hydra, hydra-grpo, lora-rloo); "
+                     f"variants: {', '.join(PPO_VARIANTS)}; algorithms: {', '.join(ALGORITHMS)}")
 
 
 # stage command -> its config; a recipe file has one section per stage, under these names
@@ -506,9 +541,11 @@ def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, An
 
 
 __all__ = [
-    "DATA_FORMATS", "JUDGES", "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS", "SFT_MODES", "STAGE_CONFIGS",
+    "ALGORITHMS", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS",
+    "RUN_LABELS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
     "bounds", "build", "check_parameters", "coerce", "coerce_value", "config_file_name", "describe_range",
-    "field_names", "field_type", "file_namer", "flag", "from_parameters", "is_recipe", "load_config", "parse_text",
-    "read_config_file", "save_config", "setting", "stage_settings", "to_dict", "validate",
+    "field_names", "field_type", "file_namer", "flag", "from_parameters", "is_recipe", "load_config",
+    "parse_run_label", "parse_text", "read_config_file", "run_label", "save_config", "setting", "stage_settings",
+    "to_dict", "validate",
 ]
