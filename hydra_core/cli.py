@@ -143,7 +143,8 @@ COMMANDS = [
     stage_command(C.ModelInitConfig, _init_model, "build a small random-init base model and tokenizer", tracked=False),
     stage_command(C.DataConfig, _prepare, "load, validate, split and write preference data"),
     stage_command(C.SFTConfig, _sft, "train SFT, a reward model, or Hydra-SFT (--mode sft|rm|hydra)"),
-    stage_command(C.PPOConfig, _ppo, f"PPO from an SFT / Hydra-SFT model (--variant {'|'.join(C.PPO_VARIANTS)})"),
+    stage_command(C.PPOConfig, _ppo, f"RL from an SFT / Hydra-SFT model (--variant {'|'.join(C.PPO_VARIANTS)}, "
+                                     f"--algorithm {'|'.join(C.ALGORITHMS)})"),
     stage_command(C.EvalConfig, _eval, "judge a candidate policy against a baseline, pairwise"),
     stage_command(C.ExportConfig, _export, "write a Hydra directory's policy as a plain HF causal-LM directory",
                   tracked=False),

@@ -17,12 +17,13 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from hydra_core import checkpoint, registry
 from hydra_core.config import (DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig, SFTConfig, build,
-                               config_file_name, save_config, to_dict)
+                               config_file_name, save_config, to_dict, uses_separate_models)
 from hydra_core.data.prepare import prepare
 from hydra_core.data.splits import MANIFEST, SPLIT_FILES, split_path
 from hydra_core.eval.report import FILES as EVAL_FILES
@@ -30,6 +31,7 @@ from hydra_core.eval.report import SUMMARY_METRICS as EVAL_METRICS
 from hydra_core.eval.runner import run_eval
 from hydra_core.models.hydra import load_hydra
 from hydra_core.models.presets import build_base_model
+from hydra_core.plots import plot_comparison
 from hydra_core.ppo.trainer import SUMMARY_FILE as PPO_SUMMARY
 from hydra_core.ppo.trainer import run_ppo
 from hydra_core.sft.trainer import SUMMARY_FILE as SFT_SUMMARY
@@ -165,15 +167,29 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "") -> dict:
 
 
 def ppo(cfg: PPOConfig, tracking: Tracking) -> dict:
-    """`run_ppo` in a `ppo-<variant>` run; the policy directory is logged as the `model` artifact."""
+    """`run_ppo` in an `<algorithm>-<variant>` run (`ppo-hydra`, `grpo-hydra`); the policy directory is
+    logged as the `model` artifact. The summary it returns says how long the stage took (`stage_seconds`)."""
+    started = time.perf_counter()
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
-            _stage_run(tracking, f"ppo-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
-                       tags={"variant": cfg.variant}) as run:
+            _stage_run(tracking, f"{cfg.algorithm}-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
+                       tags={"variant": cfg.variant, "algorithm": cfg.algorithm}) as run:
         _log_splits(run, cfg.data, ("prompts_train",))
         summary = run_ppo(cfg, run)
         _log_output_dir(run, cfg.output_dir)
-    return {**summary, "tracking": run.status()}
+    return {**summary, "stage_seconds": time.perf_counter() - started, "tracking": run.status()}
+
+
+def ppo_models(label: str, hydra_sft: str, sft: str = "", reward_model: str = "") -> dict[str, str | None]:
+    """The `model` and `reward_model` settings PPO for run `label` starts from. Given a separately
+    trained SFT model and reward model, a layout that keeps its reward model apart from the policy
+    (`config.SEPARATE_MODEL_VARIANTS`: full, lora, lora-dynamic) starts from those two, as in the paper;
+    otherwise, and always for hydra and j-hydra, PPO starts from Hydra-SFT (its reward head is the reward)."""
+    if bool(sft) != bool(reward_model):
+        raise ValueError("give both a separate SFT model and a reward model, or neither")
+    if sft and uses_separate_models(label):
+        return {"model": sft, "reward_model": reward_model}
+    return {"model": hydra_sft, "reward_model": None}
 
 
 def evaluate(cfg: EvalConfig, tracking: Tracking, tags: dict | None = None) -> dict:
@@ -213,35 +229,62 @@ def register_policy(tracking: Tracking, evaluation_dir: str, policy_run_id: str,
     return {**decision, "tracking": run.status()}
 
 
-COMPARISON_COLUMNS = (("variant", "variant"), ("win_rate", "win-rate"), ("win_rate_low", "low"),
-                      ("win_rate_high", "high"), ("wins", "W"), ("ties", "T"), ("losses", "L"),
-                      ("errors", "E"), ("eval/gold_accuracy", "gold acc."), ("memory/peak_bytes", "peak MiB"),
-                      ("memory/trainable_params", "trainable"), ("time/s_per_sample", "s/sample"))
+# (row key, title); the rows are pairwise_eval outputs' metadata: the eval's figures and the candidate's
+COMPARISON_COLUMNS = (("variant", "label"), ("algorithm", "algorithm"), ("win_rate", "win-rate"),
+                      ("win_rate_low", "low"), ("win_rate_high", "high"), ("wins", "W"), ("ties", "T"),
+                      ("losses", "L"), ("errors", "E"), ("eval/gold_accuracy_before", "gold before"),
+                      ("eval/gold_accuracy", "gold after"), ("memory/peak_bytes", "peak MiB"),
+                      ("memory/trainable_params", "trainable"), ("time/s_per_sample", "s/sample"),
+                      ("train_seconds", "train s"), ("stage_seconds", "stage s"))
+BASELINES = {"hydra-sft": "Hydra-SFT", "sft": "SFT"}  # a model's `variant` -> how the table names it
+COMPARISON_FILES = {"table": "comparison.md", "chart": "comparison.png"}
+
+
+def comparison_rows(rows: list[dict]) -> list[dict]:
+    """pairwise_eval outputs as table rows, best judged lower bound first. A policy's row names its
+    run label and algorithm and the seconds its PPO loop trained; an SFT model's row (Hydra-SFT judged
+    against the SFT model) has no algorithm and no gold accuracy before."""
+    table = []
+    for row in rows:
+        row = dict(row)
+        row.setdefault("algorithm", "-")
+        if "train_seconds_this_run" in row:
+            row["train_seconds"] = row["train_seconds_this_run"]
+        table.append(row)
+    return sorted(table, key=lambda r: -(r.get("win_rate_low") or 0.0))
 
 
 def compare_variants(tracking: Tracking, rows: list[dict], record_dir: str | Path, registered_model: str = "",
                      versions: list[str] = (), champion_threshold: float = registry.CHAMPION_THRESHOLD) -> str:
-    """The variants side by side, best lower bound first, as Markdown; logged to the pipeline's run
-    (per-variant metrics and the table), which is then closed. Given the registered `versions` of
-    the variants, the aliases are settled on the best of them (`registry.settle_aliases`)."""
-    ranked = sorted(rows, key=lambda r: -(r.get("win_rate_low") or 0.0))
-    lines = ["# PPO variants against the Hydra-SFT baseline", "",
+    """The variants side by side, best lower bound first, as Markdown, and as a chart (win-rate with its
+    interval, gold accuracy before and after) beside it in `record_dir`; both logged to the pipeline's
+    run (with per-variant metrics), which is then closed. Every row was judged against one baseline,
+    named in the title. Given the registered `versions` of the variants, the aliases are settled on
+    the best of them (`registry.settle_aliases`)."""
+    ranked = comparison_rows(rows)
+    baselines = sorted({str(r.get("baseline", "hydra-sft")) for r in ranked}) or ["hydra-sft"]
+    against = " and ".join(BASELINES.get(b, b) for b in baselines)
+    lines = [f"# PPO variants against the {against} baseline", "",
              "| " + " | ".join(title for _, title in COMPARISON_COLUMNS) + " |",
              "|" + "---|" * len(COMPARISON_COLUMNS)]
     for row in ranked:
         lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in COMPARISON_COLUMNS) + " |")
     settled = registry.settle_aliases(tracking, registered_model, list(versions), champion_threshold)
     text = "\n".join([*lines, *(["", settled] if settled else [])]) + "\n"
+    record_dir = Path(record_dir)
+    record_dir.mkdir(parents=True, exist_ok=True)
+    table = record_dir / COMPARISON_FILES["table"]
+    table.write_text(text, encoding="utf-8")
+    chart = plot_comparison(ranked, record_dir / COMPARISON_FILES["chart"], title=f"against {against}")
     if tracking.parent_run_id:
         run = tracking.top_level().tracker("pipeline", record_dir, run_id=tracking.parent_run_id,
                                            system_metrics=False)
         for row in ranked:
             variant = row.get("variant", "policy")
             run.log_metrics({f"{variant}/{k}": v for k, v in numeric_entries(row, EVAL_METRICS).items()}, step=0)
-        path = Path(record_dir) / "comparison.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        run.log_artifact(path)
+        for path in (table, chart):
+            if path is not None:
+                run.log_artifact(path)
         run.close("FINISHED")
     return text
 
@@ -251,6 +294,8 @@ def _cell(key: str, value) -> str:
         return "-"
     if key == "memory/peak_bytes":
         return f"{value / 2**20:.0f}"
+    if key.endswith("seconds"):
+        return f"{value:.0f}"
     if isinstance(value, float) and not value.is_integer():
         return f"{value:.3f}"
     if isinstance(value, float):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hydra_core import checkpoint
-from hydra_core.config import DataConfig, ModelInitConfig, SFTConfig
+from hydra_core.config import DataConfig, ModelInitConfig, PPOConfig, SFTConfig
 from hydra_core.data.prepare import prepare
 from hydra_core.models.presets import build_base_model
 from hydra_core.sft.trainer import run_sft
@@ -37,6 +37,12 @@ def tiny_sft_config(base: str, data: str, out: str, **changes) -> SFTConfig:
     defaults = dict(model=base, data=data, output_dir=out, steps=6, demo_batch_size=16, pair_batch_size=8,
                     eval_every=3, log_every=2, checkpoint_every=0, greedy_eval_prompts=16, warmup_steps=1)
     return SFTConfig(**{**defaults, **changes})
+
+
+def tiny_ppo_config(model: str, data: str, out, **changes) -> PPOConfig:
+    defaults = dict(model=model, data=data, output_dir=str(out), steps=2, rollout_batch_size=8, mini_batch_size=4,
+                    ppo_epochs=1, lora_rank=4, greedy_eval_prompts=8, max_new_tokens=5)
+    return PPOConfig(**{**defaults, **changes})
 
 
 @pytest.fixture(scope="session")

@@ -243,7 +243,7 @@ RANGED = [(stage, name) for stage, cls in C.STAGE_CONFIGS.items() for name in C.
           if C.bounds(cls, name)]
 RELATIONS = [
     (["ppo", "--rollout-batch-size", "4", "--mini-batch-size", "16"], "--mini-batch-size: 16 is more than "
-     "--rollout-batch-size (4)"),
+     "the 4 responses of a rollout (--rollout-batch-size x --samples-per-prompt)"),
     (["ppo", "--device", "gpu"], "--device: 'gpu' is not cpu, cuda or cuda:N"),
     (["prepare", "--format", "generic"], "--source: is required with --format generic"),
     (["eval", "--judge", "openai", "--judge-base-url", "api.example.com"], "--judge-base-url: 'api.example.com' is "
@@ -300,7 +300,8 @@ def test_a_stage_config_parameter_out_of_range_is_named_by_its_key(capsys):
     err = refused(["run", "-p", 'ppo_config={"top_p": 1.5}'], capsys)
     assert "pipeline parameter ppo_config['top_p']: 1.5 is out of range; it must be more than 0 and at most 1" in err
     err = refused(["run", "-p", "ppo_rollout_batch_size=4", "-p", "ppo_mini_batch_size=16"], capsys)
-    assert "pipeline parameter ppo_mini_batch_size: 16 is more than pipeline parameter ppo_rollout_batch_size" in err
+    assert ("pipeline parameter ppo_mini_batch_size: 16 is more than the 4 responses of a rollout "
+            "(pipeline parameter ppo_rollout_batch_size x ppo_config['samples_per_prompt'])") in err
 
 
 def test_a_component_refuses_a_bad_parameter_before_its_stage_runs():

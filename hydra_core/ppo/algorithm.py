@@ -1,7 +1,14 @@
-"""The PPO-for-LLM maths, as small pure functions with the usual names.
+"""The RL-for-LLM maths, as small pure functions with the usual names.
 
 Tensors are [batch, response_length] over response tokens, with `mask` 1 on tokens up to and
-including EOS. Nothing here knows about models or variants.
+including EOS; sequence quantities are [batch]. The k responses to one prompt (a group) are
+adjacent rows: prompt i's are rows i*k .. i*k+k-1. Nothing here knows about models or variants.
+
+Advantages: PPO estimates them per token with a critic (GAE); the critic-free algorithms give every
+token of a response its sequence's advantage, its reward minus a baseline that needs no critic:
+  rloo  - the mean reward of the other k-1 responses to the same prompt ("Back to Basics", 2024)
+  grpo  - the group's mean, the difference divided by the group's std (DeepSeekMath, 2024)
+  remax - the reward of the greedy response to the same prompt (ReMax, 2023)
 """
 
 from __future__ import annotations
@@ -43,6 +50,45 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1' or 'k3'")
 
 
+def sequence_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """The critic-free algorithms' reward of a whole response: its score minus beta * its summed KL."""
+    return scores - kl_coef * (kl * mask).sum(dim=1)
+
+
+def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """Each response's reward minus the mean reward of the other k-1 responses to its prompt."""
+    groups = rewards.view(-1, k)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (k - 1)
+    return (groups - others).reshape(-1)
+
+
+def grpo_advantages(rewards: torch.Tensor, k: int, scale: bool, eps: float = 1e-4) -> torch.Tensor:
+    """Each response's reward minus its group's mean, divided by the group's std when `scale` (a group
+    whose rewards are all equal then gets advantage 0, not a division by zero)."""
+    groups = rewards.view(-1, k)
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def remax_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor) -> torch.Tensor:
+    """Each response's reward minus the reward of the greedy response to its prompt (one per group)."""
+    k = rewards.shape[0] // greedy_rewards.shape[0]
+    return rewards - greedy_rewards.repeat_interleave(k)
+
+
+def whiten(x: torch.Tensor) -> torch.Tensor:
+    """Sequence advantages to mean 0 and std 1 over the batch."""
+    return (x - x.mean()) / (x.std() + 1e-8) if x.numel() > 1 else x - x.mean()
+
+
+def group_stats(rewards: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """How much the rewards within a prompt's group spread: a group with none teaches nothing."""
+    std = rewards.view(-1, k).std(dim=1)
+    return {"objective/group_reward_std": std.mean(), "objective/zero_spread_groups": (std == 0).float().mean()}
+
+
 def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """-beta * KL on every response token, plus the sequence score on the last valid token."""
     rewards = -kl_coef * kl * mask
@@ -67,13 +113,25 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, returns
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float):
-    """Clipped surrogate objective; returns (loss, stats)."""
+def aggregate(x: torch.Tensor, mask: torch.Tensor, normalisation: str = "token") -> torch.Tensor:
+    """A per-token loss as one number: the mean over every valid token ("token"), or each response's
+    mean over its tokens, then the mean over responses ("sequence", as DeepSeekMath's GRPO)."""
+    if normalisation == "token":
+        return masked_mean(x, mask)
+    if normalisation == "sequence":
+        mask = mask.to(x.dtype)
+        return ((x * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+    raise ValueError(f"unknown loss normalisation {normalisation!r}; use 'token' or 'sequence'")
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip_range: float, normalisation: str = "token"):
+    """Clipped surrogate objective; returns (loss, stats). With one update per rollout the ratio is 1
+    and its gradient is REINFORCE's."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    loss = aggregate(torch.max(unclipped, clipped), mask, normalisation)
     with torch.no_grad():
         stats = {
             "policy/approxkl": 0.5 * masked_mean(log_ratio**2, mask),

@@ -16,6 +16,10 @@ active for it: a named LoRA adapter, FULL (no adapters, the weights themselves t
 Roles that name the same model and adapter share one forward pass: in j-hydra and hydra the
 reference log-probs and the reward come from ONE pass with the adapters off, reading the LM head
 and the reward head together; in j-hydra the actor's logits and the critic's values likewise.
+
+The critic-free algorithms (rloo, grpo, remax) use the same table without its critic column: no
+critic adapter, no value head, no critic model (lora-dynamic's reward is then the plain frozen
+reward model), and `hydra` is one backbone with ONE adapter, the actor's.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hydra_core.config import PPOConfig
-from hydra_core.models.hydra import HydraModel, load_hydra, require_reward_head
+from hydra_core.config import CRITIC_FREE, PPOConfig
+from hydra_core.models.hydra import HEAD_NAMES, HydraModel, load_hydra, require_reward_head
 from hydra_core.models.lora import add_lora
 from hydra_core.runtime import default_dtype
 
@@ -49,55 +53,51 @@ LAYOUTS = {
     "hydra": (Role("hydra", "actor"), Role("hydra", "critic"), Role("hydra", OFF), Role("hydra", OFF)),
 }
 
-# model key -> (source: "policy" | "reward", heads)
-SOURCES = {
-    "policy": ("policy", ()),
-    "reference": ("policy", ()),
-    "reward": ("reward", ("reward",)),
-    "hydra": ("policy", ("reward", "value")),
-}
+# model key -> the model it is loaded from: the SFT policy (`model`) or the reward model
+SOURCES = {"policy": "policy", "reference": "policy", "reward": "reward", "critic": "reward", "hydra": "policy"}
 
 
 class PolicyStack:
-    """The models of one variant and the forward passes PPO asks of them."""
+    """The models of one variant and the forward passes the RL loop asks of them."""
 
     def __init__(self, cfg: PPOConfig, device: torch.device):
         if cfg.variant not in LAYOUTS:
             raise ValueError(f"unknown PPO variant {cfg.variant!r}; choose one of {sorted(LAYOUTS)}")
         self.variant = cfg.variant
-        self.actor, self.critic, self.reference, self.reward = LAYOUTS[cfg.variant]
+        self.actor, critic, self.reference, self.reward = LAYOUTS[cfg.variant]
+        self.critic: Role | None = None if cfg.algorithm in CRITIC_FREE else critic
         self.device = device
         self.autocast_dtype = default_dtype(device) if device.type == "cuda" else None
         paths = {"policy": cfg.model, "reward": cfg.reward_model or cfg.model}
-        reward_path = paths[SOURCES.get(self.reward.model, ("reward",))[0]]
-        require_reward_head(reward_path, f"the reward model of --variant {cfg.variant}")
-        # A critic that also serves as the reward model (lora-dynamic) keeps its reward head.
-        critic_heads = ("reward", "value") if self.reward.model == "critic" else ("value",)
-        sources = {**SOURCES, "critic": ("reward", critic_heads)}
+        require_reward_head(paths[SOURCES[self.reward.model]], f"the reward model of --variant {cfg.variant}")
+        # Each model carries the heads its roles read: the critic the value head, the reward model the reward head.
+        reads = {"value": self.critic, "reward": self.reward}
+        roles = [role for role in (self.actor, self.critic, self.reference, self.reward) if role is not None]
 
         self.models: dict[str, HydraModel] = {}
-        for role in (self.actor, self.critic, self.reference, self.reward):
+        for role in roles:
             if role.model in self.models:
                 continue
-            source, heads = sources[role.model]
+            heads = tuple(head for head in HEAD_NAMES if reads.get(head) and reads[head].model == role.model)
             trains_in_full = role in (self.actor, self.critic) and role.adapter == FULL
             # Trained weights stay fp32 (autocast does the bf16 maths); frozen ones take bf16 on GPU.
             dtype = torch.float32 if trains_in_full else default_dtype(device)
-            model = load_hydra(paths[source], heads=heads, device=device, dtype=dtype,
+            model = load_hydra(paths[SOURCES[role.model]], heads=heads, device=device, dtype=dtype,
                                trust_remote_code=cfg.trust_remote_code)
             model.requires_grad_(trains_in_full)
             self.models[role.model] = model
-        for role in dict.fromkeys((self.actor, self.critic)):  # ordered: adapter init draws from the RNG
+        for role in dict.fromkeys(r for r in (self.actor, self.critic) if r):  # ordered: adapter init draws RNG
             if role.adapter not in (FULL, OFF):
                 add_lora(self.models[role.model], cfg.lora_rank, cfg.lora_alpha, name=role.adapter)
                 self.models[role.model].to(device)
-        critic_model = self.models[self.critic.model]
-        critic_model.heads["value"].float().requires_grad_(True)
+        value_head = []
+        if self.critic:
+            value_head = list(self.models[self.critic.model].heads["value"].float().requires_grad_(True).parameters())
         for model in self.models.values():
-            model.eval()  # dropout off in every model during PPO
+            model.eval()  # dropout off in every model during RL
 
         self.actor_params = self._params_of(self.actor)
-        self.critic_params = self._params_of(self.critic, extra=list(critic_model.heads["value"].parameters()))
+        self.critic_params = self._params_of(self.critic, extra=value_head) if self.critic else []
         if self.actor == self.critic:  # j-hydra: the shared adapter trains at the actor's rate
             self.critic_params = [p for p in self.critic_params if all(p is not q for q in self.actor_params)]
 
@@ -124,11 +124,12 @@ class PolicyStack:
         backbone = self.models[role.model].backbone
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype else contextlib.nullcontext())
-        if role.adapter == OFF:
+        # A model that never got an adapter (lora-dynamic's reward model without a critic) is already off.
+        if role.adapter == OFF and hasattr(backbone, "disable_adapter"):
             with backbone.disable_adapter(), autocast:
                 yield self.models[role.model]
             return
-        if role.adapter != FULL:
+        if role.adapter not in (FULL, OFF):
             backbone.set_adapter(role.adapter)
         with autocast:
             yield self.models[role.model]
@@ -155,9 +156,13 @@ class PolicyStack:
             return out.logits, out.rewards
         with self.active(self.reference) as model:
             logits = model(ids, mask, lm_select=lm_select).logits
+        return logits, self.scores(ids, mask)
+
+    @torch.no_grad()
+    def scores(self, ids, mask) -> torch.Tensor:
+        """The reward model's scores alone (ReMax's greedy baseline responses need no reference)."""
         with self.active(self.reward) as model:
-            scores = model(ids, mask, lm=False, reward=True).rewards
-        return logits, scores
+            return model(ids, mask, lm=False, reward=True).rewards
 
     @contextlib.contextmanager
     def generator(self):

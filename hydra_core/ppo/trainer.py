@@ -1,10 +1,15 @@
-"""The PPO loop: one loop for every variant (the variants differ only in `roles.PolicyStack`).
+"""The RL loop: one loop for every memory variant (they differ only in `roles.PolicyStack`) and every
+algorithm (they differ only in how step 2 estimates advantages, and whether there is a critic).
 
 Each iteration, in order:
-  1. rollout  - sample responses to a batch of prompts from the actor (KV cache, stop at EOS)
-  2. score    - old log-probs and values, reference log-probs and reward-model scores (no grad);
-                per-token KL folded into the reward, the score on the last token; GAE; whitening
-  3. optimise - `ppo_epochs` passes of clipped policy and value losses over shuffled mini-batches
+  1. rollout  - sample `samples_per_prompt` responses to each prompt of a batch from the actor (KV
+                cache, stop at EOS); ReMax also the greedy response to each prompt
+  2. score    - old log-probs (and values, with a critic), reference log-probs and reward-model
+                scores (no grad); advantages: PPO folds the per-token KL into the reward, adds the
+                score on the last token and runs GAE; RLOO, GRPO and ReMax give each response's
+                tokens its sequence reward minus a baseline (`estimate_advantages`)
+  3. optimise - `ppo_epochs` passes of the clipped policy loss (plus the value loss with a critic,
+                the k3 KL term for GRPO with `grpo_kl loss`) over shuffled mini-batches
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import json
 import math
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from hydra_core import checkpoint
-from hydra_core.config import PPOConfig, save_config, to_dict
+from hydra_core.config import PPOConfig, run_label, save_config, to_dict
 from hydra_core.data.batching import BatchStream
 from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
@@ -38,8 +44,8 @@ CURVES_FILE = "ppo_curves.png"
 # settings a resumed run may change without changing what it computes
 RESUMABLE = ("resume", "overwrite", "checkpoint_every", "eval_every", "greedy_eval_prompts", "kl_ceiling", "device",
              "output_dir", "trust_remote_code")
-CURVES = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value",
-          "policy/clipfrac", "eval/gold_accuracy")
+CURVES = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value", "loss/kl",
+          "policy/clipfrac", "objective/group_reward_std", "eval/gold_accuracy")
 
 
 class NonFiniteError(RuntimeError):
@@ -56,12 +62,14 @@ def _check_finite(step: int, phase: str, last_checkpoint, **values: torch.Tensor
 
 
 def build_optimizer(cfg: PPOConfig, stack: PolicyStack):
-    """AdamW over the actor's and the critic's trained parameters (one group each, its own rate), and
-    the learning-rate schedule over every optimizer step of the run."""
-    optimizer = torch.optim.AdamW([{"params": stack.actor_params, "lr": cfg.learning_rate},
-                                   {"params": stack.critic_params, "lr": cfg.critic_learning_rate}],
-                                  weight_decay=0.0)
-    total = cfg.steps * cfg.ppo_epochs * math.ceil(cfg.rollout_batch_size / cfg.mini_batch_size)
+    """AdamW over the actor's and the critic's trained parameters (one group each, its own rate; no
+    critic group without a critic), and the learning-rate schedule over every optimizer step of the run."""
+    groups = [{"params": stack.actor_params, "lr": cfg.learning_rate}]
+    if stack.critic_params:
+        groups.append({"params": stack.critic_params, "lr": cfg.critic_learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    responses = cfg.rollout_batch_size * cfg.samples_per_prompt
+    total = cfg.steps * cfg.ppo_epochs * math.ceil(responses / cfg.mini_batch_size)
     if cfg.lr_schedule == "constant":
         schedule = lambda _: 1.0  # noqa: E731
     else:
@@ -73,51 +81,84 @@ def _mean(rows: list[dict]) -> dict[str, float]:
     return {k: sum(float(r[k]) for r in rows) / len(rows) for k in rows[0]}
 
 
-def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, scheduler, step: int,
-                  last_checkpoint) -> dict[str, float]:
-    device = stack.device
-    timings, peaks = {}, {}
+def estimate_advantages(cfg: PPOConfig, scores, kl, mask, values=None, greedy_scores=None):
+    """Step 2's advantages for `cfg.algorithm`, per response token; and PPO's returns (None otherwise)."""
+    if cfg.algorithm == "ppo":
+        rewards = A.shaped_rewards(scores, kl, mask, cfg.kl_coef)
+        advantages, returns = A.gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        return (A.masked_whiten(advantages, mask) if cfg.whiten_advantages else advantages), returns
+    kl_in_reward = not (cfg.algorithm == "grpo" and cfg.grpo_kl == "loss")
+    rewards = A.sequence_rewards(scores, kl, mask, cfg.kl_coef if kl_in_reward else 0.0)
+    if cfg.algorithm == "rloo":
+        advantages = A.rloo_advantages(rewards, cfg.samples_per_prompt)
+    elif cfg.algorithm == "grpo":
+        advantages = A.grpo_advantages(rewards, cfg.samples_per_prompt, cfg.grpo_scale_rewards)
+    elif cfg.algorithm == "remax":
+        advantages = A.remax_advantages(rewards, greedy_scores)
+    else:
+        raise ValueError(f"unknown algorithm {cfg.algorithm!r}")
+    if cfg.whiten_advantages and cfg.algorithm != "grpo":  # GRPO's advantages are normalised in their group
+        advantages = A.whiten(advantages)
+    return advantages[:, None] * mask, None
 
-    # 1. rollout
-    reset_peak(device)
-    t0 = time.perf_counter()
-    with stack.generator() as actor:
-        decoding = Decoding(max_new_tokens=cfg.max_new_tokens, greedy=False, temperature=cfg.temperature,
-                            top_k=cfg.top_k, top_p=cfg.top_p)
-        rollout = generate(actor, [p.prompt for p in prompts], decoding, max_prompt_length=cfg.max_prompt_length,
-                           batch_size=len(prompts))
+
+def _sequences(rollout, device):
+    """Prompt + response ids and mask, the response and its mask, and the positions that predict it."""
     query, response = rollout.query_ids.to(device), rollout.response_ids.to(device)
     resp_mask = rollout.response_mask.to(device)
     ids = torch.cat([query, response], dim=1)
     mask = torch.cat([rollout.query_mask.to(device), resp_mask], dim=1)
     P, R = query.shape[1], response.shape[1]
-    response_slice = (slice(None), slice(P - 1, P + R - 1))  # positions that predict response tokens
+    return ids, mask, response, resp_mask.float(), (slice(None), slice(P - 1, P + R - 1))
+
+
+def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, scheduler, step: int,
+                  last_checkpoint) -> dict[str, float]:
+    device = stack.device
+    k = cfg.samples_per_prompt
+    kl_in_loss = cfg.algorithm == "grpo" and cfg.grpo_kl == "loss"
+    timings, peaks = {}, {}
+
+    # 1. rollout
+    reset_peak(device)
+    t0 = time.perf_counter()
+    sampling = Decoding(max_new_tokens=cfg.max_new_tokens, greedy=False, temperature=cfg.temperature,
+                        top_k=cfg.top_k, top_p=cfg.top_p)
+    texts = [p.prompt for p in prompts for _ in range(k)]  # a prompt's k responses are adjacent rows
+    with stack.generator() as actor:
+        rollout = generate(actor, texts, sampling, max_prompt_length=cfg.max_prompt_length, batch_size=len(texts))
+        greedy = (generate(actor, [p.prompt for p in prompts], replace(sampling, greedy=True),
+                           max_prompt_length=cfg.max_prompt_length, batch_size=len(prompts))
+                  if cfg.algorithm == "remax" else None)
+    ids, mask, response, fmask, response_slice = _sequences(rollout, device)
     timings["generation"], peaks["generation"] = time.perf_counter() - t0, peak_bytes(device)
 
     # 2. score
     reset_peak(device)
     t0 = time.perf_counter()
-    fmask = resp_mask.float()
     with torch.no_grad():
         out = stack.actor_forward(ids, mask, response_slice, with_values=stack.shared_actor_critic)
         old_logprobs = A.token_logprobs(out.logits, response, cfg.temperature)
-        values_full = out.values if stack.shared_actor_critic else stack.critic_values(ids, mask)
-        old_values = values_full[response_slice].float()
         ref_logits, scores = stack.reference_and_scores(ids, mask, response_slice)
         ref_logprobs = A.token_logprobs(ref_logits, response, cfg.temperature)
         scores = scores.float() - cfg.missing_eos_penalty * (~rollout.ended.to(device)).float()
         kl = A.kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * fmask
         _check_finite(step, "scoring", last_checkpoint, reward=scores, kl=kl)
-        rewards = A.shaped_rewards(scores, kl, fmask, cfg.kl_coef)
-        advantages, returns = A.gae(rewards, old_values, fmask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = A.masked_whiten(advantages, fmask)
+        old_values = greedy_scores = None
+        if stack.critic:
+            values_full = out.values if stack.shared_actor_critic else stack.critic_values(ids, mask)
+            old_values = values_full[response_slice].float()
+        if greedy is not None:
+            greedy_ids, greedy_mask = _sequences(greedy, device)[:2]
+            greedy_scores = (stack.scores(greedy_ids, greedy_mask).float()
+                             - cfg.missing_eos_penalty * (~greedy.ended.to(device)).float())
+        advantages, returns = estimate_advantages(cfg, scores, kl, fmask, old_values, greedy_scores)
     timings["scoring"], peaks["scoring"] = time.perf_counter() - t0, peak_bytes(device)
 
     # 3. optimise
     reset_peak(device)
     t0 = time.perf_counter()
-    batch_size = len(prompts)
+    batch_size = len(texts)
     stats = []
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(batch_size)
@@ -126,25 +167,37 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
             mb_ids, mb_mask, mb_fmask = ids[mb], mask[mb], fmask[mb]
             out = stack.actor_forward(mb_ids, mb_mask, response_slice, with_values=stack.shared_actor_critic)
             logprobs = A.token_logprobs(out.logits, response[mb], cfg.temperature)
-            pg_loss, pg_stats = A.policy_loss(logprobs, old_logprobs[mb], advantages[mb], mb_fmask, cfg.clip_range)
-            if stack.shared_actor_critic:  # one pass gave both heads: one loss, one backward
+            pg_loss, mb_stats = A.policy_loss(logprobs, old_logprobs[mb], advantages[mb], mb_fmask, cfg.clip_range,
+                                              cfg.loss_normalisation)
+            actor_loss = pg_loss
+            mb_stats["loss/policy"] = pg_loss.detach()
+            if kl_in_loss:  # GRPO as DeepSeekMath: the k3 KL to the reference as a term of the loss
+                kl_loss = A.aggregate(A.kl_penalty(logprobs, ref_logprobs[mb], "k3"), mb_fmask, cfg.loss_normalisation)
+                actor_loss = actor_loss + cfg.kl_coef * kl_loss
+                mb_stats["loss/kl"] = kl_loss.detach()
+            if stack.critic is None:
+                _check_finite(step, "training", last_checkpoint, policy_loss=actor_loss)
+                actor_loss.backward()
+            elif stack.shared_actor_critic:  # one pass gave both heads: one loss, one backward
                 values = out.values[response_slice].float()
                 vf_loss, vf_stats = A.value_loss(values, old_values[mb], returns[mb], mb_fmask, cfg.clip_range_value)
-                _check_finite(step, "training", last_checkpoint, policy_loss=pg_loss, value_loss=vf_loss)
-                (pg_loss + cfg.value_loss_coef * vf_loss).backward()
+                _check_finite(step, "training", last_checkpoint, policy_loss=actor_loss, value_loss=vf_loss)
+                (actor_loss + cfg.value_loss_coef * vf_loss).backward()
             else:  # backward each role before the next forward, so one graph lives at a time
-                _check_finite(step, "training", last_checkpoint, policy_loss=pg_loss)
-                pg_loss.backward()
+                _check_finite(step, "training", last_checkpoint, policy_loss=actor_loss)
+                actor_loss.backward()
                 values = stack.critic_values(mb_ids, mb_mask)[response_slice].float()
                 vf_loss, vf_stats = A.value_loss(values, old_values[mb], returns[mb], mb_fmask, cfg.clip_range_value)
                 _check_finite(step, "training", last_checkpoint, value_loss=vf_loss)
                 vf_loss.backward()
+            if stack.critic:
+                mb_stats.update({"loss/value": vf_loss.detach(), **vf_stats})
             for group in optimizer.param_groups:
                 torch.nn.utils.clip_grad_norm_(group["params"], cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            stats.append({"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(), **pg_stats, **vf_stats})
+            stats.append(mb_stats)
     timings["training"], peaks["training"] = time.perf_counter() - t0, peak_bytes(device)
 
     seq_kl = kl.sum(dim=1)
@@ -154,17 +207,22 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
         "objective/kl": seq_kl.mean().item(),
         "objective/rlhf_reward": (scores - cfg.kl_coef * seq_kl).mean().item(),
         "objective/entropy": (-old_logprobs * fmask).sum(dim=1).mean().item(),
-        "val/mean": A.masked_mean(old_values, fmask).item(),
         "val/eos_rate": rollout.ended.float().mean().item(),
         "val/response_length": fmask.sum(dim=1).mean().item(),
         **_mean(stats),
         "lr/actor": optimizer.param_groups[0]["lr"],
-        "lr/critic": optimizer.param_groups[1]["lr"],
         "time/step_s": step_s,
         "time/s_per_sample": step_s / batch_size,
         "time/tokens_per_s": mask.sum().item() / step_s,
         "memory/peak_bytes": max(peaks.values()),
     }
+    if stack.critic:
+        metrics.update({"val/mean": A.masked_mean(old_values, fmask).item(),
+                        "lr/critic": optimizer.param_groups[1]["lr"]})
+    if k > 1:
+        metrics.update({name: v.item() for name, v in A.group_stats(scores, k).items()})
+    if greedy_scores is not None:
+        metrics["objective/greedy_scores"] = greedy_scores.mean().item()
     metrics.update({f"time/{phase}_s": s for phase, s in timings.items()})
     metrics.update({f"memory/peak_{phase}_bytes": b for phase, b in peaks.items()})
     return metrics
@@ -209,7 +267,9 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
                                          to_dict(cfg), RESUMABLE)
         print(f"resumed from {last_checkpoint} (step {start})")
     local.keep_until(start if last_checkpoint else None)  # as SFT: the rows from here on are this run's
-    summary: dict = {"variant": cfg.variant, "steps": cfg.steps}
+    label = run_label(cfg.variant, cfg.algorithm)
+    summary: dict = {"variant": label, "layout": cfg.variant, "algorithm": cfg.algorithm, "steps": cfg.steps,
+                     "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation}
     if verifier:
         before = history[0]["eval/gold_accuracy_before"] if history else gold()
         summary["eval/gold_accuracy_before"] = before
@@ -217,7 +277,7 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
             tracker.log_metrics({"eval/gold_accuracy_before": before, "eval/gold_accuracy": before}, 0)
             history.append({"step": 0, "eval/gold_accuracy_before": before, "eval/gold_accuracy": before})
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"PPO ({cfg.variant})", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.algorithm.upper()} ({cfg.variant})", disable=not progress)
     started = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
         metrics = ppo_iteration(cfg, stack, prompts.next(), optimizer, scheduler, step, last_checkpoint)
@@ -249,9 +309,9 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     summary.update(memory)
     summary["train_seconds_this_run"] = time.perf_counter() - started
     with stack.generator():
-        stack.policy_model.save(out_dir, heads=(), kind="ppo-policy", variant=cfg.variant, sft_model=cfg.model,
+        stack.policy_model.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model,
                                 data=cfg.data)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    if plot_curves(history, CURVES, out_dir / CURVES_FILE, title=f"PPO ({cfg.variant})"):
+    if plot_curves(history, CURVES, out_dir / CURVES_FILE, title=f"{cfg.algorithm.upper()} ({cfg.variant})"):
         tracker.log_artifact(out_dir / CURVES_FILE)
     return summary
