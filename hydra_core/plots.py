@@ -31,3 +31,42 @@ def plot_curves(history: list[dict], keys, path: str | Path, title: str = "") ->
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> Path | None:
+    """Variants side by side: each row's judged win-rate with its interval (`win_rate`, `win_rate_low`,
+    `win_rate_high`) and its greedy gold accuracy before and after (`eval/gold_accuracy_before`,
+    `eval/gold_accuracy`), labelled by `variant`; None if no row has a win-rate."""
+    rows = [row for row in rows if row.get("win_rate") is not None]
+    if not rows:
+        return None
+    labels = [str(row.get("variant", "?")) for row in rows]
+    x = list(range(len(rows)))
+    fig = Figure(figsize=(max(6.0, 1.3 * len(rows) + 3.0), 3.6), layout="tight")
+    win, gold = fig.subplots(1, 2)
+    rates = [row["win_rate"] for row in rows]
+    low = [rate - (row.get("win_rate_low") if row.get("win_rate_low") is not None else rate)
+           for rate, row in zip(rates, rows)]
+    high = [(row.get("win_rate_high") if row.get("win_rate_high") is not None else rate) - rate
+            for rate, row in zip(rates, rows)]
+    win.bar(x, rates, yerr=[low, high], capsize=4, color="tab:blue")
+    win.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    win.set_ylim(0, 1)
+    win.set_title("win-rate against the baseline (interval)", fontsize=9)
+    width = 0.38
+    for offset, key, name, colour in ((-width / 2, "eval/gold_accuracy_before", "before", "tab:grey"),
+                                      (width / 2, "eval/gold_accuracy", "after", "tab:green")):
+        values = [row.get(key) for row in rows]
+        gold.bar([i + offset for i, v in zip(x, values) if v is not None], [v for v in values if v is not None],
+                 width, label=name, color=colour)
+    gold.set_ylim(0, 1)
+    gold.set_title("greedy gold accuracy", fontsize=9)
+    gold.legend(fontsize=8)
+    for ax in (win, gold):
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
