@@ -104,15 +104,20 @@ def _summarise(rows: list[dict], stat: str) -> dict:
 def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
     import random
 
-    from hydra_core.config import PPOConfig
+    from hydra_core.config import PPOConfig, parse_run_label
     from hydra_core.memory import model_memory
     from hydra_core.ppo.roles import PolicyStack
     from hydra_core.ppo.trainer import build_optimizer, ppo_iteration
     from hydra_core.runtime import seed_everything
 
-    batch = spec["batch"]
-    cfg = PPOConfig(model=spec["model_dir"], data="", output_dir="", variant=spec["variant"], steps=spec["steps"],
-                    rollout_batch_size=batch, mini_batch_size=min(spec["mini_batch"] or batch, batch),
+    run = parse_run_label(spec["variant"])
+    # `batch` sampled responses per iteration whatever the algorithm: batch / k prompts, k responses each
+    k = spec["samples_per_prompt"] if run["algorithm"] in ("rloo", "grpo") else 1
+    prompts_per_batch = max(1, spec["batch"] // k)
+    batch = prompts_per_batch * k
+    cfg = PPOConfig(model=spec["model_dir"], data="", output_dir="", **run, samples_per_prompt=k,
+                    steps=spec["steps"], rollout_batch_size=prompts_per_batch,
+                    mini_batch_size=min(spec["mini_batch"] or batch, batch),
                     ppo_epochs=spec["ppo_epochs"], lora_rank=spec["lora_rank"], lora_alpha=2 * spec["lora_rank"],
                     max_new_tokens=spec["new_tokens"], max_prompt_length=spec["prompt_length"],
                     lr_schedule="constant", seed=spec["seed"], device=str(device))
@@ -128,7 +133,7 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
     rng = random.Random(cfg.seed)
     rows = []
     for step in range(1, cfg.steps + 1):
-        prompts = _prompts(rng, batch, cfg.max_prompt_length)
+        prompts = _prompts(rng, prompts_per_batch, cfg.max_prompt_length)
         meter.reset()
         _sync(device)
         t0 = time.perf_counter()
@@ -141,7 +146,7 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
         # ppo_iteration resets the CUDA peak per phase: its own per-phase maximum covers the early phases
         metrics["iteration_peak_bytes"] = meter.note(max(meter.peak(), metrics["memory/peak_bytes"]))
         rows.append(metrics)
-        print(f"  [{spec['size']} {cfg.variant} b={batch}] iteration {step}/{cfg.steps}: {wall:.2f}s, "
+        print(f"  [{spec['size']} {spec['variant']} b={batch}] iteration {step}/{cfg.steps}: {wall:.2f}s, "
               f"peak {metrics['iteration_peak_bytes'] / MiB:.0f} MiB", file=sys.stderr)
 
     trainable = list(stack.named_trainable().values())
@@ -153,6 +158,8 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
         "iteration_peak_bytes": max(r["iteration_peak_bytes"] for r in rows),
         "memory": {**memory, "memory/grad_bytes": grads["grad_bytes"]},
         "backbones": len(stack.unique_modules()),
+        "responses": batch,
+        "samples_per_prompt": k,
         "s_per_sample": summary["time/s_per_sample"],
         "tokens_per_s": summary["time/tokens_per_s"],
         "step_s": summary["time/iteration_s"],
@@ -339,7 +346,7 @@ def worker_spec(args, size: str, variant: str, batch: int, dirs, memory_limit=No
     return {"size": size, "variant": variant, "batch": batch, "mini_batch": args.mini_batch_size,
             "prompt_length": args.prompt_length, "new_tokens": args.new_tokens,
             "steps": args.warmup + args.iterations, "warmup": args.warmup, "ppo_epochs": args.ppo_epochs,
-            "lora_rank": args.lora_rank, "seed": args.seed, "device": args.device, "threads": args.threads,
+            "lora_rank": args.lora_rank, "samples_per_prompt": args.samples_per_prompt, "seed": args.seed, "device": args.device, "threads": args.threads,
             "base_dir": str(base), "model_dir": str(hydra), "memory_limit": memory_limit,
             "tight_malloc": args.tight_malloc, "timing_stat": args.timing_stat}
 

@@ -1,10 +1,14 @@
-"""Memory and speed of the five PPO variants against a full-fine-tune SFT step (the paper's Table 1).
+"""Memory and speed of the five PPO variants, and of the critic-free algorithms (RLOO, GRPO, ReMax) on
+the hydra and lora layouts, against a full-fine-tune SFT step (the paper's Table 1).
 
 Every measurement runs in a fresh process (this script with `--worker`), so each peak is that
 run's own. All runs of one size share the model config, the batch and the lengths: prompts of
 `--prompt-length` random characters and exactly `--new-tokens` sampled tokens per response (EOS is
 suppressed until the cap through the generation config's `min_new_tokens`, so every variant and
-every iteration generates the same number of tokens). The SFT baseline is one full fine-tune step
+every iteration generates the same number of tokens). `--batch` counts sampled responses, so every
+run trains on the same number: RLOO and GRPO sample `--samples-per-prompt` responses to each of
+batch / k prompts; ReMax samples one per prompt and adds the greedy response as its baseline. The
+SFT baseline is one full fine-tune step
 of the whole model (AdamW, LM loss on the response positions) on batches of the same shape.
 
     python benchmarks/ppo_variants.py --sizes tiny-llama,llama-30m --batch 8 \\
@@ -39,7 +43,7 @@ import time
 from pathlib import Path
 
 from hydra_core.config import MODEL_PRESETS as SIZES
-from hydra_core.config import PPO_VARIANTS
+from hydra_core.config import PPO_VARIANTS, RUN_LABELS, run_label
 
 # The sibling modules are imported by name. Python puts a script's own directory first on sys.path,
 # but not under -P or PYTHONSAFEPATH, nor when this file is loaded from elsewhere (a test, runpy).
@@ -49,7 +53,10 @@ from budget import search_batch  # noqa: E402
 from measure import REPO, SFT, MiB, describe_run, ensure_models, run_worker, worker, worker_spec  # noqa: E402
 from report import chart, describe_target, fmt_mib, fmt_num, run_notes, table, targets  # noqa: E402
 
-ALL_RUNS = (SFT, *PPO_VARIANTS)
+ALL_RUNS = (SFT, *RUN_LABELS)
+# by default: SFT, PPO on every layout, and each critic-free algorithm on hydra and on lora
+DEFAULT_RUNS = (SFT, *PPO_VARIANTS, *(run_label(layout, algorithm) for algorithm in ("rloo", "grpo", "remax")
+                                      for layout in ("hydra", "lora")))
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
@@ -77,9 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=_csv(SIZES), default=list(SIZES), help="comma-separated presets")
-    p.add_argument("--variants", type=_csv(ALL_RUNS), default=list(ALL_RUNS),
-                   help="comma-separated runs among sft and the five PPO variants (default: all)")
-    p.add_argument("--batch", type=int, default=8, help="prompts per PPO iteration = SFT batch")
+    p.add_argument("--variants", type=_csv(ALL_RUNS), default=list(DEFAULT_RUNS),
+                   help="comma-separated runs: sft, a layout (PPO) or layout-algorithm such as hydra-grpo "
+                        f"(default: {','.join(DEFAULT_RUNS)})")
+    p.add_argument("--batch", type=int, default=8, help="sampled responses per iteration = SFT batch")
+    p.add_argument("--samples-per-prompt", type=int, default=4,
+                   help="RLOO and GRPO: responses per prompt (a group); must divide --batch")
     p.add_argument("--mini-batch-size", type=int, default=0, help="PPO mini-batch (default: the batch)")
     p.add_argument("--prompt-length", type=int, default=32, help="prompt tokens")
     p.add_argument("--new-tokens", type=int, default=16, help="generated tokens per response (always reached)")
@@ -111,6 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         for name in ("batch", "prompt_length", "new_tokens", "iterations", "min_batch", "max_batch"):
             if getattr(args, name) < 1:
                 p.error(f"--{name.replace('_', '-')} must be at least 1")
+        grouped = [v for v in args.variants if v.endswith(("-rloo", "-grpo"))]
+        if grouped and (args.samples_per_prompt < 2 or args.batch % args.samples_per_prompt):
+            p.error(f"--samples-per-prompt: {args.samples_per_prompt} must be at least 2 and divide --batch "
+                    f"({args.batch}) for {', '.join(grouped)}")
     return args
 
 

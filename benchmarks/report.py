@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hydra_core.config import PPO_VARIANTS
+from hydra_core.config import CRITIC_FREE, RUN_LABELS
 
 from measure import SFT, MiB
 
@@ -66,6 +66,18 @@ def targets(runs: list[dict], budget: list[dict], cuda: bool) -> list[dict]:
                 out.append({"target": "Hydra-PPO peak <= 0.5 x full-PPO peak", "size": size, "measure": label,
                             "hydra": hydra[key], "full": full[key], "ratio": hydra[key] / full[key],
                             "verdict": _verdict(hydra[key] <= 0.5 * full[key]), "headline": True})
+    for size in sizes:
+        hydra = by.get((size, "hydra"))
+        for algorithm in CRITIC_FREE:
+            other = by.get((size, f"hydra-{algorithm}"))
+            if hydra and other:
+                ok = other["peak_bytes"] < hydra["peak_bytes"] and other["s_per_sample"] < hydra["s_per_sample"]
+                out.append({"target": f"Hydra-{algorithm.upper()} peak and s/sample < Hydra-PPO's (no critic)",
+                            "size": size, "measure": "peak, s/sample", "critic_free": other["peak_bytes"],
+                            "hydra": hydra["peak_bytes"], "critic_free_s": other["s_per_sample"],
+                            "hydra_s": hydra["s_per_sample"], "ratio": other["peak_bytes"] / hydra["peak_bytes"],
+                            "time_ratio": other["s_per_sample"] / hydra["s_per_sample"], "verdict": _verdict(ok),
+                            "headline": True})
     found = {(b["size"], b["variant"]): b for b in budget}
     for size in dict.fromkeys(b["size"] for b in budget):
         hydra, lora = found.get((size, "hydra")), found.get((size, "lora"))
@@ -80,6 +92,10 @@ def targets(runs: list[dict], budget: list[dict], cuda: bool) -> list[dict]:
 
 
 def describe_target(t: dict) -> str:
+    if "critic_free" in t:
+        return (f"[{t['verdict']}] {t['target']} | {t['size']}: {t['critic_free'] / MiB:,.1f} vs "
+                f"{t['hydra'] / MiB:,.1f} MiB (ratio {t['ratio']:.2f}), {t['critic_free_s']:.4f} vs "
+                f"{t['hydra_s']:.4f} s/sample (ratio {t['time_ratio']:.2f})")
     if "lora" in t:
         nums = (f"hydra {t['hydra']:.4f} s/sample at batch {t['hydra_batch']} vs lora {t['lora']:.4f} "
                 f"at batch {t['lora_batch']}")
@@ -113,15 +129,16 @@ def chart(runs: list[dict], budget: list[dict], path: Path, cuda: bool) -> Path:
     fig = Figure(figsize=(4.6 * len(sizes), 3.4 * nrows))
     axes = fig.subplots(nrows, len(sizes), squeeze=False)
     # red for the variants that hold most memory, through to blue for Hydra, in the order of the list
-    palette = ("#b2182b", "#ef8a62", "#fddbc7", "#67a9cf", "#2166ac", "#053061", "#92c5de")
-    colors = {SFT: "#4d4d4d", **dict(zip(PPO_VARIANTS, palette))}
+    palette = ("#b2182b", "#ef8a62", "#fddbc7", "#67a9cf", "#2166ac")
+    # a critic-free algorithm takes its layout's colour: it is that layout without the critic
+    colors = {SFT: "#4d4d4d", **{label: palette[i % len(palette)] for i, label in enumerate(RUN_LABELS)}}
     for col, size in enumerate(sizes):
         if budget:
             _budget_panel(axes[-1][col], size, budget, colors)
         if not runs:
             continue
         mine = {r["variant"]: r for r in runs if r["size"] == size and r["status"] == "ok"}
-        ppo = [v for v in PPO_VARIANTS if v in mine]
+        ppo = [v for v in RUN_LABELS if v in mine]
         x = range(len(ppo))
         ax = axes[0][col]
         ax.bar(x, [mine[v]["peak_bytes"] / MiB for v in ppo], color=[colors[v] for v in ppo])

@@ -26,7 +26,8 @@ def report(tmp_path_factory, base_model_dir):
     cache = out / "models" / "tiny-llama"
     shutil.copytree(base_model_dir, cache / "base")
     load_hydra(base_model_dir, heads=("reward",), dtype=torch.float32).save(cache / "hydra-sft", kind="hydra-sft")
-    cmd = [sys.executable, str(SCRIPT), "--sizes", "tiny-llama", "--variants", "sft,full,hydra", "--batch", "2",
+    cmd = [sys.executable, str(SCRIPT), "--sizes", "tiny-llama", "--variants", "sft,full,hydra,hydra-grpo,lora-remax",
+           "--batch", "2", "--samples-per-prompt", "2",
            "--prompt-length", "6", "--new-tokens", "3", "--iterations", "1", "--warmup", "0", "--lora-rank", "4",
            "--threads", "1", "--device", "cpu", "--out", str(out / "results"), "--cache-dir", str(out / "models")]
     # Outside the repo and with PYTHONSAFEPATH (inherited by the workers), the script's directory is
@@ -41,7 +42,7 @@ def report(tmp_path_factory, base_model_dir):
 def test_every_run_has_sane_figures(report):
     _, data, _ = report
     runs = {r["variant"]: r for r in data["runs"]}
-    assert set(runs) == {"sft", "full", "hydra"}
+    assert set(runs) == {"sft", "full", "hydra", "hydra-grpo", "lora-remax"}
     for name, r in runs.items():
         assert r["status"] == "ok", r
         assert r["size"] == "tiny-llama" and r["batch"] == 2
@@ -56,8 +57,9 @@ def test_every_run_has_sane_figures(report):
         # AdamW keeps two fp32 moments per trained weight; the gradients match the trained weights
         assert mem["memory/optimizer_bytes"] >= 2 * mem["memory/trainable_param_bytes"]
         assert mem["memory/grad_bytes"] == mem["memory/trainable_param_bytes"]
-    for name in ("full", "hydra"):  # every response ran to the cap: equal work per variant
+    for name in ("full", "hydra", "hydra-grpo", "lora-remax"):  # every response ran to the cap: equal work
         assert runs[name]["response_length"] == 3 and runs[name]["eos_rate"] == 0
+        assert runs[name]["responses"] == 2  # grpo: one prompt sampled twice; the others: two prompts
         assert set(runs[name]["phases_s"]) == {"generation", "scoring", "training"}
 
 
@@ -73,10 +75,22 @@ def test_hydra_trains_a_sliver_of_one_backbone_and_full_holds_four(report):
     assert hydra["memory/optimizer_bytes"] < full["memory/optimizer_bytes"] / 10
 
 
+def test_critic_free_hydra_trains_the_actor_alone_on_one_backbone(report):
+    _, data, _ = report
+    runs = {r["variant"]: r for r in data["runs"]}
+    ppo, grpo = runs["hydra"], runs["hydra-grpo"]
+    assert grpo["backbones"] == 1 and runs["lora-remax"]["backbones"] == 3  # lora without its critic model
+    assert grpo["samples_per_prompt"] == 2
+    # PPO trains two adapters and a value head; GRPO one adapter
+    assert grpo["memory"]["memory/trainable_params"] < 0.6 * ppo["memory"]["memory/trainable_params"]
+    assert grpo["memory"]["memory/optimizer_bytes"] < ppo["memory"]["memory/optimizer_bytes"]
+
+
 def test_report_files_and_targets(report):
     out, data, stdout = report
     assert (out / "ppo_variants.png").stat().st_size > 1000
     names = {t["target"] for t in data["targets"]}
     assert any("SFT" in n for n in names) and any("full-PPO" in n for n in names)
+    assert any("Hydra-GRPO" in n for n in names)
     assert all(t["verdict"] in ("PASS", "MISS") for t in data["targets"])
     assert "| tiny-llama | hydra" in stdout and "targets" in stdout
