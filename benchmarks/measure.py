@@ -346,7 +346,8 @@ def worker_spec(args, size: str, variant: str, batch: int, dirs, memory_limit=No
     return {"size": size, "variant": variant, "batch": batch, "mini_batch": args.mini_batch_size,
             "prompt_length": args.prompt_length, "new_tokens": args.new_tokens,
             "steps": args.warmup + args.iterations, "warmup": args.warmup, "ppo_epochs": args.ppo_epochs,
-            "lora_rank": args.lora_rank, "samples_per_prompt": args.samples_per_prompt, "seed": args.seed, "device": args.device, "threads": args.threads,
+            "lora_rank": args.lora_rank, "samples_per_prompt": args.samples_per_prompt, "seed": args.seed,
+            "device": args.device, "threads": args.threads,
             "base_dir": str(base), "model_dir": str(hydra), "memory_limit": memory_limit,
             "tight_malloc": args.tight_malloc, "timing_stat": args.timing_stat}
 
