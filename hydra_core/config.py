@@ -177,8 +177,10 @@ class PPOConfig:
     whiten_advantages: bool = True  # ppo, rloo, remax: advantages whitened over the batch (grpo: within groups)
     # grpo: divide advantages by their group's std (false: only subtract the mean, as Dr. GRPO)
     grpo_scale_rewards: bool = True
-    # grpo: the KL as a k3 term of the loss (DeepSeekMath) or folded into the sequence reward
-    grpo_kl: Literal["loss", "reward"] = "loss"
+    # grpo: the KL folded into the sequence reward (kl_coef then means what it means for every algorithm), or
+    # a k3 term of the loss as in DeepSeekMath, which wants a far smaller kl_coef (it used 0.04; here 0.5
+    # held the embedded default's gold accuracy at 0.88 where 0.05 reached 0.955)
+    grpo_kl: Literal["reward", "loss"] = "reward"
     # the policy loss averaged over every response token of a mini-batch, or per sequence, then over sequences
     loss_normalisation: Literal["token", "sequence"] = "token"
     missing_eos_penalty: float = setting(1.0, ge=0)  # subtracted from the score of a response with no EOS

@@ -75,8 +75,8 @@ def test_estimate_advantages_gives_each_token_its_sequence_advantage():
     # rewards 1 - 0.5*2 = 0 and 3: advantages -3 and +3, on the valid tokens only
     torch.testing.assert_close(adv, torch.tensor([[-3.0, -3.0], [3.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
     # GRPO with the KL in the loss leaves it out of the reward: 1 vs 3
-    adv, _ = estimate_advantages(_cfg(algorithm="grpo", samples_per_prompt=2, grpo_scale_rewards=False), scores, kl,
-                                 mask)
+    adv, _ = estimate_advantages(_cfg(algorithm="grpo", samples_per_prompt=2, grpo_scale_rewards=False,
+                                      grpo_kl="loss"), scores, kl, mask)
     torch.testing.assert_close(adv[:2], torch.tensor([[-1.0, -1.0], [1.0, 0.0]]))
     adv, _ = estimate_advantages(_cfg(algorithm="grpo", samples_per_prompt=2, grpo_scale_rewards=False,
                                       grpo_kl="reward"), scores, kl, mask)
@@ -133,7 +133,8 @@ def test_run_labels_name_a_layout_and_an_algorithm():
 
 
 def test_grpo_resumes_after_a_kill(tmp_path, hydra_sft_dir, arithmetic_dir):
-    command = ["ppo", "--variant", "hydra", "--algorithm", "grpo", "--samples-per-prompt", "2", "--model",
+    command = ["ppo", "--variant", "hydra", "--algorithm", "grpo", "--grpo-kl", "loss", "--samples-per-prompt", "2",
+               "--model",
                hydra_sft_dir, "--data", arithmetic_dir, "--steps", "4", "--rollout-batch-size", "4",
                "--mini-batch-size", "4", "--ppo-epochs", "2", "--lora-rank", "4", "--greedy-eval-prompts", "8",
                "--checkpoint-every", "2"]
