@@ -9,7 +9,8 @@ DATA_KEYS = tuple(f"data/{name}" for name in SPLIT_FILES)
 SFT_KEYS = ("eval/reward_accuracy", "eval/gold_accuracy", "eval/lm_loss", "train/loss", "train_seconds",
             "memory/peak_bytes")
 PPO_KEYS = ("objective/scores", "objective/kl", "policy/clipfrac", "eval/gold_accuracy_before", "eval/gold_accuracy",
-            "memory/peak_bytes", "memory/trainable_params", "time/s_per_sample", "train_seconds_this_run")
+            "memory/peak_bytes", "memory/trainable_params", "time/s_per_sample", "train_seconds_this_run",
+            "stage_seconds")
 EVAL_KEYS = SUMMARY_METRICS
 
 

@@ -523,8 +523,10 @@ def check_parameters(values: Mapping[str, Any], rules: Mapping[str, Any]) -> Non
                 raise ConfigError(f"pipeline parameter {name}: {field!r} is set by the pipeline itself")
             own = "seed" if field == "seed" and stage in seeded else next(
                 (p for p, target in fields.items() if target == (stage, field)), None)
-            if field in LABEL_FIELDS:
-                own = next((p for p in labels if fields[p][0] == stage), own)
+            label = next((p for p in labels if fields[p][0] == stage), None) if field in LABEL_FIELDS else None
+            if label:
+                raise ConfigError(f"pipeline parameter {name}: set {field!r} with the pipeline parameter {label}, "
+                                  "whose run labels name a variant and an algorithm (hydra, hydra-grpo, lora-rloo)")
             if own:
                 raise ConfigError(f"pipeline parameter {name}: set {field!r} with the pipeline parameter {own}")
     for name, table in labels.items():

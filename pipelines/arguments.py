@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra_core import config as C
-from pipelines.hydra_rlhf import CONFIG_PARAMETERS, RULES, SEEDED, STAGE_PARAMETERS, WIRED, hydra_rlhf
+from pipelines.hydra_rlhf import CONFIG_PARAMETERS, LABEL_PARAMETERS, RULES, SEEDED, STAGE_PARAMETERS, WIRED, hydra_rlhf
 
 TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list, "Dict": dict}
 
@@ -59,7 +59,8 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
     A recipe has a section per stage (`prepare`, `init-model`, `sft`, `ppo`, `eval`) of that stage's
     config fields, and `pipeline` for the pipeline's parameters, which win over the stage sections.
     A field with a pipeline parameter of its own goes there; any other goes in the stage's
-    `*_config` parameter.
+    `*_config` parameter. The `ppo` section's variant and algorithm make one run label
+    (`ppo: {variant: lora, algorithm: grpo}` is `ppo_variants: [lora-grpo]`).
     """
     data = C.read_config_file(path)
     if not C.is_recipe(data):
@@ -67,6 +68,7 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
                             f"({', '.join(C.STAGE_CONFIGS)}) and 'pipeline'")
     by_field = {target: name for name, target in STAGE_PARAMETERS.items()}
     config_parameter = {stage: name for name, stage in CONFIG_PARAMETERS.items()}
+    label_parameter = {STAGE_PARAMETERS[name][0]: name for name in LABEL_PARAMETERS}  # ppo: ppo_variants
     arguments: dict = {}
     wired: list[str] = []
     # the pipeline's own section last, whatever the file's order: a parameter set there wins
@@ -82,6 +84,9 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
                 if arguments.setdefault("seed", value) != value:
                     raise ArgumentError(f"{path}: {section}.seed is {value} but another stage's is "
                                         f"{arguments['seed']}; the pipeline runs every stage with one seed")
+            elif field in C.LABEL_FIELDS and section in label_parameter:
+                settings = {f: data[section].get(f, getattr(C.STAGE_CONFIGS[section], f)) for f in C.LABEL_FIELDS}
+                arguments[label_parameter[section]] = [C.run_label(settings["variant"], settings["algorithm"])]
             elif (section, field) in by_field:
                 name = by_field[(section, field)]
                 arguments[name] = [value] if _kind(name) is list else value
@@ -93,7 +98,7 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
 
 
 def merge(*layers: dict) -> dict:
-    """Later arguments win; a `*_config` dict is merged key by key."""
+    """Later arguments win; a `*_config` dict is merged key by key (a per-label settings table replaces)."""
     out: dict = {}
     for layer in layers:
         for name, value in layer.items():

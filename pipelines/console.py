@@ -3,13 +3,15 @@
 kfp's SubprocessRunner prints every line of every task (its executor input as JSON, each tqdm update
 as a line) and its own "Executing task" / "finished with status" lines, all to `sys.stdout`. The
 `Console` stands in for `sys.stdout` during the run: every line goes to its step's log file,
-`<logs>/<task>.log` (`<task>-<variant>.log` in the PPO variants loop), and the terminal gets a line
+`<logs>/<task>.log` (`<step>-<variant>.log` in the PPO variants loop), and the terminal gets a line
 per step as it starts and ends (with its duration and key figure), the warnings of this project's
 code, and the running step's progress bar: redrawn in place on a terminal, else a line when nothing
 was printed for PROGRESS_EVERY_S. With `verbose` the terminal gets every line as kfp prints it.
 
 kfp runs the iterations of a ParallelFor in threads at once, each task in one thread from its
-"Executing task" line to its end, so the Console follows a step per thread.
+"Executing task" line to its end, so the Console follows a step per thread. A step is named by its
+component, not by kfp's task name (`hydra-ppo-2` is the PPO step of the pipeline's second variants
+loop), and the SFT component's other modes by what they train (`sft`, `reward-model`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ TASK_START = re.compile(r" - INFO - Executing task '(?P<name>[^']+)'$")
 TASK_END = re.compile(r" - \w+ - Task '(?P<name>[^']+)' finished with status (?P<status>\w+)$")
 PIPELINE = re.compile(r" - \w+ - (Running pipeline: |Pipeline )'")
 EXECUTOR_INPUT = "Got executor_input:"
+TASK_COPY = re.compile(r"-\d+$")  # kfp numbers the second and later tasks of one component: hydra-ppo-2
+SFT_MODES = {"sft": "sft", "rm": "reward-model"}  # the hydra-sft step in another SFTConfig.mode
 KFP_INDENT = "    "  # kfp indents a task's streamed lines by these four spaces
 # tqdm's "[elapsed<remaining, " or "[elapsed, " bracket
 PROGRESS = re.compile(r"\[[\d:]+(<[\d:?]+)?, ")
@@ -180,6 +184,7 @@ class Console(io.TextIOBase):
     def _announce(self, step: Step, executor_input: dict | None = None) -> None:
         """Name the step's log file (in the loop, by its variant) now that its input is known."""
         step.folder = task_folder(executor_input or {})
+        step.name = step_name(step.name, executor_input or {})
         step.variant = loop_variant(executor_input or {}, step.folder)
         name = f"{step.name}-{step.variant}.log" if step.variant else f"{step.name}.log"
         step.log = self.log_dir / name
@@ -282,16 +287,27 @@ def task_folder(executor_input: dict) -> Path | None:
     return Path(output_file).parent if output_file else None
 
 
+def step_name(task: str, executor_input: dict) -> str:
+    """The step a kfp task runs: its component's name, or for the SFT component in another mode what it trains."""
+    name = TASK_COPY.sub("", task)
+    mode = executor_input.get("inputs", {}).get("parameterValues", {}).get("mode")
+    return SFT_MODES.get(mode, name) if name == "hydra-sft" else name
+
+
 def loop_variant(executor_input: dict, folder: Path | None) -> str:
-    """The PPO variant of a task in the variants loop ("" outside it): the PPO step's parameter,
-    or the metadata of the artifact a later step takes from it; else the iteration's number."""
-    if folder is None or "-iteration-" not in folder.parent.name:
-        return ""
+    """The PPO variant (run label) of a task in the variants loop: the PPO step's parameter, or the
+    metadata of the artifact a later step takes from it (the judged candidate's, not its baseline's);
+    else the iteration's number. Outside the loop, the variant of a judged candidate (`hydra-sft`,
+    judged against the SFT model); else ""."""
     inputs = executor_input.get("inputs", {})
-    found = [inputs.get("parameterValues", {}).get("variant")]
-    found += [artifact.get("metadata", {}).get("variant")
-              for spec in inputs.get("artifacts", {}).values() for artifact in spec.get("artifacts", [])]
-    return next((v for v in found if isinstance(v, str) and v), folder.parent.name.rsplit("-", 1)[-1])
+    artifacts = inputs.get("artifacts", {})
+    names = ["candidate", *(name for name in artifacts if name not in ("candidate", "baseline"))]
+    in_loop = folder is not None and "-iteration-" in folder.parent.name
+    found = [inputs.get("parameterValues", {}).get("variant")] if in_loop else []
+    found += [artifact.get("metadata", {}).get("variant") for name in (names if in_loop else names[:1])
+              for artifact in artifacts.get(name, {}).get("artifacts", [])]
+    fallback = folder.parent.name.rsplit("-", 1)[-1] if in_loop else ""
+    return next((v for v in found if isinstance(v, str) and v), fallback)
 
 
 def key_figure(name: str, folder: Path | None) -> str:
@@ -315,7 +331,8 @@ def _records(artifacts: dict) -> str:
 
 def _sft(artifacts: dict) -> str:
     m = artifacts["metrics"]["metadata"]
-    return f"reward accuracy {m['eval/reward_accuracy']:.3f}, gold accuracy {m['eval/gold_accuracy']:.3f}"
+    figures = (("reward accuracy", "eval/reward_accuracy"), ("gold accuracy", "eval/gold_accuracy"))
+    return ", ".join(f"{title} {m[key]:.3f}" for title, key in figures if key in m)
 
 
 def _ppo(artifacts: dict) -> str:
@@ -334,8 +351,8 @@ def _decision(artifacts: dict) -> str:
     return re.sub(r"[*`]", "", decision.split("\n\n")[1].strip())
 
 
-FIGURES = {"data-prep": _records, "hydra-sft": _sft, "hydra-ppo": _ppo, "pairwise-eval": _win_rate,
-           "register-model": _decision}
+FIGURES = {"data-prep": _records, "hydra-sft": _sft, "sft": _sft, "reward-model": _sft, "hydra-ppo": _ppo,
+           "pairwise-eval": _win_rate, "register-model": _decision}
 
 
 def is_ours(path: str) -> bool:

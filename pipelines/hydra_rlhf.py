@@ -1,10 +1,24 @@
 """The Hydra-RLHF pipeline: check settings -> data prep -> Hydra-SFT -> for each PPO variant
 (Hydra-PPO -> pairwise eval -> register) -> compare.
 
-With one PPO variant (the default) it is the method end to end. With several, all trained from the
-same Hydra-SFT model and judged against it, it is the paper's experiment, and the compare step puts
-them side by side. The parameters' defaults are read from hydra_core's stage configs, so they
-follow them; `*_config` parameters set any other field of a stage's config.
+With one PPO variant (the default) it is the method end to end. With several it is the paper's
+experiment, and the compare step puts them side by side. A variant is a run label: a memory layout
+(`hydra`, `lora`, ...: PPO) or a layout and a critic-free algorithm (`hydra-grpo`, `lora-rloo`).
+The parameters' defaults are read from hydra_core's stage configs, so they follow them; `*_config`
+parameters set any other field of a stage's config, and `ppo_variant_config` sets PPO fields per
+label (PPO_VARIANT_CONFIG: each variant's learning rates, the critic-free algorithms' groups).
+
+The paper's experiment as the paper ran it: the layouts that keep their reward model apart from the
+policy (full, lora, lora-dynamic) start from a separately trained SFT model and a reward model
+initialised from it, both trained on the same data with the same budget as Hydra-SFT; hydra and
+j-hydra start from Hydra-SFT. The first step says whether a label needs them (`separate_sft`), and
+the DAG branches on it (`dsl.If` / `dsl.Else`), so they are trained only then:
+- with them, every variant and Hydra-SFT itself (the "does joint training hurt the policy" row) are
+  judged against the SFT model, one baseline for every row;
+- without them, every variant is judged against Hydra-SFT.
+Each branch holds its own variants loop and compare step (built by one function): kfp 2.17's local
+runner cannot feed a `dsl.OneOf` of artifacts to a later task ("Expected 1 artifact in
+ArtifactSelectorSpec. Got: 2"), and a OneOf would also need Hydra-SFT trained inside both branches.
 
 MLflow: data prep opens the pipeline's parent run, every step nests its own run under it (the steps
 in the variants loop find its id in the data's metadata), and the compare step closes it. The exit
@@ -34,7 +48,7 @@ from components.hydra_sft.component import hydra_sft
 from components.image import ACCELERATOR, CUDA_IMAGE
 from components.pairwise_eval.component import pairwise_eval
 from components.register_model.component import register_model
-from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig, SFTConfig
+from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig, SFTConfig, run_label
 from hydra_core.registry import CHAMPION_THRESHOLD, POLICY_MODEL, SFT_MODEL
 from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
 
@@ -73,13 +87,27 @@ STAGE_PARAMETERS = {
 }
 SEEDED = ("prepare", "sft", "ppo", "eval")
 CONFIG_PARAMETERS = {"data_config": "prepare", "sft_config": "sft", "ppo_config": "ppo", "eval_config": "eval"}
-WIRED = {"init-model": {"output_dir", "seed"}, "prepare": {"output_dir"}, "sft": {"data", "output_dir"},
+WIRED = {"init-model": {"output_dir", "seed"}, "prepare": {"output_dir"}, "sft": {"data", "output_dir", "mode"},
          "ppo": {"model", "reward_model", "data", "output_dir"},
          "eval": {"candidate", "baseline", "prompts", "output_dir"}}
+# a list parameter of run labels -> the parameter of its per-label settings ({algorithm, layout or label: settings})
+LABEL_PARAMETERS = {"ppo_variants": "ppo_variant_config"}
+# The default per-label PPO settings, over the shared ppo_* parameters (ppo_config's fields win over them).
+# Full fine-tuning at the LoRA rate of 1e-3 drifts: on the embedded default, full PPO from Hydra-SFT reached
+# gold accuracy 0.815 at 1e-3, 0.9175 at 3e-4, 0.945 at 1e-4, 0.955 at 5e-5, 0.9525 at 3e-5 and 0.9275 at
+# 1e-5 (actor and critic alike; Hydra-PPO 0.9575). RLOO and GRPO compare each response with the others to
+# the same prompt: 4 responses to each of 64 prompts, as many responses an iteration as PPO's 256 x 1.
+PPO_VARIANT_CONFIG = {
+    "full": {"learning_rate": 5e-5, "critic_learning_rate": 5e-5},
+    "rloo": {"samples_per_prompt": 4, "rollout_batch_size": 64},
+    "grpo": {"samples_per_prompt": 4, "rollout_batch_size": 64},
+}
 # the above as hydra_core.config.check_parameters reads them, here and in the pipeline's first step
 RULES = {"fields": {name: list(target) for name, target in STAGE_PARAMETERS.items()}, "configs": CONFIG_PARAMETERS,
-         "wired": {stage: sorted(fields) for stage, fields in WIRED.items()}, "seeded": list(SEEDED)}
-CHECKED = (*STAGE_PARAMETERS, "seed", *CONFIG_PARAMETERS)  # the parameters the first step checks
+         "wired": {stage: sorted(fields) for stage, fields in WIRED.items()}, "seeded": list(SEEDED),
+         "labels": LABEL_PARAMETERS}
+# the parameters the first step checks
+CHECKED = (*STAGE_PARAMETERS, "seed", *CONFIG_PARAMETERS, *LABEL_PARAMETERS.values())
 
 
 def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
@@ -107,7 +135,7 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
         sft_learning_rate: float = _T.learning_rate,
         sft_demo_batch_size: int = _T.demo_batch_size,
         sft_pair_batch_size: int = _T.pair_batch_size,
-        ppo_variants: List[str] = [_P.variant],
+        ppo_variants: List[str] = [run_label(_P.variant, _P.algorithm)],
         ppo_steps: int = _P.steps,
         ppo_rollout_batch_size: int = _P.rollout_batch_size,
         ppo_mini_batch_size: int = _P.mini_batch_size,
@@ -123,6 +151,7 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
         data_config: dict = {},
         sft_config: dict = {},
         ppo_config: dict = {},
+        ppo_variant_config: dict = PPO_VARIANT_CONFIG,
         eval_config: dict = {},
         tracking_uri: str = "",
         experiment: str = DEFAULT_EXPERIMENT,
@@ -132,6 +161,38 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
     ):
         settings = {name: value for name, value in locals().items() if name in CHECKED}
         tracking = dict(tracking_uri=tracking_uri, experiment=experiment)
+
+        def judged(candidate, baseline, name: str):
+            task = configure(pairwise_eval(data=data, candidate=candidate, baseline=baseline, judge=judge,
+                                           judge_model=judge_model, judge_base_url=judge_base_url,
+                                           max_prompts=eval_max_prompts, seed=seed, config=eval_config, **tracking))
+            task.set_display_name(name)
+            kubernetes.use_secret_as_env(task, secret_name=judge_secret,
+                                         secret_key_to_env={JUDGE_SECRET_KEY: _E.judge_api_key_env}, optional=True)
+            return task
+
+        def variants(baseline, separate: dict, hydra_sft_row=None):
+            """Each run label: RL -> judged against `baseline` -> registered; then the comparison.
+            `separate`: the SFT model and reward model for the layouts that start from them."""
+            with dsl.ParallelFor(ppo_variants, name="ppo-variants") as label:
+                ppo = configure(hydra_ppo(data=data, sft_model=sft.outputs["model"], **separate, variant=label,
+                                          variant_config=ppo_variant_config, steps=ppo_steps,
+                                          rollout_batch_size=ppo_rollout_batch_size,
+                                          mini_batch_size=ppo_mini_batch_size, learning_rate=ppo_learning_rate,
+                                          critic_learning_rate=ppo_critic_learning_rate, kl_coef=ppo_kl_coef,
+                                          lora_rank=ppo_lora_rank, seed=seed, config=ppo_config, **tracking))
+                ppo.set_display_name("Hydra-PPO")
+                evaluation = judged(ppo.outputs["policy"], baseline, "pairwise eval").outputs["evaluation"]
+                registered = configure(register_model(evaluation=evaluation, policy_run_id=ppo.outputs["Output"],
+                                                      registered_model=registered_policy_model,
+                                                      champion_threshold=champion_threshold, **tracking))
+                registered.set_display_name("register")
+            row = {"hydra_sft_evaluation": hydra_sft_row} if hydra_sft_row is not None else {}
+            configure(compare_variants(evaluations=dsl.Collected(evaluation), **row, parent_run_id=parent,
+                                       registered_model=registered_policy_model,
+                                       versions=dsl.Collected(registered.outputs["Output"]),
+                                       champion_threshold=champion_threshold, **tracking)).set_display_name("compare")
+
         closing = configure(close_pipeline_run(pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **tracking))
         closing.set_display_name("close MLflow runs")
         with dsl.ExitHandler(closing, name="hydra-rlhf-steps"):
@@ -143,34 +204,24 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
                                        **tracking)).after(checked)
             prep.set_display_name("data prep")
             data, parent = prep.outputs["data"], prep.outputs["parent_run_id"]
-            sft = configure(hydra_sft(data=data, base_model=base_model, base_preset=base_preset, steps=sft_steps,
-                                      learning_rate=sft_learning_rate, demo_batch_size=sft_demo_batch_size,
-                                      pair_batch_size=sft_pair_batch_size, seed=seed, config=sft_config,
-                                      registered_model=registered_sft_model, parent_run_id=parent, **tracking))
+            # the same data and budget for Hydra-SFT and, where needed, the SFT model and the reward model
+            budget = dict(data=data, steps=sft_steps, learning_rate=sft_learning_rate,
+                          demo_batch_size=sft_demo_batch_size, pair_batch_size=sft_pair_batch_size, seed=seed,
+                          config=sft_config, parent_run_id=parent, **tracking)
+            sft = configure(hydra_sft(base_model=base_model, base_preset=base_preset, **budget,
+                                      registered_model=registered_sft_model))
             sft.set_display_name("Hydra-SFT")
-            with dsl.ParallelFor(ppo_variants, name="ppo-variants") as variant:
-                ppo = configure(hydra_ppo(data=data, sft_model=sft.outputs["model"], variant=variant,
-                                          steps=ppo_steps, rollout_batch_size=ppo_rollout_batch_size,
-                                          mini_batch_size=ppo_mini_batch_size, learning_rate=ppo_learning_rate,
-                                          critic_learning_rate=ppo_critic_learning_rate, kl_coef=ppo_kl_coef,
-                                          lora_rank=ppo_lora_rank, seed=seed, config=ppo_config, **tracking))
-                ppo.set_display_name("Hydra-PPO")
-                judged = configure(pairwise_eval(data=data, candidate=ppo.outputs["policy"],
-                                                 baseline=sft.outputs["model"], judge=judge, judge_model=judge_model,
-                                                 judge_base_url=judge_base_url, max_prompts=eval_max_prompts,
-                                                 seed=seed, config=eval_config, **tracking))
-                judged.set_display_name("pairwise eval")
-                kubernetes.use_secret_as_env(judged, secret_name=judge_secret,
-                                             secret_key_to_env={JUDGE_SECRET_KEY: _E.judge_api_key_env}, optional=True)
-                registered = configure(register_model(evaluation=judged.outputs["evaluation"],
-                                                      policy_run_id=ppo.outputs["Output"],
-                                                      registered_model=registered_policy_model,
-                                                      champion_threshold=champion_threshold, **tracking))
-                registered.set_display_name("register")
-            configure(compare_variants(evaluations=dsl.Collected(judged.outputs["evaluation"]), parent_run_id=parent,
-                                       registered_model=registered_policy_model,
-                                       versions=dsl.Collected(registered.outputs["Output"]),
-                                       champion_threshold=champion_threshold, **tracking)).set_display_name("compare")
+            with dsl.If(checked.outputs["separate_sft"] == True, name="separate-sft-and-reward-model"):  # noqa: E712
+                plain = configure(hydra_sft(base_model=base_model, base_preset=base_preset, mode="sft", **budget))
+                plain.set_display_name("SFT")
+                reward = configure(hydra_sft(init_model=plain.outputs["model"], mode="rm", **budget))
+                reward.set_display_name("reward model")
+                row = judged(sft.outputs["model"], plain.outputs["model"], "Hydra-SFT vs SFT")
+                variants(plain.outputs["model"], {"plain_sft_model": plain.outputs["model"],
+                                                  "reward_model": reward.outputs["model"]},
+                         row.outputs["evaluation"])
+            with dsl.Else(name="hydra-sft-only"):
+                variants(sft.outputs["model"], {})
 
     return hydra_rlhf
 

@@ -62,7 +62,7 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
         "output_dir": out,
         "run_dir": run_dir,
         "comparison": next(run_dir.glob("**/comparison"), None),
-        "reports": sorted(run_dir.glob("**/pairwise-eval/report")),
+        "reports": sorted(run_dir.glob("**/pairwise-eval*/report")),
         "logs": out / "logs",
         "tracking_uri": arguments["tracking_uri"],
     }

@@ -115,9 +115,28 @@ def test_the_check_step_takes_every_parameter_that_sets_a_stage_field():
     assert set(step) == {"rules", *CHECKED}
     assert {name: step[name].type for name in CHECKED} == {name: pipeline[name].type for name in CHECKED}
     values = {name: pipeline[name].default for name in CHECKED}
-    load("check_settings").python_func(rules=RULES, **values)  # the defaults pass
+    check = load("check_settings").python_func
+    assert check(rules=RULES, **values) == (False,)  # the defaults pass; hydra needs no separate SFT model
+    # a layout that starts from a separate SFT model and reward model, as in the paper
+    assert check(rules=RULES, **{**values, "ppo_variants": ["hydra-grpo", "lora"]}) == (True,)
+    assert check(rules=RULES, **{**values, "ppo_variants": ["j-hydra", "hydra-rloo"]}) == (False,)
     with pytest.raises(ValueError, match=r"pipeline parameter ppo_config\['top_p'\]: 1.5 is out of range"):
-        load("check_settings").python_func(rules=RULES, **{**values, "ppo_config": {"top_p": 1.5}})
+        check(rules=RULES, **{**values, "ppo_config": {"top_p": 1.5}})
+    with pytest.raises(ValueError, match=r"pipeline parameter ppo_variants: 'hydra-dpo' is not a variant"):
+        check(rules=RULES, **{**values, "ppo_variants": ["hydra-dpo"]})
+
+
+@pytest.mark.parametrize("label, separate", [("hydra", False), ("j-hydra", False), ("hydra-grpo", False),
+                                             ("lora", True), ("lora-dynamic-rloo", True), ("full", True)])
+def test_ppo_starts_from_the_separate_sft_model_only_for_the_layouts_that_keep_their_reward_model_apart(
+        label, separate):
+    from hydra_core.stages import ppo_models
+
+    assert ppo_models(label, "hydra-sft") == {"model": "hydra-sft", "reward_model": None}  # none trained: Hydra-SFT
+    expected = {"model": "sft", "reward_model": "rm"} if separate else {"model": "hydra-sft", "reward_model": None}
+    assert ppo_models(label, "hydra-sft", "sft", "rm") == expected
+    with pytest.raises(ValueError, match="give both a separate SFT model and a reward model, or neither"):
+        ppo_models(label, "hydra-sft", "sft")
 
 
 def test_a_bad_parameter_fails_the_first_step_however_the_run_started(tmp_path, monkeypatch):

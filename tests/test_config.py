@@ -206,7 +206,8 @@ def test_a_recipe_becomes_pipeline_arguments(tmp_path):
     ({"pipeline": {"sft_stpes": 3}}, "unknown pipeline parameter 'sft_stpes'"),
     ({"steps": 3}, "not a recipe"),
     ({"ppo": {"variant": "hydra"}, "pipeline": {"ppo_variants": ["hydra", "dpo"]}},
-     "pipeline parameter ppo_variants: 'dpo' is not one of"),
+     "pipeline parameter ppo_variants: 'dpo' is not a variant or variant-algorithm pair"),
+    ({"ppo": {"algorithm": "dpo"}}, "recipe.yaml: ppo.algorithm: 'dpo' is not one of ppo, rloo, grpo, remax"),
 ])
 def test_a_bad_recipe_is_refused_before_the_pipeline_runs(tmp_path, capsys, recipe, message):
     path = write(tmp_path / "recipe.yaml", recipe)
@@ -224,6 +225,89 @@ def test_compile_writes_a_recipes_settings_as_the_spec_defaults(tmp_path):
     assert parameters["sft_config"]["defaultValue"] == {"warmup_steps": 3}
     assert parameters["ppo_variants"]["defaultValue"] == ["lora"]
 
+
+
+def test_a_recipes_ppo_variant_and_algorithm_make_one_run_label(tmp_path):
+    from pipelines.arguments import pipeline_arguments
+
+    recipe = write(tmp_path / "recipe.yaml", {"ppo": {"variant": "lora", "algorithm": "grpo", "samples_per_prompt": 8}})
+    assert pipeline_arguments([], recipe)[0] == {"ppo_variants": ["lora-grpo"], "ppo_config": {"samples_per_prompt": 8}}
+    recipe = write(tmp_path / "recipe.yaml", {"ppo": {"algorithm": "rloo"}})  # the default layout
+    assert pipeline_arguments([], recipe)[0] == {"ppo_variants": ["hydra-rloo"]}
+
+
+# --- run labels and per-label settings ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ppo_variants=hydra,hydra-dpo"], "pipeline parameter ppo_variants: 'hydra-dpo' is not a variant or "
+     "variant-algorithm pair (e.g. hydra, hydra-grpo, lora-rloo)"),
+    (['ppo_variant_config={"hydraa": {}}'], "pipeline parameter ppo_variant_config: 'hydraa' is not an algorithm "
+     "(ppo, rloo, grpo, remax), a layout (full, lora, lora-dynamic, j-hydra, hydra) or a run label"),
+    (['ppo_variant_config={"grpo": 4}'], "pipeline parameter ppo_variant_config['grpo']: expected an object of ppo "
+     "settings, got 4"),
+    (['ppo_variant_config={"full": {"model": "x"}}'], "pipeline parameter ppo_variant_config['full']['model']: a "
+     "label's settings cannot hold it; the pipeline sets it"),
+    (['ppo_variant_config={"grpo": {"algorithm": "ppo"}}'], "ppo_variant_config['grpo']['algorithm']: a label's "
+     "settings cannot hold it; the run label sets it"),
+    (['ppo_variant_config={"full": {"learnig_rate": 1}}'], "ppo_variant_config['full']['learnig_rate']: 'hydra-rlhf "
+     "ppo' has no such setting; did you mean 'learning_rate'?"),
+    (["ppo_variants=full", 'ppo_variant_config={"full": {"learning_rate": 0}}'], "pipeline parameter "
+     "ppo_variant_config['full']['learning_rate']: 0 is out of range; it must be more than 0 (for the ppo_variants "
+     "item 'full')"),
+    # rloo needs a group; the default table gives it one, an empty table does not
+    (["ppo_variants=hydra-rloo", "ppo_variant_config={}"], "pipeline parameter ppo_config['samples_per_prompt']: "
+     "rloo compares each response with the others to the same prompt; it needs at least 2 (got 1) (for the "
+     "ppo_variants item 'hydra-rloo')"),
+    (["ppo_variants=lora-grpo", "ppo_mini_batch_size=512"], "pipeline parameter ppo_mini_batch_size: 512 is more "
+     "than the 256 responses of a rollout (pipeline parameter ppo_variant_config['grpo']['rollout_batch_size'] x "
+     "pipeline parameter ppo_variant_config['grpo']['samples_per_prompt'])"),
+    (['ppo_config={"algorithm": "grpo"}'], "pipeline parameter ppo_config: set 'algorithm' with the pipeline "
+     "parameter ppo_variants, whose run labels name a variant and an algorithm"),
+    (['sft_config={"mode": "rm"}'], "pipeline parameter sft_config: 'mode' is set by the pipeline itself"),
+])
+def test_run_labels_and_their_settings_are_checked_before_the_run(argv, message, tmp_path, capsys):
+    err = refused(["run", "--output-dir", str(tmp_path / "run"), *[a for arg in argv for a in ("-p", arg)]], capsys)
+    assert message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_run_label_passes_with_the_default_settings():
+    from pipelines.arguments import check
+
+    check({"ppo_variants": list(C.RUN_LABELS)})  # rloo and grpo get their groups from the default table
+    check({"ppo_variants": ["hydra-ppo", "lora-dynamic-grpo"], "ppo_config": {"samples_per_prompt": 2}})
+
+
+def test_a_run_label_takes_its_table_entries_most_specific_last():
+    table = {"grpo": {"samples_per_prompt": 4, "rollout_batch_size": 64, "kl_coef": 0.1},
+             "full": {"learning_rate": 1e-4}, "full-grpo": {"kl_coef": 0.3}, "hydra": {"lora_rank": 4}}
+    cfg = C.label_config(PPOConfig, "full-grpo", table, {"ppo_epochs": 2, "samples_per_prompt": 8}, steps=3,
+                         learning_rate=1e-3, rollout_batch_size=256)
+    assert (cfg.variant, cfg.algorithm, cfg.steps, cfg.ppo_epochs) == ("full", "grpo", 3, 2)
+    assert cfg.learning_rate == 1e-4 and cfg.rollout_batch_size == 64  # an entry wins over a parameter
+    assert cfg.samples_per_prompt == 8  # the component's `config` wins over an entry
+    assert cfg.kl_coef == 0.3 and cfg.lora_rank == PPOConfig().lora_rank  # the label's own entry; not hydra's
+    cfg = C.label_config(PPOConfig, "hydra-ppo", table)
+    assert (cfg.variant, cfg.algorithm, cfg.lora_rank, cfg.kl_coef) == ("hydra", "ppo", 4, PPOConfig().kl_coef)
+    with pytest.raises(C.ConfigError, match=r"config\['algorithm'\]: the run label \(parameter variant"):
+        C.label_config(PPOConfig, "hydra", {}, {"algorithm": "grpo"})
+    with pytest.raises(C.ConfigError, match=r"parameter variant 'hydra-dpo': 'hydra-dpo' is not a variant"):
+        C.label_config(PPOConfig, "hydra-dpo")
+    with pytest.raises(C.ConfigError, match=r"parameter variant_config\['full'\]\['model'\]: a label's settings"):
+        C.label_config(PPOConfig, "full", {"full": {"model": "x"}}, refused=("model",))
+    with pytest.raises(C.ConfigError, match=r"parameter variant_config\['lora-rloo'\]\['samples_per_prompt'\]: rloo "
+                                            r"compares each response"):
+        C.label_config(PPOConfig, "lora-rloo", {"lora-rloo": {"samples_per_prompt": 1}})
+
+
+def test_the_layouts_that_start_from_a_separate_sft_model_are_those_with_a_reward_model_apart():
+    from hydra_core.ppo.roles import LAYOUTS, SOURCES
+
+    apart = {variant for variant, (_, _, _, reward) in LAYOUTS.items() if SOURCES[reward.model] == "reward"}
+    assert apart == set(C.SEPARATE_MODEL_VARIANTS)
+    assert [label for label in C.RUN_LABELS if C.uses_separate_models(label)] == [
+        label for label in C.RUN_LABELS if not label.startswith(("hydra", "j-hydra"))]
 
 # --- every range and relation, from every source ---------------------------------------------------
 
@@ -301,7 +385,7 @@ def test_a_stage_config_parameter_out_of_range_is_named_by_its_key(capsys):
     assert "pipeline parameter ppo_config['top_p']: 1.5 is out of range; it must be more than 0 and at most 1" in err
     err = refused(["run", "-p", "ppo_rollout_batch_size=4", "-p", "ppo_mini_batch_size=16"], capsys)
     assert ("pipeline parameter ppo_mini_batch_size: 16 is more than the 4 responses of a rollout "
-            "(pipeline parameter ppo_rollout_batch_size x ppo_config['samples_per_prompt'])") in err
+            "(pipeline parameter ppo_rollout_batch_size x pipeline parameter ppo_config['samples_per_prompt'])") in err
 
 
 def test_a_component_refuses_a_bad_parameter_before_its_stage_runs():

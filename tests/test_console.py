@@ -344,6 +344,36 @@ def test_the_variants_loop_runs_at_once_in_threads_and_each_variant_has_its_own_
         assert log.count("Executing task") == 1 and log.count("PPO (") == 1
 
 
+def test_a_step_is_named_by_its_component_and_the_sft_steps_by_what_they_train(tmp_path):
+    """kfp numbers a component's later tasks (hydra-sft-2, the second variants loop's hydra-ppo-2); the
+    console names the step, the SFT component's other modes by what they train, and the judging of
+    Hydra-SFT outside the loop by its candidate."""
+    terminal = io.StringIO()
+    console = Console(terminal, tmp_path / "logs")
+    run = tmp_path / "pipeline" / "run"
+    def judged(candidate: str, folder) -> str:  # a pairwise-eval step's input: its baseline comes first
+        artifacts = {name: {"artifacts": [{"name": "model", "metadata": {"variant": variant}}]}
+                     for name, variant in (("baseline", "sft"), ("candidate", candidate))}
+        spec = {"inputs": {"parameterValues": {}, "artifacts": artifacts},
+                "outputs": {"outputFile": f"{folder}/executor_output.json"}}
+        return "".join(f"    {line}\n" for line in json.dumps(spec, indent=4).splitlines())
+
+    steps = [("hydra-sft-2", executor_input(run / "hydra-sft-2", mode="sft")),
+             ("hydra-sft-3", executor_input(run / "hydra-sft-3", mode="rm")),
+             ("pairwise-eval", judged("hydra-sft", run / "pairwise-eval")),
+             ("hydra-ppo-2", executor_input(run / "for-loop-6-iteration-0" / "hydra-ppo-2", variant="hydra-grpo")),
+             ("pairwise-eval-2", judged("lora", run / "for-loop-3-iteration-1" / "pairwise-eval-2"))]
+    for name, given in steps:
+        feed(console, START.format(name=name) + GOT_INPUT + given + END.format(name=name))
+    console.finish()
+    assert [line.split(maxsplit=1)[1] for line in terminal.getvalue().splitlines()][::2] == [
+        "sft                    started", "reward-model           started", "pairwise-eval [hydra-sft] started",
+        "hydra-ppo [hydra-grpo] started", "pairwise-eval [lora]   started"]
+    assert {p.name for p in (tmp_path / "logs").iterdir()} == {
+        "sft.log", "reward-model.log", "pairwise-eval-hydra-sft.log", "hydra-ppo-hydra-grpo.log",
+        "pairwise-eval-lora.log"}
+
+
 def test_verbose_passes_every_line_through_and_still_writes_the_logs(tmp_path):
     terminal = io.StringIO()
     console = Console(terminal, tmp_path / "logs", verbose=True)
@@ -368,6 +398,9 @@ DECISION = ("# Policy hydra\n\nRegistered **hydra-rlhf-policy** version **1** wi
     ("register-model", None, "Registered hydra-rlhf-policy version 1 with aliases candidate, champion."),
     ("compare-variants", None, ""),
     ("hydra-sft", {"train/loss": 0.11}, ""),  # a figure it did not report: none rather than a wrong one
+    ("sft", {"eval/gold_accuracy": 0.675, "train/loss": 0.2}, "gold accuracy 0.675"),  # no reward head
+    ("reward-model", {"eval/reward_accuracy": 0.92, "eval/gold_accuracy": 0.675}, "reward accuracy 0.920, gold "
+     "accuracy 0.675"),
 ])
 def test_each_step_has_its_key_figure_from_its_outputs(tmp_path, name, metrics, figure):
     artifacts = {"decision": {"artifacts": [{"name": "decision", "uri": str(tmp_path / "decision")}]}}

@@ -1,6 +1,7 @@
 """The Kubeflow pipeline: compile, load back, GPU and secret settings, arguments, submit (against a fake
 kfp.Client: no KFP endpoint here), and a whole local run read back from its MLflow store."""
 
+import re
 
 import kfp
 import pytest
@@ -9,7 +10,7 @@ from mlflow import MlflowClient
 
 from hydra_core import cli
 from hydra_core.config import STAGE_CONFIGS, SFTConfig, field_names
-from pipelines.hydra_rlhf import STAGE_PARAMETERS, hydra_rlhf
+from pipelines.hydra_rlhf import PPO_VARIANT_CONFIG, STAGE_PARAMETERS, hydra_rlhf
 
 TINY = [
     "max_records=400", 'data_config={"arithmetic_eval_prompts": 40}',
@@ -34,6 +35,7 @@ def test_defaults_follow_the_stage_configs():
             assert inputs[name] == ""  # "": a fresh random-init base_preset model
         else:
             assert inputs[name] == ([default] if name == "ppo_variants" else default), name
+    assert inputs["ppo_variant_config"] == PPO_VARIANT_CONFIG  # each label's tuned settings
 
 
 def test_compiled_pipeline_loads_back(tmp_path, capsys):
@@ -51,6 +53,67 @@ def test_compiled_pipeline_loads_back(tmp_path, capsys):
     [secret] = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-pairwise-eval"]["secretAsEnv"]
     assert secret["optional"] and secret["keyToEnv"] == [{"envVar": "OPENAI_API_KEY", "secretKey": "api-key"}]
     assert not [name for name in spec["root"]["inputDefinitions"]["parameters"] if "key" in name]
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["ppo_variant_config"]["defaultValue"] == PPO_VARIANT_CONFIG
+    assert parameters["ppo_variants"]["defaultValue"] == ["hydra"]
+
+
+def dag_tasks(spec: dict, dag: dict | None = None, condition: str = "") -> dict:
+    """Every task of a compiled pipeline, nested DAGs included: name -> (its task spec, its condition)."""
+    found = {}
+    for name, task in (dag or spec["root"]["dag"])["tasks"].items():
+        component = spec["components"][task["componentRef"]["name"]]
+        here = task.get("triggerPolicy", {}).get("condition", condition)
+        found[name] = (task, here)
+        if "dag" in component:
+            found |= dag_tasks(spec, component["dag"], here)
+    return found
+
+
+def producer(task: dict, name: str) -> str:
+    """The task that made a task's input artifact `name` (inside a nested DAG it arrives as a channel)."""
+    ref = task["inputs"]["artifacts"][name]
+    if "taskOutputArtifact" in ref:
+        return ref["taskOutputArtifact"]["producerTask"]
+    return ref["componentInputArtifact"].removeprefix("pipelinechannel--").rsplit("-", 1)[0]
+
+
+def test_the_separate_sft_model_and_reward_model_are_trained_only_when_a_label_needs_them(tmp_path):
+    path = tmp_path / "hydra_rlhf.yaml"
+    assert cli.main(["compile", "-o", str(path)]) == 0
+    spec = next(yaml.safe_load_all(path.read_text()))
+    tasks = dag_tasks(spec)
+    needed = "inputs.parameter_values['pipelinechannel--check-settings-separate_sft'] == true"
+    modes = {name: task["inputs"]["parameters"].get("mode", {}).get("runtimeValue", {}).get("constant")
+             for name, (task, _) in tasks.items() if name.startswith("hydra-sft")}
+    assert sorted(modes.values(), key=str) == [None, "rm", "sft"]  # Hydra-SFT, then the SFT model and the RM
+    [sft] = [name for name, mode in modes.items() if mode == "sft"]
+    [rm] = [name for name, mode in modes.items() if mode == "rm"]
+    assert tasks[sft][1] == needed and tasks[rm][1] == needed and tasks["hydra-sft"][1] == ""
+    assert producer(tasks[rm][0], "init_model") == sft
+    # the same budget for all three
+    for name in (sft, rm):
+        assert {k: v for k, v in tasks[name][0]["inputs"]["parameters"].items() if k in ("steps", "config")} == {
+            k: v for k, v in tasks["hydra-sft"][0]["inputs"]["parameters"].items() if k in ("steps", "config")}
+    # a variants loop in each branch: against the SFT model with it, against Hydra-SFT without it
+    ppo = {name: condition for name, (task, condition) in tasks.items() if name.startswith("hydra-ppo")}
+    assert sorted(ppo.values()) == sorted([needed, f"!({needed})"])
+    for name, (task, condition) in tasks.items():
+        if name.startswith("hydra-ppo"):
+            given = task["inputs"]["artifacts"]
+            assert producer(task, "sft_model") == "hydra-sft"
+            if condition == needed:
+                assert (producer(task, "plain_sft_model"), producer(task, "reward_model")) == (sft, rm)
+            else:
+                assert "plain_sft_model" not in given and "reward_model" not in given
+            assert task["inputs"]["parameters"]["variant_config"]["componentInputParameter"] == \
+                "pipelinechannel--ppo_variant_config"
+    baselines = {producer(task, "candidate"): producer(task, "baseline")
+                 for name, (task, _) in tasks.items() if name.startswith("pairwise-eval")}
+    assert baselines == {"hydra-sft": sft, **{name: sft if ppo[name] == needed else "hydra-sft" for name in ppo}}
+    compares = {condition: task["inputs"].get("artifacts", {}) for name, (task, condition) in tasks.items()
+                if name.startswith("compare-variants")}
+    assert "hydra_sft_evaluation" in compares[needed] and "hydra_sft_evaluation" not in compares[f"!({needed})"]
 
 
 def test_gpu_compile_gives_the_training_steps_an_accelerator_and_the_cuda_image(tmp_path):
@@ -59,7 +122,7 @@ def test_gpu_compile_gives_the_training_steps_an_accelerator_and_the_cuda_image(
     executors = next(yaml.safe_load_all(path.read_text()))["deploymentSpec"]["executors"]
     for name, executor in executors.items():
         container = executor["container"]
-        on_gpu = name in ("exec-hydra-sft", "exec-hydra-ppo", "exec-pairwise-eval")
+        on_gpu = re.sub(r"-\d+$", "", name) in ("exec-hydra-sft", "exec-hydra-ppo", "exec-pairwise-eval")
         assert ("accelerator" in container["resources"]) == on_gpu, name
         assert container["image"].endswith("-cuda" if on_gpu else "-cpu"), name
         assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryRequest"]
@@ -69,11 +132,12 @@ def test_gpu_compile_gives_the_training_steps_an_accelerator_and_the_cuda_image(
 @pytest.mark.parametrize("argv, message", [
     (["sft_stpes=3"], "unknown pipeline parameter 'sft_stpes'"),
     (["sft_steps=many"], "pipeline parameter sft_steps: expected an integer, got 'many'"),
-    (["ppo_variants=hydra,ppo2"], "pipeline parameter ppo_variants: 'ppo2' is not one of full, lora"),
+    (["ppo_variants=hydra,ppo2"], "pipeline parameter ppo_variants: 'ppo2' is not a variant or variant-algorithm"),
     (["judge=gpt"], "pipeline parameter judge: 'gpt' is not one of"),
     (["ppo_config=[1]"], "pipeline parameter ppo_config: expected a JSON object"),
     (["sft_steps"], "expected NAME=VALUE"),
-    (['ppo_config={"kl_coeff": 1}'], "ppo_config['kl_coeff']: 'hydra-rlhf ppo' has no such setting; did you mean 'kl_coef'?"),
+    (['ppo_config={"kl_coeff": 1}'],
+     "ppo_config['kl_coeff']: 'hydra-rlhf ppo' has no such setting; did you mean 'kl_coef'?"),
     (['ppo_config={"steps": 3}'], "set 'steps' with the pipeline parameter ppo_steps"),
     (['eval_config={"prompts": "x"}'], "eval_config: 'prompts' is set by the pipeline itself"),
     (['sft_config={"mixed_precision": "fp8"}'], "sft_config['mixed_precision']: 'fp8' is not one of auto, bf16, no"),
@@ -97,12 +161,14 @@ def test_submit_sends_the_compiled_pipeline_with_typed_arguments(monkeypatch, ca
 
     monkeypatch.setattr(kfp, "Client", FakeClient)
     argv = ["submit", "--host", "https://kfp.example.com/pipeline", "--namespace", "team", "--run-name", "r1",
-            "--experiment-name", "hydra", *params("sft_steps=300", "ppo_variants=lora,hydra", 'ppo_config={"eval_every": 1}')]
+            "--experiment-name", "hydra", *params("sft_steps=300", "ppo_variants=lora,hydra-grpo",
+                                                  'ppo_config={"eval_every": 1}')]
     assert cli.main(argv) == 0
     assert "run-123" in capsys.readouterr().out
     assert calls["client"] == {"host": "https://kfp.example.com/pipeline", "namespace": "team"}
     assert calls["pipeline"] == "hydra-rlhf"
-    assert calls["run"]["arguments"] == {"sft_steps": 300, "ppo_variants": ["lora", "hydra"], "ppo_config": {"eval_every": 1}}
+    assert calls["run"]["arguments"] == {"sft_steps": 300, "ppo_variants": ["lora", "hydra-grpo"],
+                                         "ppo_config": {"eval_every": 1}}
     assert calls["run"]["run_name"] == "r1" and calls["run"]["experiment_name"] == "hydra"
 
 
@@ -116,6 +182,8 @@ def test_submit_refuses_bad_input(argv, message, capsys):
 
 
 def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
+    """lora with hydra: lora starts, as in the paper, from an SFT model and a reward model trained beside
+    Hydra-SFT, and every row, Hydra-SFT's too, is judged against the SFT model."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tiny stages last seconds
     out = tmp_path / "run"
@@ -123,38 +191,57 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    assert f"mlflow ui --backend-store-uri {uri}" in printed and "| lora |" in printed and "| hydra |" in printed
+    assert f"mlflow ui --backend-store-uri {uri}" in printed and "| lora | ppo |" in printed
+    assert "| hydra | ppo |" in printed and "| hydra-sft | - |" in printed  # the "does joint training hurt" row
+    assert "# PPO variants against the SFT baseline" in printed
     # a line per step as it starts and ends, not the steps' own output: that is in a log file per step
     assert len(printed.splitlines()) < 100 and '"outputFile"' not in printed and "hydra training" not in printed
     assert "hydra-ppo [lora]" in printed and "win-rate" in printed and f"logs:     {out / 'logs'}\n" in printed
+    assert "reward-model           done in" in printed and "pairwise-eval [hydra-sft] done in" in printed
     logs = {path.name: path.read_text() for path in (out / "logs").iterdir()}
-    assert {"data-prep.log", "hydra-sft.log", "hydra-ppo-lora.log", "hydra-ppo-hydra.log", "pairwise-eval-lora.log",
-            "register-model-hydra.log", "compare-variants.log", "close-pipeline-run.log"} <= set(logs)
+    assert {"data-prep.log", "hydra-sft.log", "sft.log", "reward-model.log", "hydra-ppo-lora.log",
+            "hydra-ppo-hydra.log", "pairwise-eval-lora.log", "pairwise-eval-hydra-sft.log", "register-model-hydra.log",
+            "compare-variants.log", "close-pipeline-run.log"} <= set(logs)
     assert "hydra training:" in logs["hydra-sft.log"] and "PPO (lora)" in logs["hydra-ppo-lora.log"]
+    assert "sft training:" in logs["sft.log"] and "rm training:" in logs["reward-model.log"]
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert parent.info.status == "FINISHED" and {"lora/win_rate", "hydra/win_rate"} <= set(parent.data.metrics)
-    assert "comparison.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert parent.info.status == "FINISHED"
+    assert {"lora/win_rate", "hydra/win_rate", "hydra-sft/win_rate"} <= set(parent.data.metrics)
+    assert {"comparison.md", "comparison.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     nested = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(nested) == {"data-prep", "hydra-sft", "ppo-lora", "ppo-hydra", "pairwise-eval", "register-lora",
-                           "register-hydra"}
+    assert set(nested) == {"data-prep", "hydra-sft", "sft", "reward-model", "ppo-lora", "ppo-hydra", "pairwise-eval",
+                           "register-lora", "register-hydra"}
     assert all(r.info.status == "FINISHED" for r in runs)
+    # the same budget; the reward model starts from the SFT model; lora from SFT + RM, hydra from Hydra-SFT
+    hydra_sft, sft, rm = nested["hydra-sft"], nested["sft"], nested["reward-model"]
+    for run in (sft, rm):
+        assert {k: run.data.params[k] for k in ("steps", "learning_rate", "demo_batch_size", "pair_batch_size")} == {
+            k: hydra_sft.data.params[k] for k in ("steps", "learning_rate", "demo_batch_size", "pair_batch_size")}
+    assert (sft.data.params["mode"], rm.data.params["mode"], hydra_sft.data.params["mode"]) == ("sft", "rm", "hydra")
+    assert rm.data.params["model"] == sft.data.params["output_dir"]
+    lora, hydra = nested["ppo-lora"].data.params, nested["ppo-hydra"].data.params
+    assert (lora["model"], lora["reward_model"]) == (sft.data.params["output_dir"], rm.data.params["output_dir"])
+    assert (hydra["model"], hydra["reward_model"]) == (hydra_sft.data.params["output_dir"], "")
+    evaluations = [r for r in runs if r.info.run_name == "pairwise-eval"]
+    assert sorted(r.data.tags["variant"] for r in evaluations) == ["hydra", "hydra-sft", "lora"]
+    assert {r.data.tags["baseline"] for r in evaluations} == {"sft"} and len(evaluations) == 3
 
     def metrics(run):
         return set(run.data.metrics)
 
-    sft, ppo, prep = nested["hydra-sft"], nested["ppo-hydra"], nested["data-prep"]
+    ppo, prep = nested["ppo-hydra"], nested["data-prep"]
     assert {"train/loss", "train/lm_loss", "train/reward_loss", "train/reward_accuracy", "eval/reward_accuracy",
-            "memory/peak_bytes", "memory/param_bytes", "time/samples_per_s"} <= metrics(sft)
-    assert any(m.startswith("system/") for m in metrics(sft))
-    assert len(client.get_metric_history(sft.info.run_id, "train/loss")) == 4  # a curve, one point per log
-    assert set(sft.data.params) == set(field_names(SFTConfig))
+            "memory/peak_bytes", "memory/param_bytes", "time/samples_per_s"} <= metrics(hydra_sft)
+    assert any(m.startswith("system/") for m in metrics(hydra_sft))
+    assert len(client.get_metric_history(hydra_sft.info.run_id, "train/loss")) == 4  # a curve, one point per log
+    assert set(hydra_sft.data.params) == set(field_names(SFTConfig))
     assert {"objective/kl", "objective/scores", "objective/rlhf_reward", "policy/clipfrac", "loss/policy",
             "loss/value", "eval/gold_accuracy", "memory/peak_bytes", "time/s_per_sample"} <= metrics(ppo)
     assert nested["ppo-lora"].data.tags["variant"] == "lora"
-    assert all({"eval/win_rate", "eval/win_rate_low"} <= metrics(r) for r in runs if r.info.run_name == "pairwise-eval")
+    assert all({"eval/win_rate", "eval/win_rate_low"} <= metrics(r) for r in evaluations)
 
     def artifacts(run, path=None):
         found = set()
@@ -164,13 +251,12 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
 
     assert "data/manifest.json" in artifacts(prep)
     assert {d.dataset.name for d in prep.inputs.dataset_inputs} >= {"pairs_train", "demos_train", "prompts_eval"}
-    assert {"model/config.json", "model/model.safetensors", "model/sft_summary.json"} <= artifacts(sft)
+    assert {"model/config.json", "model/model.safetensors", "model/sft_summary.json"} <= artifacts(hydra_sft)
     assert {"ppo_curves.png", "model/config.json", "model/ppo_summary.json"} <= artifacts(ppo)
-    evaluation = next(r for r in runs if r.info.run_name == "pairwise-eval")
-    assert {"eval/report.html", "eval/winrate.png", "eval/judgments_table.json"} <= artifacts(evaluation)
+    assert {"eval/report.html", "eval/winrate.png", "eval/judgments_table.json"} <= artifacts(evaluations[0])
 
-    [sft_version] = client.search_model_versions("name='hydra-rlhf-sft'")
-    assert sft_version.run_id == sft.info.run_id and sft_version.tags["variant"] == "hydra-sft"
+    [sft_version] = client.search_model_versions("name='hydra-rlhf-sft'")  # Hydra-SFT only
+    assert sft_version.run_id == hydra_sft.info.run_id and sft_version.tags["variant"] == "hydra-sft"
     versions = client.search_model_versions("name='hydra-rlhf-policy'")
     assert sorted(v.tags["variant"] for v in versions) == ["hydra", "lora"]
     by_variant = {v.tags["variant"]: v for v in versions}
@@ -183,6 +269,28 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     assert champion.version == candidate.version
     assert f"`candidate` of hydra-rlhf-policy: version {candidate.version}" in printed
     assert {v.tags["pipeline_run_id"] for v in versions} == {parent.info.run_id}
+
+
+def test_a_local_run_with_hydra_labels_only_trains_no_separate_models(tmp_path, monkeypatch, capsys):
+    """hydra and hydra-grpo both start from Hydra-SFT: no SFT model, no reward model, Hydra-SFT the baseline."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    group = 'ppo_variant_config={"grpo": {"samples_per_prompt": 2, "rollout_batch_size": 4}}'  # 8 responses
+    assert cli.main(["run", "--output-dir", str(out), *params(*TINY, "ppo_variants=hydra,hydra-grpo", group)]) == 0
+    printed = capsys.readouterr().out
+    assert "# PPO variants against the Hydra-SFT baseline" in printed
+    assert "| hydra | ppo |" in printed and "| hydra-grpo | grpo |" in printed and "| hydra-sft |" not in printed
+    assert not re.search(r"^\S+ (sft|reward-model) ", printed, re.MULTILINE)  # no step of theirs started
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])
+    names = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert names == ["data-prep", "grpo-hydra", "hydra-sft", "pairwise-eval", "pairwise-eval", "ppo-hydra",
+                     "register-hydra", "register-hydra-grpo"]
+    grpo = next(r for r in runs if r.info.run_name == "grpo-hydra").data.params
+    assert (grpo["algorithm"], grpo["samples_per_prompt"], grpo["rollout_batch_size"]) == ("grpo", "2", "4")
+    assert {r.data.tags["baseline"] for r in runs if r.info.run_name == "pairwise-eval"} == {"hydra-sft"}
+    run_dir = next((out / "pipeline").iterdir())
+    assert not [p for p in run_dir.iterdir() if p.name in ("hydra-sft-2", "hydra-sft-3")]  # never started
 
 
 def test_a_failed_local_run_says_so_and_leaves_no_mlflow_run_open(tmp_path, monkeypatch, capsys):

@@ -1,7 +1,8 @@
 """Check settings: the pipeline's first step, so a bad parameter fails before any work, however the
-run was started (`hydra-rlhf run` and `submit` make the same check before they start it)."""
+run was started (`hydra-rlhf run` and `submit` make the same check before they start it). It also
+says whether the run needs the separately trained SFT model and reward model."""
 
-from typing import List
+from typing import List, NamedTuple
 
 from kfp import dsl
 
@@ -38,13 +39,17 @@ def check_settings(
     data_config: dict,
     sft_config: dict,
     ppo_config: dict,
+    ppo_variant_config: dict,
     eval_config: dict,
-) -> None:
+) -> NamedTuple("CheckOutputs", [("separate_sft", bool)]):
     """Build every stage's config from the pipeline's parameters (each parameter of this component
     but `rules`, which says which stage field each one sets) and check it
-    (hydra_core.config.check_parameters); a bad value fails here, naming its parameter."""
+    (hydra_core.config.check_parameters); a bad value fails here, naming its parameter. Returns
+    `separate_sft`: whether a run label in `ppo_variants` has a layout that starts, as in the paper,
+    from a separately trained SFT model and reward model (full, lora, lora-dynamic)."""
     values = {name: value for name, value in locals().items() if name != "rules"}
 
-    from hydra_core.config import check_parameters
+    from hydra_core.config import check_parameters, uses_separate_models
 
     check_parameters(values, rules)
+    return (any(uses_separate_models(label) for label in ppo_variants),)

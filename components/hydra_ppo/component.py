@@ -1,4 +1,5 @@
-"""Hydra-PPO: PPO in one of the paper's five memory variants (hydra_core.ppo)."""
+"""Hydra-PPO: RL in one of the paper's five memory layouts with one of the algorithms, named by a run
+label such as `hydra` (PPO) or `hydra-grpo` (hydra_core.ppo)."""
 
 from typing import Optional
 
@@ -14,7 +15,10 @@ def hydra_ppo(
     sft_model: Input[Model],
     policy: Output[Model],
     metrics: Output[Metrics],
-    variant: Optional[str] = None,
+    plain_sft_model: Optional[Input[Model]] = None,
+    reward_model: Optional[Input[Model]] = None,
+    variant: str = "hydra",
+    variant_config: dict = {},
     steps: Optional[int] = None,
     rollout_batch_size: Optional[int] = None,
     mini_batch_size: Optional[int] = None,
@@ -28,21 +32,31 @@ def hydra_ppo(
     experiment: str = "",
     parent_run_id: str = "",
 ) -> str:
-    """PPO from a Hydra-SFT model (hydra_core PPOConfig; variant full|lora|lora-dynamic|j-hydra|hydra;
-    a parameter left None keeps the config default, `config` sets any other field). The policy is
-    logged to MLflow as the run's `model` artifact, nested under `parent_run_id` (by default the
-    data's pipeline run). Returns the MLflow run id."""
+    """RL from a Hydra-SFT model (`sft_model`) for the run label `variant`: a layout (full, lora,
+    lora-dynamic, j-hydra, hydra: PPO) or layout-algorithm (hydra-grpo, lora-rloo, ...). Given
+    `plain_sft_model` and `reward_model` (a separately trained SFT model and reward model), the layouts
+    that keep the reward model apart from the policy (full, lora, lora-dynamic) start from those, as in
+    the paper; hydra and j-hydra always start from `sft_model`. Settings (hydra_core PPOConfig): the
+    parameters (None keeps the config default), then the entries of `variant_config` ({algorithm,
+    layout or label: settings}) that apply to the label, then `config`. The policy is logged to MLflow
+    as the run's `model` artifact, nested under `parent_run_id` (by default the data's pipeline run);
+    its metadata carries the label (`variant`), `layout` and `algorithm`. Returns the MLflow run id."""
     from components.metrics import PPO_KEYS, fill_metrics
     from hydra_core import stages
-    from hydra_core.config import PPOConfig, from_parameters
+    from hydra_core.config import PPOConfig, label_config, run_label
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
 
-    cfg = from_parameters(PPOConfig, config, model=sft_model.path, data=data.path, output_dir=policy.path,
-                          variant=variant, steps=steps, rollout_batch_size=rollout_batch_size,
-                          mini_batch_size=mini_batch_size, learning_rate=learning_rate,
-                          critic_learning_rate=critic_learning_rate, kl_coef=kl_coef, lora_rank=lora_rank, seed=seed)
+    models = stages.ppo_models(variant, sft_model.path, plain_sft_model.path if plain_sft_model else "",
+                               reward_model.path if reward_model else "")
+    cfg = label_config(PPOConfig, variant, variant_config, config, refused=("model", "reward_model", "data",
+                                                                               "output_dir", "seed"),
+                       **models, data=data.path, output_dir=policy.path, steps=steps,
+                       rollout_batch_size=rollout_batch_size, mini_batch_size=mini_batch_size,
+                       learning_rate=learning_rate, critic_learning_rate=critic_learning_rate, kl_coef=kl_coef,
+                       lora_rank=lora_rank, seed=seed)
     parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
     summary = stages.ppo(cfg, Tracking(tracking_uri, experiment, parent))
-    policy.metadata.update({"variant": cfg.variant, "mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
-                            **fill_metrics(metrics, summary, PPO_KEYS)})
+    policy.metadata.update({"variant": run_label(cfg.variant, cfg.algorithm), "layout": cfg.variant,
+                            "algorithm": cfg.algorithm, "started_from": models["model"], "mlflow": summary["tracking"],
+                            PIPELINE_RUN_KEY: parent, **fill_metrics(metrics, summary, PPO_KEYS)})
     return summary["tracking"]["run_id"]

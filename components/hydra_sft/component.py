@@ -1,4 +1,5 @@
-"""Hydra-SFT: one backbone, LM head and reward head trained together (hydra_core.sft)."""
+"""Hydra-SFT: one backbone, LM head and reward head trained together (hydra_core.sft); with `mode`, the
+paper's separate SFT model or reward model instead."""
 
 from typing import Optional
 
@@ -13,8 +14,10 @@ def hydra_sft(
     data: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
+    init_model: Optional[Input[Model]] = None,
     base_model: str = "",
     base_preset: Optional[str] = None,
+    mode: Optional[str] = None,
     steps: Optional[int] = None,
     learning_rate: Optional[float] = None,
     demo_batch_size: Optional[int] = None,
@@ -27,21 +30,24 @@ def hydra_sft(
     registered_model: str = "",
 ) -> str:
     """Train Hydra-SFT on a prepared directory (hydra_core SFTConfig: a parameter left None keeps
-    the config default, `config` sets any other field) from `base_model`, a model directory or hub
-    id, or when it is empty from a fresh random-init `base_preset` model. The model is logged to
-    MLflow (nested under `parent_run_id`, by default the data's pipeline run) and, given
-    `registered_model`, registered. Returns the MLflow run id."""
+    the config default, `config` sets any other field) from `init_model` when given (e.g. a reward
+    model from an SFT model), else from `base_model`, a model directory or hub id, or when that is
+    empty from a fresh random-init `base_preset` model. `mode` sft or rm trains a plain SFT model or
+    a reward model instead (SFTConfig.mode). The model is logged to MLflow (nested under
+    `parent_run_id`, by default the data's pipeline run) and, given `registered_model`, registered;
+    its metadata names it (`variant`: hydra-sft, sft or reward-model). Returns the MLflow run id."""
     from components.metrics import SFT_KEYS, fill_metrics
     from hydra_core import stages
     from hydra_core.config import SFTConfig, from_parameters
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
 
-    cfg = from_parameters(SFTConfig, config, model=base_model or None, data=data.path, output_dir=model.path,
+    start = init_model.path if init_model is not None else base_model
+    cfg = from_parameters(SFTConfig, config, model=start or None, data=data.path, output_dir=model.path, mode=mode,
                           steps=steps, learning_rate=learning_rate, demo_batch_size=demo_batch_size,
                           pair_batch_size=pair_batch_size, seed=seed)
-    cfg.model = stages.base_model(base_model, base_preset)  # after the settings are checked: it may build one
+    cfg.model = stages.base_model(start, base_preset)  # after the settings are checked: it may build one
     parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
     summary = stages.sft(cfg, Tracking(tracking_uri, experiment, parent), registered_model)
-    model.metadata.update({"mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
-                           **fill_metrics(metrics, summary, SFT_KEYS)})
+    model.metadata.update({"variant": stages.SFT_RUN_NAMES[cfg.mode], "mlflow": summary["tracking"],
+                           PIPELINE_RUN_KEY: parent, **fill_metrics(metrics, summary, SFT_KEYS)})
     return summary["tracking"]["run_id"]

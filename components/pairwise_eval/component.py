@@ -29,7 +29,9 @@ def pairwise_eval(
     """Judge `candidate` against `baseline` on the prepared eval prompts, both orders (hydra_core
     EvalConfig; judge gold|reward-model|openai; a parameter left None keeps the config default,
     `config` sets any other field). The openai judge reads its key from the environment variable
-    named by `judge_api_key_env`, set from a Kubernetes secret. Returns the MLflow run id."""
+    named by `judge_api_key_env`, set from a Kubernetes secret. The evaluation's metadata is the
+    candidate's (its run label as `variant`, its figures) with the judged figures and the `baseline`'s
+    name. Returns the MLflow run id."""
     import shutil
     from pathlib import Path
 
@@ -43,9 +45,9 @@ def pairwise_eval(
                           output_dir=evaluation.path, judge=judge, judge_model=judge_model,
                           judge_base_url=judge_base_url, max_prompts=max_prompts, seed=seed)
     parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
-    variant = candidate.metadata.get("variant", "")
-    summary = stages.evaluate(cfg, Tracking(tracking_uri, experiment, parent), tags={"variant": variant})
+    names = {"variant": candidate.metadata.get("variant", ""), "baseline": baseline.metadata.get("variant", "")}
+    summary = stages.evaluate(cfg, Tracking(tracking_uri, experiment, parent), tags=names)
     shutil.copyfile(Path(evaluation.path) / FILES["report"], report.path)
-    evaluation.metadata.update({**candidate.metadata, "mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
+    evaluation.metadata.update({**candidate.metadata, **names, "mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
                                 **fill_metrics(metrics, summary, EVAL_KEYS)})
     return summary["tracking"]["run_id"]
