@@ -275,7 +275,7 @@ def compare_variants(tracking: Tracking, rows: list[dict], record_dir: str | Pat
     record_dir.mkdir(parents=True, exist_ok=True)
     table = record_dir / COMPARISON_FILES["table"]
     table.write_text(text, encoding="utf-8")
-    chart = plot_comparison(ranked, record_dir / COMPARISON_FILES["chart"], title=f"against {against}")
+    chart = plot_comparison(ranked, record_dir / COMPARISON_FILES["chart"], title=f"judged against {against}")
     if tracking.parent_run_id:
         run = tracking.top_level().tracker("pipeline", record_dir, run_id=tracking.parent_run_id,
                                            system_metrics=False)

@@ -329,10 +329,18 @@ def _records(artifacts: dict) -> str:
     return f"{counts} (train/eval)"
 
 
-def _sft(artifacts: dict) -> str:
+SFT_FIGURES = (("reward accuracy", "eval/reward_accuracy"), ("gold accuracy", "eval/gold_accuracy"))
+
+
+def _sft(artifacts: dict, figures=SFT_FIGURES) -> str:
     m = artifacts["metrics"]["metadata"]
-    figures = (("reward accuracy", "eval/reward_accuracy"), ("gold accuracy", "eval/gold_accuracy"))
     return ", ".join(f"{title} {m[key]:.3f}" for title, key in figures if key in m)
+
+
+def _reward_model(artifacts: dict) -> str:
+    """A reward model's figure: its training moves the backbone under an LM head it does not train, so
+    the gold accuracy of its greedy answers says nothing."""
+    return _sft(artifacts, SFT_FIGURES[:1])
 
 
 def _ppo(artifacts: dict) -> str:
@@ -351,7 +359,7 @@ def _decision(artifacts: dict) -> str:
     return re.sub(r"[*`]", "", decision.split("\n\n")[1].strip())
 
 
-FIGURES = {"data-prep": _records, "hydra-sft": _sft, "sft": _sft, "reward-model": _sft, "hydra-ppo": _ppo,
+FIGURES = {"data-prep": _records, "hydra-sft": _sft, "sft": _sft, "reward-model": _reward_model, "hydra-ppo": _ppo,
            "pairwise-eval": _win_rate, "register-model": _decision}
 
 
