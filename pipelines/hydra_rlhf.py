@@ -114,8 +114,9 @@ RULES = {"fields": {name: list(target) for name, target in STAGE_PARAMETERS.item
 CHECKED = (*STAGE_PARAMETERS, "seed", *CONFIG_PARAMETERS, *LABEL_PARAMETERS.values())
 
 
-def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
-    """The pipeline, its GPU settings fixed (a task's resources are not pipeline parameters)."""
+def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: int = 0):
+    """The pipeline, its GPU settings fixed (a task's resources are not pipeline parameters).
+    `parallelism`: how many variants run at once (0: all; kfp fixes it when compiling, not per run)."""
 
     def configure(task):
         name = task.component_spec.name
@@ -178,7 +179,7 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR):
         def variants(baseline, separate: dict, hydra_sft_row=None):
             """Each run label: RL -> judged against `baseline` -> registered; then the comparison.
             `separate`: the SFT model and reward model for the layouts that start from them."""
-            with dsl.ParallelFor(ppo_variants, name="ppo-variants") as label:
+            with dsl.ParallelFor(ppo_variants, name="ppo-variants", parallelism=parallelism) as label:
                 ppo = configure(hydra_ppo(data=data, sft_model=sft.outputs["model"], **separate, variant=label,
                                           variant_config=ppo_variant_config, steps=ppo_steps,
                                           rollout_batch_size=ppo_rollout_batch_size,

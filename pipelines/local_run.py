@@ -14,7 +14,11 @@ from pathlib import Path
 from kfp import local
 
 from pipelines.console import ANSI, console_for
-from pipelines.hydra_rlhf import hydra_rlhf
+from pipelines.hydra_rlhf import build
+
+# One variant at a time: on one machine the variants would share its cores, each slowing the others,
+# and the comparison table reports every variant's own time.
+hydra_rlhf = build(parallelism=1)
 
 
 class PipelineFailed(RuntimeError):

@@ -116,6 +116,38 @@ def test_the_separate_sft_model_and_reward_model_are_trained_only_when_a_label_n
     assert "hydra_sft_evaluation" in compares[needed] and "hydra_sft_evaluation" not in compares[f"!({needed})"]
 
 
+def _loop_policies(spec) -> list:
+    """The iterator policy of every ParallelFor in a compiled spec."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "parameterIterator" in node:
+                found.append(node.get("iteratorPolicy", {}))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    return found
+
+
+def test_the_cluster_runs_variants_side_by_side_and_a_local_run_one_at_a_time(tmp_path):
+    from kfp import compiler
+
+    from pipelines import local_run
+
+    path = tmp_path / "hydra_rlhf.yaml"
+    assert cli.main(["compile", "-o", str(path)]) == 0
+    cluster = _loop_policies(next(yaml.safe_load_all(path.read_text())))
+    assert len(cluster) == 2 and all(not policy.get("parallelismLimit") for policy in cluster)  # one loop a branch
+    compiler.Compiler().compile(local_run.hydra_rlhf, str(tmp_path / "local.yaml"))
+    local = _loop_policies(next(yaml.safe_load_all((tmp_path / "local.yaml").read_text())))
+    assert [policy.get("parallelismLimit") for policy in local] == [1, 1]
+
+
 def test_gpu_compile_gives_the_training_steps_an_accelerator_and_the_cuda_image(tmp_path):
     path = tmp_path / "gpu.yaml"
     assert cli.main(["compile", "-o", str(path), "--gpu", "--accelerator", "nvidia.com/gpu"]) == 0
