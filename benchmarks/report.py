@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hydra_core.config import CRITIC_FREE, RUN_LABELS
+from hydra_core.config import ALGORITHM_NAMES, CRITIC_FREE, RUN_LABELS
 
 from measure import SFT, MiB
 
@@ -72,7 +72,8 @@ def targets(runs: list[dict], budget: list[dict], cuda: bool) -> list[dict]:
             other = by.get((size, f"hydra-{algorithm}"))
             if hydra and other:
                 ok = other["peak_bytes"] < hydra["peak_bytes"] and other["s_per_sample"] < hydra["s_per_sample"]
-                out.append({"target": f"Hydra-{algorithm.upper()} peak and s/sample < Hydra-PPO's (no critic)",
+                name = ALGORITHM_NAMES[algorithm]
+                out.append({"target": f"Hydra-{name} peak and s/sample < Hydra-PPO's (no critic)",
                             "size": size, "measure": "peak, s/sample", "critic_free": other["peak_bytes"],
                             "hydra": hydra["peak_bytes"], "critic_free_s": other["s_per_sample"],
                             "hydra_s": hydra["s_per_sample"], "ratio": other["peak_bytes"] / hydra["peak_bytes"],

@@ -30,6 +30,7 @@ SFT_MODES = ("sft", "rm", "hydra")
 PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")  # memory layouts (the paper's Table 2)
 ALGORITHMS = ("ppo", "rloo", "grpo", "remax")  # policy-gradient methods; all but ppo are critic-free
 CRITIC_FREE = ("rloo", "grpo", "remax")
+ALGORITHM_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "remax": "ReMax"}  # as their papers write them
 JUDGES = ("openai", "reward-model", "gold")
 PRECISIONS = ("auto", "bf16", "no")
 
@@ -643,8 +644,8 @@ def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, An
 
 
 __all__ = [
-    "ALGORITHMS", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "LABEL_FIELDS", "MODEL_PRESETS", "PPO_VARIANTS",
-    "PRECISIONS", "RUN_LABELS", "SEPARATE_MODEL_VARIANTS", "SFT_MODES", "STAGE_CONFIGS",
+    "ALGORITHM_NAMES", "ALGORITHMS", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "LABEL_FIELDS", "MODEL_PRESETS",
+    "PPO_VARIANTS", "PRECISIONS", "RUN_LABELS", "SEPARATE_MODEL_VARIANTS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
     "bounds", "build", "check_label_table", "check_parameters", "coerce", "coerce_value", "config_file_name",
     "describe_range", "field_names", "field_type", "file_namer", "flag", "from_parameters", "is_recipe",

@@ -59,9 +59,9 @@ def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> Path
         values = [row.get(key) for row in rows]
         gold.bar([i + offset for i, v in zip(x, values) if v is not None], [v for v in values if v is not None],
                  width, label=name, color=colour)
-    gold.set_ylim(0, 1)
+    gold.set_ylim(0, 1.2)  # headroom: the legend sits above bars that reach 1
     gold.set_title("greedy gold accuracy", fontsize=9)
-    gold.legend(fontsize=8)
+    gold.legend(fontsize=8, loc="upper center", ncol=2)
     for ax in (win, gold):
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)

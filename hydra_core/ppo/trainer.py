@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hydra_core import checkpoint
-from hydra_core.config import PPOConfig, run_label, save_config, to_dict
+from hydra_core.config import ALGORITHM_NAMES, PPOConfig, run_label, save_config, to_dict
 from hydra_core.data.batching import BatchStream
 from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
@@ -277,7 +277,8 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
             tracker.log_metrics({"eval/gold_accuracy_before": before, "eval/gold_accuracy": before}, 0)
             history.append({"step": 0, "eval/gold_accuracy_before": before, "eval/gold_accuracy": before})
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.algorithm.upper()} ({cfg.variant})", disable=not progress)
+    name = f"{ALGORITHM_NAMES[cfg.algorithm]} ({cfg.variant})"
+    bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not progress)
     started = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
         metrics = ppo_iteration(cfg, stack, prompts.next(), optimizer, scheduler, step, last_checkpoint)
@@ -312,6 +313,6 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
         stack.policy_model.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model,
                                 data=cfg.data)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    if plot_curves(history, CURVES, out_dir / CURVES_FILE, title=f"{cfg.algorithm.upper()} ({cfg.variant})"):
+    if plot_curves(history, CURVES, out_dir / CURVES_FILE, title=name):
         tracker.log_artifact(out_dir / CURVES_FILE)
     return summary
