@@ -112,6 +112,11 @@ def _sequences(rollout, device):
     return ids, mask, response, resp_mask.float(), (slice(None), slice(P - 1, P + R - 1))
 
 
+def _penalised(cfg: PPOConfig, scores: torch.Tensor, rollout) -> torch.Tensor:
+    """Reward-model scores in fp32, less the missing-EOS penalty for responses cut at the cap."""
+    return scores.float() - cfg.missing_eos_penalty * (~rollout.ended.to(scores.device)).float()
+
+
 def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, scheduler, step: int,
                   last_checkpoint) -> dict[str, float]:
     device = stack.device
@@ -141,7 +146,7 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
         old_logprobs = A.token_logprobs(out.logits, response, cfg.temperature)
         ref_logits, scores = stack.reference_and_scores(ids, mask, response_slice)
         ref_logprobs = A.token_logprobs(ref_logits, response, cfg.temperature)
-        scores = scores.float() - cfg.missing_eos_penalty * (~rollout.ended.to(device)).float()
+        scores = _penalised(cfg, scores, rollout)
         kl = A.kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * fmask
         _check_finite(step, "scoring", last_checkpoint, reward=scores, kl=kl)
         old_values = greedy_scores = None
@@ -150,8 +155,7 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
             old_values = values_full[response_slice].float()
         if greedy is not None:
             greedy_ids, greedy_mask = _sequences(greedy, device)[:2]
-            greedy_scores = (stack.scores(greedy_ids, greedy_mask).float()
-                             - cfg.missing_eos_penalty * (~greedy.ended.to(device)).float())
+            greedy_scores = _penalised(cfg, stack.scores(greedy_ids, greedy_mask), greedy)
         advantages, returns = estimate_advantages(cfg, scores, kl, fmask, old_values, greedy_scores)
     timings["scoring"], peaks["scoring"] = time.perf_counter() - t0, peak_bytes(device)
 
