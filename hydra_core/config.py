@@ -49,6 +49,18 @@ def setting(default, *, ge=None, gt=None, le=None, lt=None):
     return dataclasses.field(default=default, metadata={"bounds": bounds})
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'20GiB', '1.5G', '500MB', '123456' -> bytes (K/M/G alone are powers of ten); a ValueError otherwise."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _BYTE_UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a positive byte size (try 20GiB, 1500MB or 123456)")
+    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
+
+
 def _resume_or_overwrite(cfg, name: Namer):
     if cfg.resume and cfg.overwrite:
         yield "overwrite", f"and {name('resume')} contradict each other: continue the run in output_dir, or start over"
@@ -160,7 +172,7 @@ class PPOConfig:
     steps: int = setting(12, ge=1)  # iterations: rollout, score, optimise
     rollout_batch_size: int = setting(256, ge=1)  # prompts sampled per iteration
     samples_per_prompt: int = setting(1, ge=1)  # responses sampled per prompt (a group); at least 2 for rloo, grpo
-    mini_batch_size: int = setting(64, ge=1)  # responses per optimizer step
+    mini_batch_size: int = setting(64, ge=0)  # responses per optimizer step; 0 = the whole rollout (the paper's)
     ppo_epochs: int = setting(4, ge=1)
     learning_rate: float = setting(1e-3, gt=0)  # actor
     critic_learning_rate: float = setting(1e-3, gt=0)
@@ -198,12 +210,26 @@ class PPOConfig:
     greedy_eval_prompts: int = setting(400, ge=1)
     seed: int = setting(0, ge=0)
     device: str = ""  # "" = CUDA when available, else CPU
+    # auto = bf16 where the hardware does bf16 maths natively: frozen backbones stored in bf16 (half the bytes
+    # every decoding step reads) and bf16 autocast, trained weights, adapters and heads in fp32; else fp32
+    mixed_precision: Literal[PRECISIONS] = "auto"
+    # with one update per rollout (1 PPO epoch, the whole rollout one mini-batch) the old log-probs (and a
+    # shared critic's values) are the first training forward's, not a separate no-grad pass's: same numbers
+    reuse_training_forward: bool = True
+    # e.g. 20GiB: before training, probe rollout batches and train with the largest whose peak memory fits
+    # (CUDA: max_memory_allocated; CPU: the process's peak RSS); rollout_batch_size is where the search starts
+    memory_budget: str = ""
     trust_remote_code: bool = False
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
+        if self.memory_budget:
+            try:
+                parse_bytes(self.memory_budget)
+            except ValueError as e:
+                yield "memory_budget", str(e)
         responses = self.rollout_batch_size * self.samples_per_prompt
-        if self.mini_batch_size > responses:
+        if self.mini_batch_size > responses and not self.memory_budget:  # a budget may pick a larger rollout
             yield "mini_batch_size", (f"{self.mini_batch_size} is more than the {responses} responses of a rollout "
                                       f"({name('rollout_batch_size')} x {name('samples_per_prompt')}); "
                                       "a mini-batch is a part of one rollout")

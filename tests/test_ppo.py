@@ -28,10 +28,12 @@ def algorithm_settings(algorithm: str) -> dict:
 EVERY_PAIR = [(v, a) for a in ALGORITHMS for v in PPO_VARIANTS]
 
 
+@pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.parametrize("variant,algorithm", EVERY_PAIR)
 def test_step_zero_actor_equals_reference_and_kl_is_zero(tmp_path, hydra_sft_dir, arithmetic_dir, variant,
-                                                         algorithm):
-    cfg = tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path, variant=variant, **algorithm_settings(algorithm))
+                                                         algorithm, precision):
+    cfg = tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path, variant=variant, mixed_precision=precision,
+                          **algorithm_settings(algorithm))
     stack = PolicyStack(cfg, torch.device("cpu"))
     prompts = [p.prompt for p in load_split(arithmetic_dir, "prompts_train")[:8]]
     torch.manual_seed(0)
@@ -49,6 +51,7 @@ def test_step_zero_actor_equals_reference_and_kl_is_zero(tmp_path, hydra_sft_dir
     assert torch.equal(actor_lp, ref_lp)  # exactly: a fresh LoRA adapter is zero
     assert A.kl_penalty(actor_lp, ref_lp, "k1").abs().max().item() == 0.0
     assert scores.shape == (8,) and torch.isfinite(scores).all()
+    assert scores.dtype == torch.float32  # the reward is read in fp32 in every precision
 
 
 @pytest.mark.parametrize("variant", DYNAMIC)

@@ -33,7 +33,7 @@ from torch import nn
 from hydra_core.config import CRITIC_FREE, PPOConfig
 from hydra_core.models.hydra import HEAD_NAMES, HydraModel, load_hydra, require_reward_head
 from hydra_core.models.lora import add_lora
-from hydra_core.runtime import default_dtype
+from hydra_core.runtime import mixed_precision
 
 FULL, OFF = "<full>", "<off>"
 
@@ -67,12 +67,15 @@ class PolicyStack:
         self.actor, critic, self.reference, self.reward = LAYOUTS[cfg.variant]
         self.critic: Role | None = None if cfg.algorithm in CRITIC_FREE else critic
         self.device = device
-        self.autocast_dtype = default_dtype(device) if device.type == "cuda" else None
+        self.precision = mixed_precision(cfg.mixed_precision, device)
+        self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
         paths = {"policy": cfg.model, "reward": cfg.reward_model or cfg.model}
         require_reward_head(paths[SOURCES[self.reward.model]], f"the reward model of --variant {cfg.variant}")
         # Each model carries the heads its roles read: the critic the value head, the reward model the reward head.
         reads = {"value": self.critic, "reward": self.reward}
         roles = [role for role in (self.actor, self.critic, self.reference, self.reward) if role is not None]
+        frozen_dtype = frozen_weights_dtype(self.precision, any(r.adapter == FULL for r in (self.actor, self.critic)
+                                                                if r is not None))
 
         self.models: dict[str, HydraModel] = {}
         for role in roles:
@@ -80,8 +83,7 @@ class PolicyStack:
                 continue
             heads = tuple(head for head in HEAD_NAMES if reads.get(head) and reads[head].model == role.model)
             trains_in_full = role in (self.actor, self.critic) and role.adapter == FULL
-            # Trained weights stay fp32 (autocast does the bf16 maths); frozen ones take bf16 on GPU.
-            dtype = torch.float32 if trains_in_full else default_dtype(device)
+            dtype = torch.float32 if trains_in_full else frozen_dtype
             model = load_hydra(paths[SOURCES[role.model]], heads=heads, device=device, dtype=dtype,
                                trust_remote_code=cfg.trust_remote_code)
             model.requires_grad_(trains_in_full)
@@ -176,6 +178,18 @@ class PolicyStack:
     @property
     def policy_model(self) -> HydraModel:
         return self.models[self.actor.model]
+
+
+def frozen_weights_dtype(precision: str, trains_in_full: bool) -> torch.dtype:
+    """The dtype of frozen weights under a resolved precision ("bf16" or "no").
+
+    With bf16 the frozen backbone is stored in bf16: every decoding step reads all its bytes, and autocast
+    would round its weights to bf16 for every matmul anyway. Trained weights, LoRA adapters and the heads
+    stay fp32. Where a layout trains a model in full (`full`), its frozen twins (reference, reward) stay
+    fp32 as well: autocast rounds both copies' weights alike only if they start from the same fp32 numbers,
+    which is what keeps the step-0 KL exactly 0.
+    """
+    return torch.bfloat16 if precision == "bf16" and not trains_in_full else torch.float32
 
 
 def _unique(params) -> list[nn.Parameter]:

@@ -4,10 +4,12 @@ algorithm (they differ only in how step 2 estimates advantages, and whether ther
 Each iteration, in order:
   1. rollout  - sample `samples_per_prompt` responses to each prompt of a batch from the actor (KV
                 cache, stop at EOS); ReMax also the greedy response to each prompt
-  2. score    - old log-probs (and values, with a critic), reference log-probs and reward-model
-                scores (no grad); advantages: PPO folds the per-token KL into the reward, adds the
-                score on the last token and runs GAE; RLOO, GRPO and ReMax give each response's
-                tokens its sequence reward minus a baseline (`estimate_advantages`)
+  2. score    - reference log-probs and reward-model scores (no grad; one adapters-off pass in hydra
+                and j-hydra), then the old policy's log-probs (and values, with a critic) and the
+                advantages: PPO folds the per-token KL into the reward, adds the score on the last token
+                and runs GAE; RLOO, GRPO and ReMax give each response's tokens its sequence reward minus
+                a baseline (`estimate_advantages`). With one update per rollout (1 epoch, 1 mini-batch)
+                the old log-probs are the first training forward's: no pass of their own
   3. optimise - `ppo_epochs` passes of the clipped policy loss (plus the value loss with a critic,
                 the k3 KL term for GRPO with `grpo_kl loss`) over shuffled mini-batches
 """
@@ -69,7 +71,7 @@ def build_optimizer(cfg: PPOConfig, stack: PolicyStack):
         groups.append({"params": stack.critic_params, "lr": cfg.critic_learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     responses = cfg.rollout_batch_size * cfg.samples_per_prompt
-    total = cfg.steps * cfg.ppo_epochs * math.ceil(responses / cfg.mini_batch_size)
+    total = cfg.steps * cfg.ppo_epochs * math.ceil(responses / mini_batch_responses(cfg, responses))
     if cfg.lr_schedule == "constant":
         schedule = lambda _: 1.0  # noqa: E731
     else:
@@ -117,6 +119,19 @@ def _penalised(cfg: PPOConfig, scores: torch.Tensor, rollout) -> torch.Tensor:
     return scores.float() - cfg.missing_eos_penalty * (~rollout.ended.to(scores.device)).float()
 
 
+def mini_batch_responses(cfg: PPOConfig, responses: int) -> int:
+    """Responses per optimizer step: `mini_batch_size`, where 0 (or more than a rollout) means the whole rollout."""
+    return min(cfg.mini_batch_size or responses, responses)
+
+
+def _policy_outputs(cfg: PPOConfig, stack: PolicyStack, ids, mask, response, response_slice):
+    """The actor's log-probs of the response tokens; and, where one pass gives both heads (j-hydra), the
+    critic's values on them (else None)."""
+    out = stack.actor_forward(ids, mask, response_slice, with_values=stack.shared_actor_critic)
+    values = out.values[response_slice].float() if stack.shared_actor_critic else None
+    return A.token_logprobs(out.logits, response, cfg.temperature), values
+
+
 def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, scheduler, step: int,
                   last_checkpoint) -> dict[str, float]:
     device = stack.device
@@ -138,39 +153,60 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
     ids, mask, response, fmask, response_slice = _sequences(rollout, device)
     timings["generation"], peaks["generation"] = time.perf_counter() - t0, peak_bytes(device)
 
-    # 2. score
+    # 2. score: the reference log-probs and the rewards (one adapters-off pass in hydra and j-hydra)
     reset_peak(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = stack.actor_forward(ids, mask, response_slice, with_values=stack.shared_actor_critic)
-        old_logprobs = A.token_logprobs(out.logits, response, cfg.temperature)
         ref_logits, scores = stack.reference_and_scores(ids, mask, response_slice)
         ref_logprobs = A.token_logprobs(ref_logits, response, cfg.temperature)
         scores = _penalised(cfg, scores, rollout)
-        kl = A.kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * fmask
-        _check_finite(step, "scoring", last_checkpoint, reward=scores, kl=kl)
-        old_values = greedy_scores = None
-        if stack.critic:
-            values_full = out.values if stack.shared_actor_critic else stack.critic_values(ids, mask)
-            old_values = values_full[response_slice].float()
+        greedy_scores = None
         if greedy is not None:
             greedy_ids, greedy_mask = _sequences(greedy, device)[:2]
             greedy_scores = _penalised(cfg, stack.scores(greedy_ids, greedy_mask), greedy)
-        advantages, returns = estimate_advantages(cfg, scores, kl, fmask, old_values, greedy_scores)
     timings["scoring"], peaks["scoring"] = time.perf_counter() - t0, peak_bytes(device)
+
+    # 2b. the old policy: its log-probs (and values) on the rollout. With one update per rollout the first
+    #     training forward runs this very policy on the very rows, so it gives them and no pass runs here.
+    #     A separate critic's values always take a pass of their own: from its training forward they
+    #     would keep the actor's and the critic's graphs alive together.
+    reset_peak(device)
+    t0 = time.perf_counter()
+    batch_size = len(texts)
+    mini_batch = mini_batch_responses(cfg, batch_size)
+    reuse = cfg.reuse_training_forward and cfg.ppo_epochs == 1 and mini_batch == batch_size
+    old_logprobs = old_values = None
+    with torch.no_grad():
+        if not reuse:
+            old_logprobs, old_values = _policy_outputs(cfg, stack, ids, mask, response, response_slice)
+        if stack.critic and not stack.shared_actor_critic:
+            old_values = stack.critic_values(ids, mask)[response_slice].float()
+    timings["old_policy"], peaks["old_policy"] = time.perf_counter() - t0, peak_bytes(device)
+
+    def advantages_from(old_logprobs: torch.Tensor):
+        """The end of step 2, once the old log-probs are known: the KL and the advantages."""
+        kl = A.kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * fmask
+        _check_finite(step, "scoring", last_checkpoint, reward=scores, kl=kl)
+        return kl, *estimate_advantages(cfg, scores, kl, fmask, old_values, greedy_scores)
+
+    if not reuse:
+        kl, advantages, returns = advantages_from(old_logprobs)
 
     # 3. optimise
     reset_peak(device)
     t0 = time.perf_counter()
-    batch_size = len(texts)
     stats = []
     for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(batch_size)
-        for start in range(0, batch_size, cfg.mini_batch_size):
-            mb = order[start:start + cfg.mini_batch_size].to(device)
+        order = torch.randperm(batch_size) if mini_batch < batch_size else torch.arange(batch_size)
+        for start in range(0, batch_size, mini_batch):
+            mb = order[start:start + mini_batch].to(device)
             mb_ids, mb_mask, mb_fmask = ids[mb], mask[mb], fmask[mb]
-            out = stack.actor_forward(mb_ids, mb_mask, response_slice, with_values=stack.shared_actor_critic)
-            logprobs = A.token_logprobs(out.logits, response[mb], cfg.temperature)
+            logprobs, values = _policy_outputs(cfg, stack, mb_ids, mb_mask, response[mb], response_slice)
+            if old_logprobs is None:  # reuse: this forward is the old policy's (2b)
+                old_logprobs = logprobs.detach()
+                old_values = values.detach() if stack.shared_actor_critic else old_values
+                with torch.no_grad():
+                    kl, advantages, returns = advantages_from(old_logprobs)
             pg_loss, mb_stats = A.policy_loss(logprobs, old_logprobs[mb], advantages[mb], mb_fmask, cfg.clip_range,
                                               cfg.loss_normalisation)
             actor_loss = pg_loss
@@ -183,7 +219,6 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
                 _check_finite(step, "training", last_checkpoint, policy_loss=actor_loss)
                 actor_loss.backward()
             elif stack.shared_actor_critic:  # one pass gave both heads: one loss, one backward
-                values = out.values[response_slice].float()
                 vf_loss, vf_stats = A.value_loss(values, old_values[mb], returns[mb], mb_fmask, cfg.clip_range_value)
                 _check_finite(step, "training", last_checkpoint, policy_loss=actor_loss, value_loss=vf_loss)
                 (actor_loss + cfg.value_loss_coef * vf_loss).backward()
@@ -249,10 +284,17 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    budget_search = None
+    if cfg.memory_budget:  # the paper's latency lever: the largest rollout batch that fits, found before training
+        from hydra_core.ppo.budget import fit_rollout_batch  # its probes run this module's loop: a cycle at the top
+
+        cfg, budget_search = fit_rollout_batch(cfg, out_dir, progress=progress)
     local = JsonlTracker(out_dir)
     tracker = MultiTracker(local, tracker)
     save_config(cfg, out_dir)
     tracker.log_params(to_dict(cfg))
+    if budget_search:
+        tracker.log_params({"budget/rollout_batch_size": cfg.rollout_batch_size})
 
     prompts = BatchStream(load_split(cfg.data, "prompts_train"), cfg.rollout_batch_size, cfg.seed)
     verifier = verifier_for(cfg.data)
@@ -273,7 +315,10 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     local.keep_until(start if last_checkpoint else None)  # as SFT: the rows from here on are this run's
     label = run_label(cfg.variant, cfg.algorithm)
     summary: dict = {"variant": label, "layout": cfg.variant, "algorithm": cfg.algorithm, "steps": cfg.steps,
-                     "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation}
+                     "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation,
+                     "mixed_precision": stack.precision}
+    if budget_search:
+        summary["memory_budget_search"] = budget_search
     if verifier:
         before = history[0]["eval/gold_accuracy_before"] if history else gold()
         summary["eval/gold_accuracy_before"] = before
