@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 SFT = "sft"
+BANDWIDTH = "bandwidth"  # not a run: the device's streaming-read bandwidth, which sets the decode floor
+PHASES = ("generation", "scoring", "old_policy", "training")
 REPO = Path(__file__).resolve().parents[1]
 # The worker is the entry script's `--worker` mode, so a probe's command line is the documented one.
 ENTRY = Path(__file__).resolve().with_name("ppo_variants.py")
@@ -163,9 +165,12 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
         "s_per_sample": summary["time/s_per_sample"],
         "tokens_per_s": summary["time/tokens_per_s"],
         "step_s": summary["time/iteration_s"],
-        "phases_s": {p: summary[f"time/{p}_s"] for p in ("generation", "scoring", "training")},
-        "phase_peaks_bytes": {p: max(r[f"memory/peak_{p}_bytes"] for r in rows)
-                              for p in ("generation", "scoring", "training")},
+        "phases_s": {p: summary[f"time/{p}_s"] for p in PHASES},
+        "phase_peaks_bytes": {p: max(r[f"memory/peak_{p}_bytes"] for r in rows) for p in PHASES},
+        # what every decoding step reads: the actor's backbone (frozen weights and its adapters)
+        "decode_weight_bytes": sum(p.numel() * p.element_size() for p in stack.policy_model.backbone.parameters()),
+        "generations": 2 if run["algorithm"] == "remax" else 1,  # ReMax decodes the greedy baseline too
+        "new_tokens": cfg.max_new_tokens,
         "response_length": summary["val/response_length"],
         "eos_rate": summary["val/eos_rate"],
         "iterations": [{k: v for k, v in r.items() if k.startswith(("time/", "memory/", "iteration_"))}
@@ -236,6 +241,24 @@ def _sft_worker(spec: dict, device, meter: _Meter) -> dict:
     }
 
 
+def _bandwidth_worker(spec: dict, device) -> dict:
+    """The device's streaming-read bandwidth: the best of several full reads (a sum) of a buffer far larger
+    than any cache. Decoding one token reads every weight once, so weight bytes x new tokens / this is the
+    fastest any generation could be (the decode floor)."""
+    import torch
+
+    buffer = torch.ones(spec.get("bandwidth_bytes", 2**30) // 4, device=device)
+    buffer.sum()  # first touch: page faults, not reads
+    best = float("inf")
+    for _ in range(7):
+        _sync(device)
+        t0 = time.perf_counter()
+        buffer.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return {"bandwidth_bytes_per_s": buffer.numel() * buffer.element_size() / best}
+
+
 def worker(spec: dict, result_path: Path) -> int:
     """Measure one run and write its result JSON. Imports happen here, after the process starts."""
     import torch
@@ -259,7 +282,8 @@ def worker(spec: dict, result_path: Path) -> int:
               "baseline_bytes": meter.baseline}
     code = 0
     try:
-        body = _sft_worker(spec, device, meter) if spec["variant"] == SFT else _ppo_worker(spec, device, meter)
+        body = {SFT: _sft_worker, BANDWIDTH: lambda spec, device, _: _bandwidth_worker(spec, device)}.get(
+            spec["variant"], _ppo_worker)(spec, device, meter)
         result.update(body)
     except (torch.OutOfMemoryError, MemoryError) as e:
         result.update(status="oom", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -270,7 +294,7 @@ def worker(spec: dict, result_path: Path) -> int:
         result.update(status="oom", error=str(e).splitlines()[0])
         code = 3
     result["peak_bytes"] = max(meter.peak(), meter.lifetime)
-    if result["status"] == "ok":
+    if result["status"] == "ok" and "memory" in result:  # a measured run (not the bandwidth reading)
         result["net_peak_bytes"] = result["peak_bytes"] - meter.baseline
         result["net_iteration_peak_bytes"] = result["iteration_peak_bytes"] - meter.baseline
         mem = result["memory"]

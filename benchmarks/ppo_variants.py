@@ -50,8 +50,10 @@ from hydra_core.config import PPO_VARIANTS, RUN_LABELS, run_label
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from budget import search_batch  # noqa: E402
-from measure import REPO, SFT, MiB, describe_run, ensure_models, run_worker, worker, worker_spec  # noqa: E402
-from report import chart, describe_target, fmt_mib, fmt_num, run_notes, table, targets  # noqa: E402
+from measure import (BANDWIDTH, REPO, SFT, MiB, describe_run, ensure_models, run_worker, worker,  # noqa: E402
+                     worker_spec)
+from report import (add_decode_floor, chart, describe_target, fmt_mib, fmt_num, run_notes, table,  # noqa: E402
+                    targets)
 
 ALL_RUNS = (SFT, *RUN_LABELS)
 # by default: SFT, PPO on every layout, and each critic-free algorithm on hydra and on lora
@@ -146,6 +148,11 @@ def main(argv=None) -> int:
     runs: list[dict] = []
     found: list[dict] = []
     started, load_before = time.perf_counter(), os.getloadavg()
+    bandwidth = None
+    if not args.budget_only:
+        reading = run_worker(worker_spec(args, "-", BANDWIDTH, 0, ("", "")), args.timeout)
+        bandwidth = reading.get("bandwidth_bytes_per_s")
+        print(f"memory bandwidth (streaming read): {fmt_num(bandwidth and bandwidth / 1e9, '{:.1f}')} GB/s", flush=True)
     for size in args.sizes:
         dirs = ensure_models(args.cache_dir, size)
         if not args.budget_only:
@@ -162,6 +169,7 @@ def main(argv=None) -> int:
                 print(f"  -> batch {b['max_batch']}{' (the cap)' if b['capped'] else ''}, "
                       f"{fmt_num(b['s_per_sample'], '{:.4f}')} s/sample", flush=True)
 
+    add_decode_floor(runs, bandwidth)
     device = next((r["device"] for r in runs + [p for b in found for p in b["probes"]] if r.get("device")), None)
     notes = run_notes(args, runs, cuda, load_before)
     report = {
@@ -171,6 +179,7 @@ def main(argv=None) -> int:
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),
         "notes": notes,
+        "memory_bandwidth_bytes_per_s": bandwidth,
         "runs": runs,
         "budget": found,
         "wall_s": time.perf_counter() - started,

@@ -18,9 +18,18 @@ def fmt_num(x, fmt="{:.3g}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def add_decode_floor(runs: list[dict], bandwidth: float | None) -> None:
+    """Each PPO run's decode floor: the weight bytes every decoding step reads x the tokens decoded / the
+    measured read bandwidth. No generation can be faster; on a GPU a good one comes close."""
+    for r in runs:
+        if r["status"] == "ok" and bandwidth and "decode_weight_bytes" in r:
+            r["decode_floor_s"] = r["generations"] * r["decode_weight_bytes"] * r["new_tokens"] / bandwidth
+
+
 def table(runs: list[dict], cuda: bool) -> str:
     head = ["size", "variant", "batch", "peak MiB", "net MiB" if not cuda else "", "params M", "train M",
-            "param MiB", "grad MiB", "optim MiB", "s/sample", "tok/s", "gen s", "score s", "train s"]
+            "param MiB", "grad MiB", "optim MiB", "s/sample", "tok/s", "gen s", "floor s", "score s", "old s",
+            "train s"]
     rows = []
     for r in runs:
         if r["status"] != "ok":
@@ -33,8 +42,8 @@ def table(runs: list[dict], cuda: bool) -> str:
                      fmt_mib(m["memory/param_bytes"]), fmt_mib(m["memory/grad_bytes"]),
                      fmt_mib(m["memory/optimizer_bytes"]),
                      f"{r['s_per_sample']:.4f}", f"{r['tokens_per_s']:,.0f}",
-                     fmt_num(ph.get("generation"), "{:.3f}"), fmt_num(ph.get("scoring"), "{:.3f}"),
-                     fmt_num(ph.get("training"), "{:.3f}")])
+                     *(fmt_num(x, "{:.3f}") for x in (ph.get("generation"), r.get("decode_floor_s"),
+                                                       ph.get("scoring"), ph.get("old_policy"), ph.get("training")))])
     keep = [i for i, h in enumerate(head) if h]
     head, rows = [head[i] for i in keep], [[row[i] for i in keep] for row in rows]
     widths = [max(len(head[i]), *(len(row[i]) for row in rows)) for i in range(len(head))]
@@ -79,6 +88,22 @@ def targets(runs: list[dict], budget: list[dict], cuda: bool) -> list[dict]:
                             "hydra_s": hydra["s_per_sample"], "ratio": other["peak_bytes"] / hydra["peak_bytes"],
                             "time_ratio": other["s_per_sample"] / hydra["s_per_sample"], "verdict": _verdict(ok),
                             "headline": True})
+    for size in sizes:  # issue 15: a PPO iteration near the hardware's floor
+        sft = by.get((size, SFT))
+        for variant, most in (("hydra", 2.0), ("j-hydra", 1.8)):
+            run = by.get((size, variant))
+            if run and sft:
+                ratio = run["s_per_sample"] / sft["s_per_sample"]
+                out.append({"target": f"{variant} s/sample <= {most} x the SFT step's", "size": size,
+                            "measure": "s/sample", "ppo_s": run["s_per_sample"], "sft_s": sft["s_per_sample"],
+                            "ratio": ratio, "verdict": _verdict(ratio <= most), "headline": size == "llama-120m"})
+        hydra = by.get((size, "hydra"))
+        if hydra and hydra.get("decode_floor_s"):
+            ratio = hydra["phases_s"]["generation"] / hydra["decode_floor_s"]
+            out.append({"target": "Hydra-PPO generation within 2 x the decode floor", "size": size,
+                        "measure": "generation s", "generation_s": hydra["phases_s"]["generation"],
+                        "floor_s": hydra["decode_floor_s"], "ratio": ratio, "verdict": _verdict(ratio <= 2.0),
+                        "headline": size == "llama-120m"})
     found = {(b["size"], b["variant"]): b for b in budget}
     for size in dict.fromkeys(b["size"] for b in budget):
         hydra, lora = found.get((size, "hydra")), found.get((size, "lora"))
@@ -93,6 +118,13 @@ def targets(runs: list[dict], budget: list[dict], cuda: bool) -> list[dict]:
 
 
 def describe_target(t: dict) -> str:
+    note = "" if t.get("headline", True) else "  (indicative: the target is stated at ~120M)"
+    if "ppo_s" in t:
+        return (f"[{t['verdict']}] {t['target']} | {t['size']}: {t['ppo_s']:.4f} vs {t['sft_s']:.4f} s/sample "
+                f"(ratio {t['ratio']:.2f}){note}")
+    if "floor_s" in t:
+        return (f"[{t['verdict']}] {t['target']} | {t['size']}: {t['generation_s']:.3f} s vs floor "
+                f"{t['floor_s']:.3f} s (ratio {t['ratio']:.2f}){note}")
     if "critic_free" in t:
         return (f"[{t['verdict']}] {t['target']} | {t['size']}: {t['critic_free'] / MiB:,.1f} vs "
                 f"{t['hydra'] / MiB:,.1f} MiB (ratio {t['ratio']:.2f}), {t['critic_free_s']:.4f} vs "
@@ -103,7 +135,6 @@ def describe_target(t: dict) -> str:
     else:
         other = "sft" if "sft" in t else "full"
         nums = f"hydra {t['hydra'] / MiB:,.1f} MiB vs {other} {t[other] / MiB:,.1f} MiB"
-    note = "" if t.get("headline", True) else "  (indicative: the target is stated at ~120M)"
     return f"[{t['verdict']}] {t['target']} | {t['size']}, {t['measure']}: {nums} (ratio {t['ratio']:.2f}){note}"
 
 
@@ -184,6 +215,10 @@ def run_notes(args, runs: list[dict], cuda: bool, load_before: tuple[float, ...]
     if not cuda:
         out.append("JSON phase_peaks_bytes on CPU are cumulative within an iteration (hydra_core.memory.reset_peak "
                    "does not reset the RSS mark on CPU); iteration peaks are reset per iteration by this script.")
+    out.append("gen s / floor s: the rollout's seconds, and the decode floor (the actor's weight bytes x tokens "
+               "decoded / the streaming-read bandwidth measured in a worker of its own); score s: the reference "
+               "and reward pass; old s: the old policy's own pass (0 where the first training forward gives it; "
+               "a separate critic's values); train s: forward + backward + optimizer step.")
     out.append("s/sample: one whole PPO iteration (rollout + scoring + optimise) / batch; SFT: one step / batch; "
                f"the {args.timing_stat} over {args.iterations} iteration(s) after {args.warmup} warm-up.")
     return out

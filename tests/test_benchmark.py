@@ -60,7 +60,11 @@ def test_every_run_has_sane_figures(report):
     for name in ("full", "hydra", "hydra-grpo", "lora-remax"):  # every response ran to the cap: equal work
         assert runs[name]["response_length"] == 3 and runs[name]["eos_rate"] == 0
         assert runs[name]["responses"] == 2  # grpo: one prompt sampled twice; the others: two prompts
-        assert set(runs[name]["phases_s"]) == {"generation", "scoring", "training"}
+        assert set(runs[name]["phases_s"]) == {"generation", "scoring", "old_policy", "training"}
+        # the decode floor: the actor's weight bytes x tokens decoded / the measured read bandwidth
+        floor = runs[name]["generations"] * runs[name]["decode_weight_bytes"] * 3 / data["memory_bandwidth_bytes_per_s"]
+        assert runs[name]["decode_floor_s"] == pytest.approx(floor) and 0 < floor < runs[name]["phases_s"]["generation"]
+    assert runs["lora-remax"]["generations"] == 2 and runs["hydra"]["generations"] == 1
 
 
 def test_hydra_trains_a_sliver_of_one_backbone_and_full_holds_four(report):
@@ -92,5 +96,6 @@ def test_report_files_and_targets(report):
     names = {t["target"] for t in data["targets"]}
     assert any("SFT" in n for n in names) and any("full-PPO" in n for n in names)
     assert any("Hydra-GRPO" in n for n in names)
+    assert any("decode floor" in n for n in names) and any("x the SFT step" in n for n in names)
     assert all(t["verdict"] in ("PASS", "MISS") for t in data["targets"])
     assert "| tiny-llama | hydra" in stdout and "targets" in stdout
