@@ -124,6 +124,13 @@ def mini_batch_responses(cfg: PPOConfig, responses: int) -> int:
     return min(cfg.mini_batch_size or responses, responses)
 
 
+def _reference_and_scores(cfg: PPOConfig, stack: PolicyStack, ids, mask, response, response_slice):
+    """The reference's log-probs of the response tokens and the reward model's scores; the reference's
+    logits (batch x response x vocabulary, the largest tensor of the pass) are not kept into training."""
+    ref_logits, scores = stack.reference_and_scores(ids, mask, response_slice)
+    return A.token_logprobs(ref_logits, response, cfg.temperature), scores
+
+
 def _policy_outputs(cfg: PPOConfig, stack: PolicyStack, ids, mask, response, response_slice):
     """The actor's log-probs of the response tokens; and, where one pass gives both heads (j-hydra), the
     critic's values on them (else None)."""
@@ -157,8 +164,7 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
     reset_peak(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        ref_logits, scores = stack.reference_and_scores(ids, mask, response_slice)
-        ref_logprobs = A.token_logprobs(ref_logits, response, cfg.temperature)
+        ref_logprobs, scores = _reference_and_scores(cfg, stack, ids, mask, response, response_slice)
         scores = _penalised(cfg, scores, rollout)
         greedy_scores = None
         if greedy is not None:
