@@ -82,6 +82,7 @@ STAGE_PARAMETERS = {
     "ppo_rollout_batch_size": ("ppo", "rollout_batch_size"), "ppo_mini_batch_size": ("ppo", "mini_batch_size"),
     "ppo_learning_rate": ("ppo", "learning_rate"), "ppo_critic_learning_rate": ("ppo", "critic_learning_rate"),
     "ppo_kl_coef": ("ppo", "kl_coef"), "ppo_lora_rank": ("ppo", "lora_rank"),
+    "ppo_memory_budget": ("ppo", "memory_budget"),
     "judge": ("eval", "judge"), "judge_model": ("eval", "judge_model"), "judge_base_url": ("eval", "judge_base_url"),
     "eval_max_prompts": ("eval", "max_prompts"),
 }
@@ -148,6 +149,7 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
         ppo_critic_learning_rate: float = _P.critic_learning_rate,
         ppo_kl_coef: float = _P.kl_coef,
         ppo_lora_rank: int = _P.lora_rank,
+        ppo_memory_budget: str = _P.memory_budget,
         judge: str = _E.judge,
         judge_model: str = _E.judge_model,
         judge_base_url: str = _E.judge_base_url,
@@ -185,7 +187,8 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
                                           rollout_batch_size=ppo_rollout_batch_size,
                                           mini_batch_size=ppo_mini_batch_size, learning_rate=ppo_learning_rate,
                                           critic_learning_rate=ppo_critic_learning_rate, kl_coef=ppo_kl_coef,
-                                          lora_rank=ppo_lora_rank, seed=seed, config=ppo_config, **tracking))
+                                          lora_rank=ppo_lora_rank, memory_budget=ppo_memory_budget, seed=seed,
+                                          config=ppo_config, **tracking))
                 ppo.set_display_name("Hydra-PPO")
                 evaluation = judged(ppo.outputs["policy"], baseline, "pairwise eval").outputs["evaluation"]
                 registered = configure(register_model(evaluation=evaluation, policy_run_id=ppo.outputs["Output"],

@@ -32,6 +32,7 @@ def check_settings(
     ppo_critic_learning_rate: float,
     ppo_kl_coef: float,
     ppo_lora_rank: int,
+    ppo_memory_budget: str,
     judge: str,
     judge_model: str,
     judge_base_url: str,

@@ -26,6 +26,7 @@ def hydra_ppo(
     critic_learning_rate: Optional[float] = None,
     kl_coef: Optional[float] = None,
     lora_rank: Optional[int] = None,
+    memory_budget: Optional[str] = None,
     seed: Optional[int] = None,
     config: dict = {},
     tracking_uri: str = "",
@@ -53,7 +54,7 @@ def hydra_ppo(
                        **models, data=data.path, output_dir=policy.path, steps=steps,
                        rollout_batch_size=rollout_batch_size, mini_batch_size=mini_batch_size,
                        learning_rate=learning_rate, critic_learning_rate=critic_learning_rate, kl_coef=kl_coef,
-                       lora_rank=lora_rank, seed=seed)
+                       lora_rank=lora_rank, memory_budget=memory_budget, seed=seed)
     parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
     summary = stages.ppo(cfg, Tracking(tracking_uri, experiment, parent))
     policy.metadata.update({"variant": run_label(cfg.variant, cfg.algorithm), "layout": cfg.variant,
