@@ -1,6 +1,7 @@
 """The worker side of the benchmark: one measurement (a PPO variant or the SFT step) in a fresh process.
 
-`run_worker` starts the entry script with `--worker` and reads back the JSON the worker writes;
+`run_worker` starts the entry script with `--worker` and reads back the JSON the worker writes
+(`hydra_core.ppo.budget.run_watched`, the runner `hydra-rlhf ppo --memory-budget` probes with);
 `worker` is what that process runs. A fresh process per measurement makes every peak that run's
 own: the CPU figure is the process peak RSS, which nothing else in the process may have raised.
 """
@@ -108,8 +109,8 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
 
     from hydra_core.config import PPOConfig, parse_run_label
     from hydra_core.memory import model_memory
-    from hydra_core.ppo.roles import PolicyStack
-    from hydra_core.ppo.trainer import build_optimizer, ppo_iteration
+    from hydra_core.ppo.budget import full_length_stack
+    from hydra_core.ppo.trainer import ppo_iteration
     from hydra_core.runtime import seed_everything
 
     run = parse_run_label(spec["variant"])
@@ -124,11 +125,8 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
                     max_new_tokens=spec["new_tokens"], max_prompt_length=spec["prompt_length"],
                     lr_schedule="constant", seed=spec["seed"], device=str(device))
     seed_everything(cfg.seed)
-    stack = PolicyStack(cfg, device)
-    # Every response runs to the cap: no EOS before `max_new_tokens`, so all variants do equal work.
-    for model in stack.unique_modules():
-        model.base_model.generation_config.min_new_tokens = cfg.max_new_tokens
-    optimizer, scheduler = build_optimizer(cfg, stack)  # run_ppo's (the schedule is constant here)
+    # Every response runs to the cap, so all variants do equal work; run_ppo's optimizer (the schedule is constant).
+    stack, optimizer, scheduler = full_length_stack(cfg, device)
     grads = _grad_probe(optimizer)
     load_peak = meter.peak()
 
@@ -263,14 +261,13 @@ def worker(spec: dict, result_path: Path) -> int:
     """Measure one run and write its result JSON. Imports happen here, after the process starts."""
     import torch
 
+    from hydra_core.ppo.budget import limit_cuda_memory, out_of_memory
     from hydra_core.runtime import pick_device
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = pick_device(spec.get("device") or None)
-    if device.type == "cuda" and spec.get("memory_limit"):
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_limit"] / total), device)
+    limit_cuda_memory(device, spec.get("memory_limit"))
     # Touch the runtime (kernels, thread pools) before the baseline, so it holds no model bytes.
     (torch.randn(64, 64, device=device) @ torch.randn(64, 64, device=device)).sum().item()
     import hydra_core.ppo.trainer  # noqa: F401  (every import the run needs, before the baseline)
@@ -285,13 +282,10 @@ def worker(spec: dict, result_path: Path) -> int:
         body = {SFT: _sft_worker, BANDWIDTH: lambda spec, device, _: _bandwidth_worker(spec, device)}.get(
             spec["variant"], _ppo_worker)(spec, device, meter)
         result.update(body)
-    except (torch.OutOfMemoryError, MemoryError) as e:
-        result.update(status="oom", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-        code = 3
-    except RuntimeError as e:  # the CPU allocator's out-of-memory
-        if "can't allocate memory" not in str(e):
+    except Exception as e:  # noqa: BLE001 - an OOM is a measurement; anything else propagates
+        if not out_of_memory(e):
             raise
-        result.update(status="oom", error=str(e).splitlines()[0])
+        result.update(status="oom", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
         code = 3
     result["peak_bytes"] = max(meter.peak(), meter.lifetime)
     if result["status"] == "ok" and "memory" in result:  # a measured run (not the bandwidth reading)
@@ -322,42 +316,14 @@ def ensure_models(cache: Path, size: str) -> tuple[Path, Path]:
 
 def run_worker(spec: dict, timeout: float, watch_bytes: int | None = None) -> dict:
     """Run one measurement in a fresh process. `watch_bytes`: kill it if its RSS passes this (CPU)."""
-    import psutil
+    from hydra_core.ppo.budget import run_watched
 
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
-        log_path = Path(tmp) / "log.txt"
         cmd = [sys.executable, str(ENTRY), "--worker", json.dumps(spec), "--result", str(result_path)]
         env = {**os.environ, **(TIGHT_MALLOC if spec.get("tight_malloc") else {})}
-        started = time.perf_counter()
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-            killed, timed_out, watch = None, False, psutil.Process(proc.pid) if watch_bytes else None
-            while proc.poll() is None:
-                elapsed = time.perf_counter() - started
-                if elapsed > timeout:
-                    killed, timed_out = f"timed out after {timeout:.0f}s (--timeout)", True
-                elif watch is not None:
-                    try:
-                        rss = watch.memory_info().rss
-                    except psutil.Error:
-                        rss = 0
-                    if rss > watch_bytes:
-                        killed = f"RSS {rss / MiB:.0f} MiB passed the budget {watch_bytes / MiB:.0f} MiB"
-                if killed:
-                    proc.kill()
-                    proc.wait()
-                    break
-                time.sleep(0.05)
-        wall = time.perf_counter() - started
-        log_tail = log_path.read_text()[-3000:]
-        if result_path.exists():
-            result = json.loads(result_path.read_text())
-        else:
-            status = ("timeout" if timed_out else
-                      "killed" if killed or proc.returncode < 0 or proc.returncode == 137 else "error")
-            result = {"status": status, "returncode": proc.returncode, "error": killed or log_tail.strip()[-1500:]}
-    result.update({k: spec[k] for k in ("size", "variant", "batch")}, wall_s=wall)
+        result = run_watched(cmd, result_path, env=env, cwd=REPO, timeout=timeout, watch_bytes=watch_bytes)
+    result.update({k: spec[k] for k in ("size", "variant", "batch")})
     if result["status"] != "ok":
         print(f"  {spec['size']} {spec['variant']} b={spec['batch']}: {result['status']}: "
               f"{str(result.get('error', ''))[-500:]}", flush=True)

@@ -37,13 +37,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 from hydra_core.config import MODEL_PRESETS as SIZES
-from hydra_core.config import PPO_VARIANTS, RUN_LABELS, run_label
+from hydra_core.config import PPO_VARIANTS, RUN_LABELS, parse_bytes, run_label
 
 # The sibling modules are imported by name. Python puts a script's own directory first on sys.path,
 # but not under -P or PYTHONSAFEPATH, nor when this file is loaded from elsewhere (a test, runpy).
@@ -60,16 +59,12 @@ ALL_RUNS = (SFT, *RUN_LABELS)
 DEFAULT_RUNS = (SFT, *PPO_VARIANTS, *(run_label(layout, algorithm) for algorithm in ("rloo", "grpo", "remax")
                                       for layout in ("hydra", "lora")))
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
-          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'2GiB', '1.5G', '500MB', '123456' -> bytes (K/M/G alone mean powers of ten)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (try 2GiB, 1500MB or 123456)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+def byte_size(text: str) -> int:
+    """--memory-budget as `hydra-rlhf ppo --memory-budget` reads it ('2GiB', '1.5G', '500MB', '123456')."""
+    try:
+        return parse_bytes(text)
+    except ValueError as e:  # argparse shows an ArgumentTypeError's own words, a ValueError's not
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _csv(choices):
@@ -106,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (0 = torch default)")
     p.add_argument("--tight-malloc", action=argparse.BooleanOptionalAction, default=True,
                    help="CPU: glibc malloc settings that make RSS follow live memory (default: on)")
-    p.add_argument("--memory-budget", type=parse_bytes, default=None,
+    p.add_argument("--memory-budget", type=byte_size, default=None,
                    help="find each variant's largest batch within this peak (e.g. 2GiB)")
     p.add_argument("--budget-only", action="store_true", help="with --memory-budget: skip the fixed-batch runs")
     p.add_argument("--min-batch", type=int, default=1, help="first batch the budget search tries")
