@@ -178,24 +178,22 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
 
 def _sft_worker(spec: dict, device, meter: _Meter) -> dict:
     """One full fine-tune step of the whole model per iteration: the memory of plain SFT."""
-    import contextlib
-
     import torch
 
     from hydra_core.data.encoding import IGNORE_INDEX
     from hydra_core.memory import model_memory
     from hydra_core.models.hydra import load_hydra
-    from hydra_core.runtime import default_dtype, seed_everything
+    from hydra_core.runtime import mixed_precision, seed_everything
     from hydra_core.sft.metrics import lm_loss
 
     seed_everything(spec["seed"])
-    # As `hydra_core.sft.trainer` does it: fp32 weights, bf16 autocast on a GPU.
+    # As `hydra_core.sft.trainer` does it: fp32 weights, bf16 autocast where the hardware does bf16 natively
+    # (the PPO runs take the same `auto` precision).
     model = load_hydra(spec["base_dir"], heads=(), device=device, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
     grads = _grad_probe(optimizer)
-    autocast = (torch.autocast("cuda", dtype=default_dtype(device)) if device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision("auto", device) == "bf16")
     load_peak = meter.peak()
 
     batch, P, R = spec["batch"], spec["prompt_length"], spec["new_tokens"]
@@ -262,12 +260,14 @@ def worker(spec: dict, result_path: Path) -> int:
     import torch
 
     from hydra_core.ppo.budget import limit_cuda_memory, out_of_memory
-    from hydra_core.runtime import pick_device
+    from hydra_core.runtime import keep_freed_memory, pick_device
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = pick_device(spec.get("device") or None)
     limit_cuda_memory(device, spec.get("memory_limit"))
+    if device.type == "cpu" and not spec.get("tight_malloc"):
+        keep_freed_memory()  # as run_sft and run_ppo do on CPU (--tight-malloc sets glibc's opposite)
     # Touch the runtime (kernels, thread pools) before the baseline, so it holds no model bytes.
     (torch.randn(64, 64, device=device) @ torch.randn(64, 64, device=device)).sum().item()
     import hydra_core.ppo.trainer  # noqa: F401  (every import the run needs, before the baseline)

@@ -38,7 +38,7 @@ from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_curves
 from hydra_core.ppo import algorithm as A
 from hydra_core.ppo.roles import PolicyStack
-from hydra_core.runtime import pick_device, seed_everything
+from hydra_core.runtime import keep_freed_memory, pick_device, seed_everything
 from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 
 SUMMARY_FILE = "ppo_summary.json"
@@ -284,6 +284,8 @@ def _describe(step: int, steps: int, m: dict) -> str:
 def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
     """Run PPO per `cfg`; writes the policy, `ppo_summary.json`, metrics and curves to `output_dir`."""
     device = pick_device(cfg.device or None)
+    if device.type == "cpu":
+        keep_freed_memory()  # as SFT: every pass's activations would otherwise page-fault back in
     check_model(cfg.model, "model")
     if cfg.reward_model:
         check_model(cfg.reward_model, "reward_model")
