@@ -174,12 +174,14 @@ def probe(spec_path: Path, result_path: Path) -> int:
     """The probe process: one iteration of the spec's config on the worst case; writes its peak as JSON."""
     from hydra_core.memory import peak_bytes
     from hydra_core.ppo.trainer import ppo_iteration
-    from hydra_core.runtime import pick_device, seed_everything
+    from hydra_core.runtime import keep_freed_memory, pick_device, seed_everything
 
     spec = json.loads(spec_path.read_text())
     cfg = PPOConfig(**spec["config"])
     device = pick_device(cfg.device or None)
     limit_cuda_memory(device, spec["budget_bytes"])
+    if device.type == "cpu":
+        keep_freed_memory()  # as run_ppo: the heap keeps what it freed, so the run's RSS mark is this high too
     result: dict = {"status": "ok", "device": str(device)}
     peak = 0
     try:
