@@ -81,6 +81,20 @@ def test_nested_run_with_metrics_artifacts_table_dataset_and_registered_version(
     assert run.status() == {"state": "sent", "tracking_uri": uri, "run_id": run.run_id}
 
 
+def test_the_experiment_opens_on_the_runs_table_not_the_genai_traces_page(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    MlflowTracker(uri, "stage", tmp_path / "a" / PENDING_DIR, experiment="made-here", system_metrics=False).close()
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("made-here").tags["mlflow.experimentKind"] == "custom_model_development"
+    # an experiment made before (by hand, or by an older version) gets the tag, and a kind a user chose is kept
+    client.create_experiment("made-before")
+    client.set_experiment_tag(client.create_experiment("chosen"), "mlflow.experimentKind", "genai_development")
+    for name in ("made-before", "chosen"):
+        MlflowTracker(uri, "stage", tmp_path / name / PENDING_DIR, experiment=name, system_metrics=False).close()
+    assert client.get_experiment_by_name("made-before").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment_by_name("chosen").tags["mlflow.experimentKind"] == "genai_development"
+
+
 def test_no_tracking_uri_records_nothing(tmp_path, files, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = Tracking().tracker("stage", tmp_path)

@@ -32,6 +32,10 @@ class TrackingUnreachable(ConnectionError):
     pass
 
 
+# MLflow 3's UI opens an experiment on its GenAI traces page unless this tag says it trains models
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def redact(uri: str) -> str:
     """The URI without user:password, for summaries and journals."""
     parts = urlsplit(uri)
@@ -120,9 +124,12 @@ class _Sender:
 
         found = self.client.get_experiment_by_name(name)
         if found:
+            if EXPERIMENT_KIND_TAG not in found.tags:  # made by hand or by an older version: open it on the runs
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri, name))
+            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri, name),
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # a parallel task created it first
             return self.client.get_experiment_by_name(name).experiment_id
 
