@@ -17,7 +17,6 @@ from importlib.metadata import entry_points
 from typing import Callable
 
 from hydra_core import config as C
-from hydra_core.tracking.mlflow_tracker import TrackingUnreachable
 from hydra_core.tracking.runs import Tracking
 
 PLUGIN_GROUP = "hydra_rlhf.commands"
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # bad input or settings (DataError, ConfigError are ValueErrors)
         print(f"hydra-rlhf {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except TrackingUnreachable as e:
+    except ConnectionError as e:  # a server that does not answer (MLflow's is TrackingUnreachable, KFP's)
         print(f"hydra-rlhf {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -5,9 +5,11 @@ KF_PIPELINES_SA_TOKEN_PATH.
 """
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import kfp
+from urllib3.exceptions import MaxRetryError
 
 from components.image import ACCELERATOR
 from pipelines.hydra_rlhf import compile_pipeline
@@ -23,7 +25,18 @@ def submit(host: str, arguments: dict | None = None, package: str | None = None,
         raise FileNotFoundError(f"{package}: no such compiled pipeline file")
     with tempfile.TemporaryDirectory() as tmp:
         package = package or compile_pipeline(str(Path(tmp) / "hydra_rlhf.yaml"), use_gpu, accelerator)
-        client = kfp.Client(host=host, **({"namespace": namespace} if namespace else {}))
-        result = client.create_run_from_pipeline_package(package, arguments=arguments or {}, run_name=run_name,
-                                                         experiment_name=experiment_name, namespace=namespace)
+        try:
+            with warnings.catch_warnings():  # kfp warns on every Client that it needs a v2 backend: README says so
+                warnings.simplefilter("ignore", FutureWarning)
+                client = kfp.Client(host=host, **({"namespace": namespace} if namespace else {}))
+            result = client.create_run_from_pipeline_package(package, arguments=arguments or {}, run_name=run_name,
+                                                             experiment_name=experiment_name, namespace=namespace)
+        except MaxRetryError as e:  # urllib3 has already retried; its traceback runs to a hundred lines
+            raise ConnectionError(f"--host {host}: the KFP API does not answer ({_reason(e)}); check the URL, "
+                                  "and that this machine can reach it") from None
     return result.run_id
+
+
+def _reason(error: MaxRetryError) -> str:
+    reason = str(error.reason or error)
+    return reason.split("): ", 1)[-1].rstrip(")\"'") if "): " in reason else reason
