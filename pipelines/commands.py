@@ -7,19 +7,68 @@ This module imports nothing heavy: kfp and MLflow load only when one of these co
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from components.image import ACCELERATOR
 from hydra_core.cli import Command
 
 
-def _add_gpu(p: argparse.ArgumentParser) -> None:
+def _add_task_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true",
                    help="give the SFT, PPO and eval steps one accelerator each and the CUDA image")
     p.add_argument("--accelerator", default=ACCELERATOR, help=f"accelerator type with --gpu (default: {ACCELERATOR})")
+    p.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE][:EFFECT]",
+                   help="every task tolerates this taint (kubectl taint's syntax), repeatable: e.g. "
+                        "nvidia.com/gpu:NoSchedule, or dedicated=ml:NoSchedule")
+    p.add_argument("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
+                   help="every task runs on a node with this label, repeatable: e.g. pool=training")
+
+
+EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _toleration(text: str) -> dict:
+    taint, _, effect = text.partition(":")
+    key, equals, value = taint.partition("=")
+    if not key or (equals and not value) or (effect and effect not in EFFECTS):
+        raise ValueError(f"--toleration {text!r}: expected KEY[=VALUE][:EFFECT], EFFECT one of {', '.join(EFFECTS)}")
+    return {"key": key, "operator": "Equal" if value else "Exists", "value": value or None, "effect": effect or None}
+
+
+def _node_selector(pairs: list[str]) -> dict:
+    labels = {}
+    for pair in pairs:
+        label, _, value = pair.partition("=")
+        if not label or not value:
+            raise ValueError(f"--node-selector {pair!r}: expected LABEL=VALUE")
+        labels[label] = value
+    return labels
+
+
+def _task_settings(args) -> dict:
+    """build()'s settings from the flags of _add_task_settings."""
+    return dict(use_gpu=args.gpu, accelerator=args.accelerator, tolerations=[_toleration(t) for t in args.toleration],
+                node_selector=_node_selector(args.node_selector))
+
+
+def _parameter_table() -> str:
+    from pipelines.hydra_rlhf import parameter_help
+
+    return "pipeline parameters (-p NAME=VALUE), each with its default and meaning:\n" + "\n".join(
+        f"  {name} = {json.dumps(default)}\n      {meaning}" for name, default, meaning in parameter_help())
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
+    # the table needs kfp, which every `hydra-rlhf` command would then load: it is made only for --help
+    format_help = p.format_help
+
+    def with_parameters() -> str:
+        p.epilog = _parameter_table()
+        return format_help()
+
+    p.format_help = with_parameters
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the table's lines
     p.add_argument("--config", metavar="RECIPE", help="a recipe file (YAML or JSON): a section per stage "
                    "(prepare, init-model, sft, ppo, eval) and 'pipeline' for the pipeline's own parameters")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
@@ -40,7 +89,7 @@ def _add_compile(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="hydra_rlhf.yaml", help="where to write the pipeline spec")
     p.add_argument("--components", action="store_true",
                    help="instead, regenerate the component specs components/<name>/component.yaml")
-    _add_gpu(p)
+    _add_task_settings(p)
     _add_params(p)
 
 
@@ -53,7 +102,7 @@ def _compile(args) -> None:
         return
     from pipelines.hydra_rlhf import compile_pipeline
 
-    path = compile_pipeline(args.output, args.gpu, args.accelerator, defaults=_arguments(args))
+    path = compile_pipeline(args.output, defaults=_arguments(args), **_task_settings(args))
     print(f"pipeline spec written to {path}")
 
 
@@ -63,7 +112,9 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-name")
     p.add_argument("--experiment-name")
     p.add_argument("--namespace")
-    _add_gpu(p)
+    p.add_argument("--no-tracking", action="store_true",
+                   help="submit without an MLflow tracking URI: the run records nothing and registers no model")
+    _add_task_settings(p)
     _add_params(p)
 
 
@@ -71,8 +122,8 @@ def _submit(args) -> None:
     from pipelines.submit import submit
 
     run_id = submit(args.host, _arguments(args), package=args.package, run_name=args.run_name,
-                    experiment_name=args.experiment_name, namespace=args.namespace, use_gpu=args.gpu,
-                    accelerator=args.accelerator)
+                    experiment_name=args.experiment_name, namespace=args.namespace, tracked=not args.no_tracking,
+                    settings=_task_settings(args))
     print(f"submitted: run {run_id} on {args.host}")
 
 

@@ -28,14 +28,20 @@ variant's policy is registered as soon as it is judged (aliases moving as it goe
 step, after all of them, settles `candidate` on the variant with the best judged lower bound and
 `champion` on it too when that bound beats the threshold.
 
-Task settings, compiled into the spec and ignored by the local runner: each task requests the CPU
-and memory of RESOURCES; compiled with `use_gpu`, the steps of GPU_STEPS also get one accelerator
-of type `accelerator` and the CUDA image. The openai judge's key comes from the Kubernetes secret
-named by the `judge_secret` parameter (key JUDGE_SECRET_KEY), never from a parameter value; the
-secret is optional, so the gold and reward-model judges run without it.
+Task settings, compiled into the spec and ignored by the local runner: each task requests and is limited
+to the CPU and memory of RESOURCES, and gets a scratch volume (an emptyDir of that size, which any UID can
+write) for temporary files and the hub's cache; it is retried RETRY times with a growing backoff (a node
+lost, a hub download cut). The steps that only record or move state (CHANGES_STATE) are never cached,
+the others may be. Compiled with `use_gpu`, the steps of GPU_STEPS also get one accelerator of type
+`accelerator` and the CUDA image; `tolerations` and `node_selector` apply to every task.
+
+Secrets never travel as parameter values: each SECRETS entry names a pipeline parameter holding a
+Kubernetes secret's name and the secret's keys that become environment variables of the tasks that
+need them. Every secret is optional, so a cluster without one runs without those variables (the gold
+and reward-model judges need no key; an MLflow server without authentication needs no credentials).
 """
 
-from typing import List
+from typing import List, Mapping, Sequence
 
 from kfp import compiler, dsl, kubernetes
 
@@ -52,22 +58,37 @@ from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig
 from hydra_core.registry import CHAMPION_THRESHOLD, POLICY_MODEL, SFT_MODEL
 from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
 
+_D, _M, _T, _P, _E = DataConfig(), ModelInitConfig(), SFTConfig(), PPOConfig(), EvalConfig()
+
 NAME = "hydra-rlhf"
-JUDGE_SECRET = "hydra-rlhf-judge"
-JUDGE_SECRET_KEY = "api-key"
-RESOURCES = {  # component name: (CPU request, memory request)
-    "check-settings": ("500m", "1G"),
-    "data-prep": ("1", "4G"),
-    "hydra-sft": ("4", "16G"),
-    "hydra-ppo": ("4", "16G"),
-    "pairwise-eval": ("2", "8G"),
-    "register-model": ("500m", "1G"),
-    "compare-variants": ("500m", "1G"),
-    "close-pipeline-run": ("500m", "1G"),
+RESOURCES = {  # component name: (CPU request, CPU limit, memory request and limit, scratch volume size)
+    "check-settings": ("500m", "1", "1G", "1Gi"),
+    "data-prep": ("1", "2", "4G", "20Gi"),
+    "hydra-sft": ("4", "8", "16G", "50Gi"),
+    "hydra-ppo": ("4", "8", "16G", "50Gi"),
+    "pairwise-eval": ("2", "4", "8G", "30Gi"),
+    "register-model": ("500m", "1", "1G", "1Gi"),
+    "compare-variants": ("500m", "1", "1G", "1Gi"),
+    "close-pipeline-run": ("500m", "1", "1G", "1Gi"),
+}
+SCRATCH = "/scratch"
+SCRATCH_ENV = {"TMPDIR": SCRATCH, "HF_HOME": f"{SCRATCH}/huggingface"}
+# 2 retries, 1 then 2 minutes apart: long enough for a node to be replaced, short of hiding a real failure
+RETRY = dict(num_retries=2, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="600s")
+# a cached one would skip closing the runs or moving the aliases that this run's results call for
+CHANGES_STATE = ("register-model", "compare-variants", "close-pipeline-run")
+MLFLOW_STEPS = tuple(RESOURCES)
+HUB_STEPS = ("data-prep", "hydra-sft", "hydra-ppo", "pairwise-eval")
+# pipeline parameter: (its default secret name, {secret key: environment variable}, the steps that get it)
+SECRETS = {
+    "judge_secret": ("hydra-rlhf-judge", {"api-key": _E.judge_api_key_env}, ("pairwise-eval",)),
+    "mlflow_secret": ("hydra-rlhf-mlflow", {key: key for key in (
+        "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}, MLFLOW_STEPS),
+    "artifact_store_secret": ("hydra-rlhf-artifact-store", {key: key for key in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")}, MLFLOW_STEPS),
+    "hf_secret": ("hydra-rlhf-hf", {"HF_TOKEN": "HF_TOKEN"}, HUB_STEPS),
 }
 GPU_STEPS = ("hydra-sft", "hydra-ppo", "pairwise-eval")
-
-_D, _M, _T, _P, _E = DataConfig(), ModelInitConfig(), SFTConfig(), PPOConfig(), EvalConfig()
 
 # The pipeline parameters that set a stage's config field: (stage, field). `seed` sets every stage's.
 # Any other field goes in the stage's `*_config` parameter; WIRED fields are the pipeline's to set.
@@ -115,17 +136,31 @@ RULES = {"fields": {name: list(target) for name, target in STAGE_PARAMETERS.item
 CHECKED = (*STAGE_PARAMETERS, "seed", *CONFIG_PARAMETERS, *LABEL_PARAMETERS.values())
 
 
-def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: int = 0):
-    """The pipeline, its GPU settings fixed (a task's resources are not pipeline parameters).
-    `parallelism`: how many variants run at once (0: all; kfp fixes it when compiling, not per run)."""
+# what each pipeline parameter that sets no single stage field means (`run --help`, `submit --help`)
+MEANINGS = {
+    "seed": "every stage's seed",
+    **{name: f"any other field of the {stage} stage's config, as JSON" for name, stage in CONFIG_PARAMETERS.items()},
+    "ppo_variant_config": "PPO settings per run label, algorithm or layout, as JSON (replaces the default table)",
+    "tracking_uri": "MLflow tracking URI the steps log to (submit: one the pods can reach)",
+    "experiment": "MLflow experiment",
+    "registered_sft_model": "registered model name of Hydra-SFT",
+    "registered_policy_model": "registered model name of the PPO policies",
+    "champion_threshold": "the judged win-rate's lower bound above which a policy becomes champion",
+    "ppo_variants": "run labels, each a PPO variant: a layout, or layout-algorithm (hydra, lora, hydra-grpo, ...)",
+    **{name: "optional Kubernetes secret; its keys become variables of the steps that need them: "
+       + ", ".join(key if key == variable else f"{key} as {variable}" for key, variable in keys.items())
+       for name, (_, keys, _) in SECRETS.items()},
+}
 
-    def configure(task):
-        name = task.component_spec.name
-        cpu, memory = RESOURCES[name]
-        task.set_cpu_request(cpu).set_memory_request(memory)
-        if use_gpu and name in GPU_STEPS:
-            task.set_accelerator_type(accelerator).set_accelerator_limit(1).set_container_image(CUDA_IMAGE)
-        return task
+
+def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: int = 0,
+          tolerations: Sequence[Mapping[str, str]] = (), node_selector: Mapping[str, str] | None = None,
+          scratch: bool = True):
+    """The pipeline, its task settings fixed (a task's resources are not pipeline parameters).
+    `parallelism`: how many variants run at once (0: all; kfp fixes it when compiling, not per run).
+    `tolerations`: add_toleration's arguments, each; `node_selector`: {label: value} every task's node has.
+    `scratch`: the scratch volumes and the variables that point there (off for a local run: the local runner
+    sets a task's variables in this machine's processes, where the volume's path does not exist)."""
 
     @dsl.pipeline(name=NAME, description=__doc__.split("\n\n")[0].replace("\n", " "))
     def hydra_rlhf(
@@ -153,7 +188,6 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
         judge: str = _E.judge,
         judge_model: str = _E.judge_model,
         judge_base_url: str = _E.judge_base_url,
-        judge_secret: str = JUDGE_SECRET,
         eval_max_prompts: int = _E.max_prompts,
         data_config: dict = {},
         sft_config: dict = {},
@@ -165,8 +199,35 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
         registered_sft_model: str = SFT_MODEL,
         registered_policy_model: str = POLICY_MODEL,
         champion_threshold: float = CHAMPION_THRESHOLD,
+        judge_secret: str = SECRETS["judge_secret"][0],
+        mlflow_secret: str = SECRETS["mlflow_secret"][0],
+        artifact_store_secret: str = SECRETS["artifact_store_secret"][0],
+        hf_secret: str = SECRETS["hf_secret"][0],
     ):
         settings = {name: value for name, value in locals().items() if name in CHECKED}
+        secret_names = {name: value for name, value in locals().items() if name in SECRETS}
+
+        def configure(task):
+            name = task.component_spec.name
+            cpu, cpu_limit, memory, scratch_size = RESOURCES[name]
+            task.set_cpu_request(cpu).set_cpu_limit(cpu_limit).set_memory_request(memory).set_memory_limit(memory)
+            task.set_retry(**RETRY).set_caching_options(name not in CHANGES_STATE)
+            if scratch:
+                kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH, size_limit=scratch_size)
+                for variable, value in SCRATCH_ENV.items():
+                    task.set_env_variable(variable, value)
+            for parameter, (_, keys, steps) in SECRETS.items():
+                if name in steps:
+                    kubernetes.use_secret_as_env(task, secret_name=secret_names[parameter], secret_key_to_env=keys,
+                                                 optional=True)
+            for toleration in tolerations:
+                kubernetes.add_toleration(task, **toleration)
+            for label, value in (node_selector or {}).items():
+                kubernetes.add_node_selector(task, label, value)
+            if use_gpu and name in GPU_STEPS:
+                task.set_accelerator_type(accelerator).set_accelerator_limit(1).set_container_image(CUDA_IMAGE)
+            return task
+
         tracking = dict(tracking_uri=tracking_uri, experiment=experiment)
 
         def judged(candidate, baseline, name: str):
@@ -174,8 +235,6 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
                                            judge_model=judge_model, judge_base_url=judge_base_url,
                                            max_prompts=eval_max_prompts, seed=seed, config=eval_config, **tracking))
             task.set_display_name(name)
-            kubernetes.use_secret_as_env(task, secret_name=judge_secret,
-                                         secret_key_to_env={JUDGE_SECRET_KEY: _E.judge_api_key_env}, optional=True)
             return task
 
         def variants(baseline, separate: dict, hydra_sft_row=None):
@@ -237,9 +296,18 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
 hydra_rlhf = build()
 
 
-def compile_pipeline(path: str, use_gpu: bool = False, accelerator: str = ACCELERATOR,
-                     defaults: dict | None = None) -> str:
-    """Write the pipeline spec to `path`; `defaults` replace parameters' defaults in it (a recipe's)."""
-    compiler.Compiler().compile(build(use_gpu, accelerator) if use_gpu else hydra_rlhf, path,
-                                pipeline_parameters=defaults or None)
+def compile_pipeline(path: str, defaults: dict | None = None, **settings) -> str:
+    """Write the pipeline spec to `path`; `defaults` replace parameters' defaults in it (a recipe's);
+    `settings` are build's."""
+    compiler.Compiler().compile(build(**settings), path, pipeline_parameters=defaults or None)
     return path
+
+
+def parameter_help(pipeline=hydra_rlhf) -> list[tuple[str, object, str]]:
+    """(name, default, meaning) of each pipeline parameter, in the pipeline's order."""
+    def meaning(name: str) -> str:
+        if name in STAGE_PARAMETERS and name not in MEANINGS:
+            stage, field = STAGE_PARAMETERS[name]
+            return f"the {stage} stage's {field} (hydra-rlhf {stage} --help)"
+        return MEANINGS[name]
+    return [(name, spec.default, meaning(name)) for name, spec in pipeline.component_spec.inputs.items()]

@@ -421,3 +421,19 @@ def test_while_a_run_prints_stdout_is_the_console_and_the_tasks_tqdm_updates_sel
         builtins.print = lambda *args, **kwargs: None  # as kfp's indented_print can leave it with two tasks at once
     assert float(mininterval) == float(TASK_TQDM_MININTERVAL_S)
     assert sys.stdout is stdout and builtins.print is print_ and "TQDM_MININTERVAL" not in os.environ
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_help_lists_every_pipeline_parameter_with_its_default_and_meaning(command, capsys):
+    from hydra_core import cli
+    from hydra_core.config import SFTConfig
+    from pipelines.hydra_rlhf import hydra_rlhf
+
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "pipeline parameters (-p NAME=VALUE)" in out
+    for name in hydra_rlhf.component_spec.inputs:
+        assert f"\n  {name} = " in out, name
+    assert f"  sft_steps = {SFTConfig().steps}\n      the sft stage's steps (hydra-rlhf sft --help)" in out
+    assert '  hf_secret = "hydra-rlhf-hf"\n      optional Kubernetes secret' in out

@@ -1,5 +1,5 @@
-"""The Kubeflow pipeline: compile, load back, GPU and secret settings, arguments, submit (against a fake
-kfp.Client: no KFP endpoint here), and a whole local run read back from its MLflow store."""
+"""The Kubeflow pipeline: compile, load back, GPU, secret and cluster settings, arguments, and a whole local
+run read back from its MLflow store."""
 
 import re
 
@@ -49,9 +49,23 @@ def test_compiled_pipeline_loads_back(tmp_path, capsys):
     executors = spec["deploymentSpec"]["executors"]
     assert all("accelerator" not in e["container"].get("resources", {}) for e in executors.values())
     assert all(e["container"]["image"].endswith("-cpu") for e in executors.values())
-    # the judge's key: from a secret, optional, never a parameter value
-    [secret] = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-pairwise-eval"]["secretAsEnv"]
-    assert secret["optional"] and secret["keyToEnv"] == [{"envVar": "OPENAI_API_KEY", "secretKey": "api-key"}]
+    # the judge's key and every credential: from secrets, optional, never a parameter value
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    by_parameter = {secret["secretNameParameter"]["componentInputParameter"].removeprefix("pipelinechannel--"):
+                    secret for secret in kubernetes["exec-pairwise-eval"]["secretAsEnv"]}
+    assert all(secret["optional"] for secret in by_parameter.values())
+    assert by_parameter["judge_secret"]["keyToEnv"] == [{"envVar": "OPENAI_API_KEY", "secretKey": "api-key"}]
+    assert {e["envVar"] for e in by_parameter["mlflow_secret"]["keyToEnv"]} == {
+        "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"}
+    assert {e["envVar"] for e in by_parameter["artifact_store_secret"]["keyToEnv"]} >= {
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert by_parameter["hf_secret"]["keyToEnv"] == [{"envVar": "HF_TOKEN", "secretKey": "HF_TOKEN"}]
+    # MLflow's credentials reach every step, the hub token only the steps that download, the judge key only eval
+    secrets = {name: {s["secretNameParameter"]["componentInputParameter"].removeprefix("pipelinechannel--")
+                      for s in executor.get("secretAsEnv", [])} for name, executor in kubernetes.items()}
+    assert all({"mlflow_secret", "artifact_store_secret"} <= names for names in secrets.values())
+    assert secrets["exec-check-settings"] == {"mlflow_secret", "artifact_store_secret"}
+    assert "judge_secret" not in secrets["exec-hydra-ppo"] and "hf_secret" in secrets["exec-hydra-ppo"]
     assert not [name for name in spec["root"]["inputDefinitions"]["parameters"] if "key" in name]
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert parameters["ppo_variant_config"]["defaultValue"] == PPO_VARIANT_CONFIG
@@ -161,6 +175,53 @@ def test_gpu_compile_gives_the_training_steps_an_accelerator_and_the_cuda_image(
     assert executors["exec-hydra-ppo"]["container"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
 
 
+def test_every_task_is_retried_with_backoff_limited_and_given_scratch_space_and_the_nodes_asked_for(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    assert cli.main(["compile", "-o", str(path), "--toleration", "nvidia.com/gpu:NoSchedule",
+                     "--toleration", "dedicated=ml:NoExecute", "--node-selector", "pool=training"]) == 0
+    spec, platform = yaml.safe_load_all(path.read_text())
+    tasks = {name: task for name, (task, _) in dag_tasks(spec).items() if "executorLabel" in
+             spec["components"][task["componentRef"]["name"]]}
+    assert len(tasks) == 15  # every step of both branches, the exit step included
+    for name, task in tasks.items():
+        assert task["retryPolicy"] == {"maxRetryCount": 2, "backoffDuration": "60s", "backoffFactor": 2.0,
+                                       "backoffMaxDuration": "600s"}, name
+        # the steps that close runs or move aliases run every time; the rest can be taken from the cache
+        changes_state = re.sub(r"-\d+$", "", name) in ("register-model", "compare-variants", "close-pipeline-run")
+        assert task["cachingOptions"] == ({} if changes_state else {"enableCache": True}), name
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        resources = executor["container"]["resources"]
+        assert resources["resourceCpuLimit"] and resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"]
+        assert {"name": "TMPDIR", "value": "/scratch"} in executor["container"]["env"], name
+        [scratch] = kubernetes[name]["emptyDirMounts"]
+        assert scratch["mountPath"] == "/scratch" and scratch["sizeLimit"].endswith("Gi"), name
+        assert kubernetes[name]["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"}], name
+        assert kubernetes[name]["nodeSelector"] == {"labels": {"pool": "training"}}, name
+    assert kubernetes["exec-hydra-ppo"]["emptyDirMounts"][0]["sizeLimit"] == "50Gi"
+
+
+def test_without_tolerations_or_node_selectors_none_are_compiled(tmp_path):
+    path = tmp_path / "plain.yaml"
+    assert cli.main(["compile", "-o", str(path)]) == 0
+    _, platform = yaml.safe_load_all(path.read_text())
+    for name, executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        assert "tolerations" not in executor and "nodeSelector" not in executor, name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--toleration", "gpu:NoScheduled"], "--toleration 'gpu:NoScheduled': expected KEY[=VALUE][:EFFECT]"),
+    (["--toleration", "gpu=:NoSchedule"], "--toleration 'gpu=:NoSchedule'"),
+    (["--node-selector", "pool"], "--node-selector 'pool': expected LABEL=VALUE"),
+])
+def test_bad_task_settings_are_refused_naming_the_flag(tmp_path, argv, message, capsys):
+    assert cli.main(["compile", "-o", str(tmp_path / "x.yaml"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["sft_stpes=3"], "unknown pipeline parameter 'sft_stpes'"),
     (["sft_steps=many"], "pipeline parameter sft_steps: expected an integer, got 'many'"),
@@ -177,31 +238,6 @@ def test_gpu_compile_gives_the_training_steps_an_accelerator_and_the_cuda_image(
 def test_bad_pipeline_arguments_are_refused_before_anything_runs(argv, message, capsys):
     assert cli.main(["run", *params(*argv)]) == 2
     assert message in capsys.readouterr().err
-
-
-def test_submit_sends_the_compiled_pipeline_with_typed_arguments(monkeypatch, capsys):
-    calls = {}
-
-    class FakeClient:  # kfp.Client's surface that submit uses; no KFP endpoint can be reached here
-        def __init__(self, **kwargs):
-            calls["client"] = kwargs
-
-        def create_run_from_pipeline_package(self, package, arguments, **kwargs):
-            calls["pipeline"] = kfp.components.load_component_from_file(package).name
-            calls["run"] = {"arguments": arguments, **kwargs}
-            return type("Result", (), {"run_id": "run-123"})()
-
-    monkeypatch.setattr(kfp, "Client", FakeClient)
-    argv = ["submit", "--host", "https://kfp.example.com/pipeline", "--namespace", "team", "--run-name", "r1",
-            "--experiment-name", "hydra", *params("sft_steps=300", "ppo_variants=lora,hydra-grpo",
-                                                  'ppo_config={"eval_every": 1}')]
-    assert cli.main(argv) == 0
-    assert "run-123" in capsys.readouterr().out
-    assert calls["client"] == {"host": "https://kfp.example.com/pipeline", "namespace": "team"}
-    assert calls["pipeline"] == "hydra-rlhf"
-    assert calls["run"]["arguments"] == {"sft_steps": 300, "ppo_variants": ["lora", "hydra-grpo"],
-                                         "ppo_config": {"eval_every": 1}}
-    assert calls["run"]["run_name"] == "r1" and calls["run"]["experiment_name"] == "hydra"
 
 
 @pytest.mark.parametrize("argv, message", [
