@@ -1,6 +1,7 @@
 """The model registry's rules: what gets registered under which name, and which version is champion.
 
-A stage's output directory is logged as its run's `model` artifact and registered from there. The
+A stage's output directory is logged as its run's MLflow model `model` (and its `model` artifact
+folder); versions are registered from that model, so `models:/<name>@<alias>` loads and serves. The
 Hydra-SFT model goes to SFT_MODEL; every judged PPO policy becomes a new version of POLICY_MODEL
 with the alias `candidate`, and `champion` when it wins (`is_champion`). With several variants
 registered in parallel, `settle_aliases` puts both aliases on the best of them once all are done.
@@ -28,10 +29,11 @@ def is_champion(win_rate_low: float | None, threshold: float) -> bool:
     return win_rate_low is not None and math.isfinite(win_rate_low) and win_rate_low > threshold
 
 
-def register_policy(run: MlflowTracker, evaluation: dict, policy_run_id: str, registered_model: str,
+def register_policy(run: MlflowTracker, evaluation: dict, metrics: dict, policy_run_id: str, registered_model: str,
                     threshold: float, variant: str, parent_run_id: str = "") -> dict:
     """Register the policy that run `policy_run_id` logged as a new version of `registered_model`,
-    judged by `evaluation` (an eval summary). Returns the decision, with a Markdown account of it."""
+    judged by `evaluation` (an eval summary) whose `metrics` go onto the policy's MLflow model.
+    Returns the decision, with a Markdown account of it."""
     low = evaluation["win_rate_low"]
     aliases = [CANDIDATE, CHAMPION] if is_champion(low, threshold) else [CANDIDATE]
     decision = {"variant": variant, "win_rate": evaluation["win_rate"], "win_rate_low": low,
@@ -46,7 +48,7 @@ def register_policy(run: MlflowTracker, evaluation: dict, policy_run_id: str, re
                 "pipeline_run_id": parent_run_id, "judge": evaluation["judge"]["name"],
                 "win_rate": evaluation["win_rate"], "win_rate_low": low, "baseline": evaluation["baseline"]}
         decision["model_version"] = run.register_model(registered_model, MODEL_ARTIFACT, tags, aliases,
-                                                       source_run_id=policy_run_id)
+                                                       source_run_id=policy_run_id, model_metrics=metrics)
         reason = "" if decision["model_version"] else UNREGISTERED[run.state]
     if decision["model_version"]:
         decision["aliases"] = aliases

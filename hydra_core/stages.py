@@ -29,7 +29,7 @@ from hydra_core.data.splits import MANIFEST, SPLIT_FILES, split_path
 from hydra_core.eval.report import FILES as EVAL_FILES
 from hydra_core.eval.report import SUMMARY_METRICS as EVAL_METRICS
 from hydra_core.eval.runner import run_eval
-from hydra_core.models.hydra import load_hydra
+from hydra_core.models.hydra import load_hydra, saved_heads
 from hydra_core.models.presets import build_base_model
 from hydra_core.plots import plot_comparison
 from hydra_core.ppo.trainer import SUMMARY_FILE as PPO_SUMMARY
@@ -43,6 +43,8 @@ from hydra_core.tracking.runs import STAGE_TAG, Tracking, main_process
 LOCK = ".hydra-rlhf.lock"  # held by the stage writing an output directory, while it runs
 # resumable state, tracking leftovers and the lock: not part of a model
 LEFT_OUT = (checkpoint.DIRECTORY, PENDING_DIR, LOCK)
+# what MLflow's transformers flavour needs to load a policy; given, so it pins nothing else
+POLICY_REQUIREMENTS = ("torch", "transformers", "safetensors")
 SFT_RUN_NAMES = {"sft": "sft", "rm": "reward-model", "hydra": "hydra-sft"}
 # what a run of a resumable stage leaves in its output directory besides the model
 RUN_FILES = {"sft": (config_file_name(SFTConfig), "metrics.jsonl", checkpoint.DIRECTORY, SFT_SUMMARY),
@@ -112,10 +114,21 @@ def _log_splits(run: MlflowTracker, data_dir: str, names) -> None:
 
 
 def _log_output_dir(run: MlflowTracker, directory: str | Path) -> None:
+    """The directory as the run's `model` artifact folder and as its MLflow model `model`, which
+    MLflow can load and serve: a directory with a trained reward head as the reward pyfunc
+    (`models/reward_pyfunc.py`), any other (a policy) as a transformers text-generation model."""
+    from hydra_core.models import reward_pyfunc
+
     for entry in sorted(Path(directory).iterdir()):
         if entry.name not in LEFT_OUT:
             path = registry.MODEL_ARTIFACT
             run.log_artifact(entry, f"{path}/{entry.name}" if entry.is_dir() else path)
+    if "reward" in saved_heads(directory):
+        run.log_model(directory, registry.MODEL_ARTIFACT, reward_pyfunc.REQUIREMENTS,
+                      python_model=reward_pyfunc.__file__, artifact=reward_pyfunc.ARTIFACT,
+                      code_paths=[Path(reward_pyfunc.__file__).parents[1]], leave_out=LEFT_OUT)
+    else:
+        run.log_model(directory, registry.MODEL_ARTIFACT, POLICY_REQUIREMENTS)
 
 
 # --- the stages ------------------------------------------------------------------------------
@@ -161,7 +174,7 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "") -> dict:
             if registered_model:
                 version = run.register_model(registered_model, registry.MODEL_ARTIFACT, tags={
                     "variant": run_name, "data": cfg.data, "base_model": cfg.model, "run_id": run.run_id,
-                    "pipeline_run_id": tracking.parent_run_id})
+                    "pipeline_run_id": tracking.parent_run_id}, aliases=[registry.CANDIDATE])
                 registered = {"registered_model": registered_model, "model_version": version}
     return {**summary, "tracking": {**run.status(), **registered}} if summary else {}
 
@@ -222,9 +235,10 @@ def register_policy(tracking: Tracking, evaluation_dir: str, policy_run_id: str,
     with _stage_run(tracking, f"register-{variant}", record_dir, tags={"variant": variant}) as run:
         run.log_params({"registered_model": registered_model, "champion_threshold": champion_threshold,
                         "policy_run_id": policy_run_id})
-        run.log_metrics(numeric_entries(evaluation, EVAL_METRICS), step=0)
-        decision = registry.register_policy(run, evaluation, policy_run_id, registered_model, champion_threshold,
-                                            variant, tracking.parent_run_id)
+        metrics = numeric_entries(evaluation, EVAL_METRICS)
+        run.log_metrics(metrics, step=0)
+        decision = registry.register_policy(run, evaluation, metrics, policy_run_id, registered_model,
+                                            champion_threshold, variant, tracking.parent_run_id)
         run.set_tags({"decision": ",".join(decision["aliases"]) or "not registered"})
     return {**decision, "tracking": run.status()}
 

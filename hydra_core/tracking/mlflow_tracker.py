@@ -1,7 +1,7 @@
 """MLflow behind the Tracker interface: one MLflow run per stage, nested under a pipeline run.
 
 Every record goes through one of the operations of `_Sender` (start, params, metrics, artifact,
-table, dataset, tags, register, end). While the tracking server answers, an operation is sent at
+table, dataset, tags, model, register, end). While the tracking server answers, an operation is sent at
 once. From the first one that fails, the tracker stops trying and appends the operations to
 `<stage output>/mlflow_pending/journal.jsonl` instead, which `hydra-rlhf sync-tracking` replays
 later: an outage never stops training, and what it would have recorded is kept, not lost.
@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import warnings
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -88,7 +91,7 @@ def _read_table(path: Path):
 class _Sender:
     """Applies tracking operations to an MLflow server or database; one method per operation."""
 
-    OPERATIONS = ("start", "params", "metrics", "artifact", "table", "dataset", "tags", "register", "end")
+    OPERATIONS = ("start", "params", "metrics", "artifact", "table", "dataset", "tags", "model", "register", "end")
 
     def __init__(self, tracking_uri: str):
         self.uri = tracking_uri
@@ -175,9 +178,61 @@ class _Sender:
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, tags=items[i:i + _BATCH])
 
+    def model(self, path: str, name: str, requirements: list[str], python_model: str = "", artifact: str = "",
+              code_paths: list[str] = (), leave_out: list[str] = ()) -> str:
+        """Directory `path` as an MLflow LoggedModel `name` of this run; returns its model id. A causal
+        LM goes in with the transformers flavour; given `python_model` (a models-from-code file), the
+        directory (less `leave_out`) is that pyfunc's artifact `artifact`."""
+        import mlflow.pyfunc
+        import mlflow.transformers
+        from mlflow.models import Model
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        # Explicit requirements: MLflow's inference pins whatever the logging process imported (torchvision).
+        pins = [f"{package}=={installed_version(package).split('+')[0]}" for package in requirements]
+        # Made here, in the run's experiment: Model.log would make it in the active experiment
+        run = self.client.get_run(self.run_id)
+        model_id = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=self.run_id,
+                                                   params=run.data.params).model_id
+        # Model.log takes the run to log to, which the flavours' log_model do not all pass on; it reads
+        # the global tracking URI, not this sender's client.
+        with _use_tracking_uri(self.uri), tempfile.TemporaryDirectory() as staging:
+            if python_model:
+                copy = Path(staging) / artifact
+                shutil.copytree(path, copy, ignore=lambda _, names: [n for n in names if n in leave_out])
+                info = Model.log(None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id, model_id=model_id,
+                                 python_model=python_model, artifacts={artifact: str(copy)},
+                                 code_paths=list(code_paths), pip_requirements=pins)
+            else:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                template = getattr(tokenizer, "chat_template", None)
+                info = Model.log(None, name=name, flavor=mlflow.transformers, run_id=self.run_id, model_id=model_id,
+                                 transformers_model={"model": AutoModelForCausalLM.from_pretrained(path),
+                                                     "tokenizer": tokenizer},
+                                 task="text-generation", pip_requirements=pins,
+                                 metadata={"chat_template": template} if template else None)
+        return info.model_id
+
+    def _logged_model(self, run_id: str, name: str):
+        """The LoggedModel `name` that run `run_id` logged last in full, or None (a log that broke off
+        part way leaves one that is not READY)."""
+        from mlflow.entities import LoggedModelStatus
+
+        experiment = self.client.get_run(run_id).info.experiment_id
+        found = self.client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}' AND "
+                                                 f"name = '{name}'", order_by=[{"field_name": "creation_time",
+                                                                                 "ascending": False}])
+        return next((m for m in found if m.status == LoggedModelStatus.READY), None)
+
     def register(self, name: str, artifact_path: str, tags: dict, aliases: list[str],
-                 source_run_id: str = "") -> str:
+                 source_run_id: str = "", model_metrics: dict | None = None) -> str:
+        """A version of `name` from the run's LoggedModel `artifact_path` (with `model_metrics` attached
+        to that model), or from its artifact folder `artifact_path` when it logged no such model."""
+        from mlflow.entities import Metric
         from mlflow.exceptions import MlflowException
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         run_id = source_run_id or self.run_id
         try:
@@ -185,8 +240,19 @@ class _Sender:
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = self.client.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id,
-                                                   tags=tags).version
+        logged = self._logged_model(run_id, artifact_path)
+        if logged is None:
+            version = self.client.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id,
+                                                       tags=tags).version
+        else:
+            if model_metrics:
+                stamp = int(time.time() * 1000)
+                self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, 0, model_id=logged.model_id)
+                                                            for k, v in model_metrics.items()])
+            # the registry store resolves a models:/ source through the global tracking URI
+            with _use_tracking_uri(self.uri):
+                version = self.client.create_model_version(name, f"models:/{logged.model_id}", run_id=run_id,
+                                                           tags=tags, model_id=logged.model_id).version
         for alias in aliases:
             self.client.set_registered_model_alias(name, alias, version)
         return str(version)
@@ -275,12 +341,26 @@ class MlflowTracker(Tracker):
     def set_tags(self, tags: dict) -> None:
         self._do("tags", tags={k: str(v) for k, v in tags.items()})
 
-    def register_model(self, name: str, artifact_path: str, tags: dict, aliases=(), source_run_id: str = "") -> str:
-        """A new version of registered model `name` from `runs:/<run>/<artifact_path>` (this run by
-        default); returns the version, or "" when the registration waits in the journal."""
+    def log_model(self, path: str | Path, name: str, requirements=(), *, python_model: str | Path = "",
+                  artifact: str = "", code_paths=(), leave_out=()) -> None:
+        """Directory `path` as this run's MLflow model `name`: a Hugging Face causal LM with the
+        transformers flavour (task text-generation), or with `python_model` a pyfunc from that code
+        file whose artifact `artifact` is the directory less `leave_out`. `requirements` are the
+        packages it needs, pinned to the versions installed here."""
+        self._do("model", path=str(path), name=name, requirements=list(requirements), python_model=str(python_model),
+                 artifact=artifact, code_paths=[str(p) for p in code_paths], leave_out=list(leave_out))
+
+    def register_model(self, name: str, artifact_path: str, tags: dict, aliases=(), source_run_id: str = "",
+                       model_metrics: dict | None = None) -> str:
+        """A new version of registered model `name` from the MLflow model `artifact_path` that run
+        `source_run_id` (this run by default) logged, with `model_metrics` attached to that model; from
+        `runs:/<run>/<artifact_path>` when the run logged no such model. Returns the version, or ""
+        when the registration waits in the journal."""
         version = self._do("register", name=name, artifact_path=artifact_path,
                            tags={k: str(v) for k, v in tags.items()}, aliases=list(aliases),
-                           source_run_id=source_run_id)
+                           source_run_id=source_run_id,
+                           model_metrics={k: float(v) for k, v in (model_metrics or {}).items()
+                                          if v is not None and math.isfinite(v)})
         return version or ""
 
     # --- sending, or keeping on disk -------------------------------------------------------------

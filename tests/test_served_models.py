@@ -1,0 +1,93 @@
+"""Registered models that MLflow itself loads: the tracked SFT and PPO stages log the Hydra-SFT model
+as a reward pyfunc and the policy with the transformers flavour, the register stage points the
+aliases at them, and a fresh process loads both by alias, generates and scores."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import tiny_ppo_config, tiny_sft_config
+from hydra_core import registry, stages
+from hydra_core.data.encoding import pair_batch
+from hydra_core.data.schema import PreferencePair
+from hydra_core.eval.report import FILES as EVAL_FILES
+from hydra_core.models.hydra import load_hydra
+from hydra_core.tracking.mlflow_tracker import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from hydra_core.tracking.runs import Tracking
+
+PAIRS = [{"prompt": "12+7=", "response": "19"}, {"prompt": "3+4=", "response": "8 and some more words"}]
+EVALUATION = {"win_rate": 0.75, "win_rate_low": 0.6, "win_rate_high": 0.9, "wins": 6, "ties": 0, "losses": 2,
+              "errors": 0, "position_bias": 0.0, "prompts": "eval-prompts", "baseline": "hydra-sft",
+              "judge": {"name": "gold"}}
+
+LOAD_AND_USE = """
+import json, sys
+import mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+policy = mlflow.pyfunc.load_model("models:/hydra-rlhf-policy@champion")
+text = policy.predict(["1+1="], params={"max_new_tokens": 4, "do_sample": False})
+pipeline = mlflow.transformers.load_model("models:/hydra-rlhf-policy@champion")
+reward = mlflow.pyfunc.load_model("models:/hydra-rlhf-sft@candidate")
+print(json.dumps({"text": text, "pipeline_task": pipeline.task, "rewards": reward.predict(json.loads(sys.argv[2]))}))
+"""
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, base_model_dir, arithmetic_dir):
+    """A tracked Hydra-SFT run (registered), a tracked PPO run from it, and that policy registered."""
+    root = tmp_path_factory.mktemp("served")
+    tracking = Tracking(f"sqlite:///{root / 'mlflow.db'}", "served-test")
+    sft = stages.sft(tiny_sft_config(base_model_dir, arithmetic_dir, str(root / "sft")), tracking,
+                     registered_model=registry.SFT_MODEL)
+    ppo = stages.ppo(tiny_ppo_config(str(root / "sft"), arithmetic_dir, root / "ppo"), tracking)
+    (root / "eval").mkdir()
+    (root / "eval" / EVAL_FILES["summary"]).write_text(json.dumps(EVALUATION))
+    decision = stages.register_policy(tracking, str(root / "eval"), ppo["tracking"]["run_id"], registry.POLICY_MODEL,
+                                      0.5, "hydra", root / "register")
+    return {"uri": tracking.resolved_uri, "sft": sft, "ppo": ppo, "decision": decision, "root": root}
+
+
+def test_a_fresh_process_generates_with_the_champion_and_scores_with_the_reward_model(registered):
+    assert [registered[s]["tracking"]["state"] for s in ("sft", "ppo", "decision")] == ["sent"] * 3
+    assert registered["decision"]["aliases"] == [registry.CANDIDATE, registry.CHAMPION]
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_USE, registered["uri"], json.dumps(PAIRS)],
+                          capture_output=True, text=True, timeout=300, cwd=registered["root"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["pipeline_task"] == "text-generation"
+    assert len(got["text"]) == 1 and isinstance(got["text"][0], str)
+    assert len(got["rewards"]) == 2 and all(math.isfinite(r) for r in got["rewards"])
+
+    # the numbers hydra_core's own reward scoring gives (a chosen/rejected batch, as the judge scores)
+    model = load_hydra(str(registered["root"] / "sft"), heads=("reward",)).eval()
+    for pair, served in zip(PAIRS, got["rewards"]):
+        batch = pair_batch(model.tokenizer, [PreferencePair(pair["prompt"], pair["response"], "x")], 512)
+        own = model(**batch, lm=False, reward=True).rewards[0].item()
+        assert served == pytest.approx(own, abs=1e-4)
+    assert got["rewards"][0] != pytest.approx(got["rewards"][1], abs=1e-6)
+
+
+def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_eval_metrics(registered):
+    client = MlflowClient(registered["uri"])
+    experiment = client.get_experiment_by_name("served-test")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+    policy = client.get_model_version_by_alias(registry.POLICY_MODEL, registry.CHAMPION)
+    assert policy.source.startswith("models:/m-")  # a LoggedModel, not a bare runs:/ artifact folder
+    logged = client.get_logged_model(policy.source.removeprefix("models:/"))
+    assert logged.name == registry.MODEL_ARTIFACT and logged.source_run_id == registered["ppo"]["tracking"]["run_id"]
+    metrics = {m.key: m.value for m in logged.metrics}
+    assert metrics["win_rate"] == 0.75 and metrics["win_rate_low"] == 0.6
+    assert str(logged.status) == "READY"
+
+    sft = client.get_model_version_by_alias(registry.SFT_MODEL, registry.CANDIDATE)
+    assert str(sft.version) == registered["sft"]["tracking"]["model_version"]
+    reward = client.get_logged_model(sft.source.removeprefix("models:/"))
+    assert reward.source_run_id == registered["sft"]["tracking"]["run_id"]
+    # built from code: the logged model holds the code file and the Hydra directory, no pickle
+    files = {a.path for a in client.list_logged_model_artifacts(reward.model_id)}
+    assert "reward_pyfunc.py" in files and "python_model.pkl" not in files
