@@ -4,11 +4,15 @@ aliases at them, and a fresh process loads both by alias, generates and scores."
 
 import json
 import math
+import shutil
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.models import Model
 
 from conftest import tiny_ppo_config, tiny_sft_config
 from hydra_core import registry, stages
@@ -16,7 +20,8 @@ from hydra_core.data.encoding import pair_batch
 from hydra_core.data.schema import PreferencePair
 from hydra_core.eval.report import FILES as EVAL_FILES
 from hydra_core.models.hydra import load_hydra
-from hydra_core.tracking.mlflow_tracker import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from hydra_core.tracking.mlflow_tracker import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PENDING_DIR, MlflowTracker,
+                                                replay)
 from hydra_core.tracking.runs import Tracking
 
 PAIRS = [{"prompt": "12+7=", "response": "19"}, {"prompt": "3+4=", "response": "8 and some more words"}]
@@ -91,3 +96,33 @@ def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_e
     # built from code: the logged model holds the code file and the Hydra directory, no pickle
     files = {a.path for a in client.list_logged_model_artifacts(reward.model_id)}
     assert "reward_pyfunc.py" in files and "python_model.pkl" not in files
+
+
+def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_replay(tmp_path, base_model_dir):
+    from transformers import AutoTokenizer
+
+    policy = tmp_path / "ppo"
+    shutil.copytree(base_model_dir, policy)
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(policy)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    run = MlflowTracker(dead, "offline-ppo", policy / PENDING_DIR, experiment="replayed", system_metrics=False)
+    run.log_model(policy, registry.MODEL_ARTIFACT, stages.POLICY_REQUIREMENTS)
+    assert run.register_model("replayed-policy", registry.MODEL_ARTIFACT, {}, [registry.CHAMPION],
+                              model_metrics={"win_rate": 0.7}) == ""
+    run.close()
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    replay(policy / PENDING_DIR, uri)
+    version = MlflowClient(uri).get_model_version_by_alias("replayed-policy", registry.CHAMPION)
+    logged = MlflowClient(uri).get_logged_model(version.source.removeprefix("models:/"))
+    assert {m.key: m.value for m in logged.metrics} == {"win_rate": 0.7}
+    files = Path(logged.artifact_location.removeprefix("file://"))
+    meta = Model.load(files / "MLmodel")
+    assert meta.metadata["chat_template"] == tokenizer.chat_template
+    assert meta.flavors["transformers"]["task"] == "text-generation"
+    pins = (files / "requirements.txt").read_text().split()
+    assert {p.split("==")[0] for p in pins} == {"mlflow", *stages.POLICY_REQUIREMENTS}  # no torchvision
