@@ -64,7 +64,6 @@ def test_component_specs_run_in_a_dag_of_their_own(tmp_path, monkeypatch):
 
     @dsl.pipeline(name="their-dag")
     def their_dag():
-        # The local runner needs every integer parameter given (kfp 2.17 fails on an unset optional int).
         prep = data_prep(max_records=200, seed=0, config={"arithmetic_eval_prompts": 20}, tracking_uri=uri,
                          experiment="their-team", pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         hydra_sft(data=prep.outputs["data"], steps=4, demo_batch_size=8, pair_batch_size=4, seed=0,

@@ -19,7 +19,7 @@ from conftest import tiny_sft_config
 from hydra_core import cli, registry, stages
 from hydra_core.config import DataConfig
 from hydra_core.tracking.mlflow_tracker import JOURNAL, PENDING_DIR, MlflowTracker, replay
-from hydra_core.tracking.runs import Tracking, close_pipeline_run, open_pipeline_run
+from hydra_core.tracking.runs import Tracking, close_pipeline_run, pipeline_run
 
 
 def free_port() -> int:
@@ -108,11 +108,12 @@ def test_no_tracking_uri_records_nothing(tmp_path, files, monkeypatch):
 def test_the_exit_step_closes_what_a_failed_job_left_open(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking = Tracking(sqlite_uri(tmp_path), "exit-test")
-    tracking.parent_run_id = open_pipeline_run(tracking, "job-1")
-    finished = tracking.tracker("data-prep", tmp_path / "prep", system_metrics=False)
-    finished.close("FINISHED")
-    killed = tracking.tracker("hydra-sft", tmp_path / "sft", system_metrics=False)  # never closed: a killed step
-    other_job = open_pipeline_run(tracking, "job-2")
+    with pipeline_run(tracking, "job-1", hand_on=True) as tracking.parent_run_id:
+        finished = tracking.tracker("data-prep", tmp_path / "prep", system_metrics=False)
+        finished.close("FINISHED")
+        killed = tracking.tracker("hydra-sft", tmp_path / "sft", system_metrics=False)  # never closed: a killed step
+    with pipeline_run(tracking.top_level(), "job-2", hand_on=True) as other_job:
+        pass
 
     ended = close_pipeline_run(tracking, "job-1", "FAILED", "Task exit-handler-1 failed.")
     client = MlflowClient(sqlite_uri(tmp_path))
@@ -128,6 +129,47 @@ def test_the_exit_step_closes_what_a_failed_job_left_open(tmp_path, monkeypatch)
     assert close_pipeline_run(tracking, "job-2", "SUCCEEDED") == [other_job]
     assert client.get_run(other_job).info.status == "FINISHED"
     assert close_pipeline_run(Tracking("", "exit-test"), "job-1", "FAILED") == []  # tracking off
+
+
+def test_a_parent_run_not_handed_on_ends_with_the_step_that_opened_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = Tracking(sqlite_uri(tmp_path), "parent-test")
+    client = MlflowClient(sqlite_uri(tmp_path))
+    with pipeline_run(tracking, "job-1", hand_on=False) as done:
+        assert client.get_run(done).info.status == "RUNNING"
+    assert client.get_run(done).info.status == "FINISHED"
+    with pytest.raises(ValueError), pipeline_run(tracking, "job-2", hand_on=False) as broken:
+        raise ValueError("the step failed")
+    assert client.get_run(broken).info.status == "FAILED"
+    with pipeline_run(tracking, "job-3", hand_on=True) as handed_on:
+        pass
+    assert client.get_run(handed_on).info.status == "RUNNING"  # the DAG's compare or exit step ends it
+    with pipeline_run(Tracking(sqlite_uri(tmp_path), "parent-test", parent_run_id=done), "job-4",
+                      hand_on=False) as given:
+        assert given == done
+    experiment = client.get_experiment_by_name("parent-test").experiment_id
+    assert len(client.search_runs([experiment])) == 3  # a given parent is used, not a new one
+
+
+def test_steps_nest_under_the_run_the_cluster_opened(tmp_path, monkeypatch):
+    """Kubeflow's MLflow integration (KEP-12862) passes MLFLOW_TRACKING_URI and MLFLOW_RUN_ID to each task."""
+    uri = sqlite_uri(tmp_path)
+    client = MlflowClient(uri)
+    cluster_run = client.create_run(client.create_experiment("cluster")).info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_RUN_ID", cluster_run)
+    tracking = Tracking(experiment="cluster")
+    with pipeline_run(tracking, "job-1", hand_on=False) as tracking.parent_run_id:
+        step = tracking.tracker("data-prep", tmp_path / "prep", system_metrics=False)
+        step.close()
+    assert tracking.parent_run_id == cluster_run
+    assert client.get_run(step.run_id).data.tags["mlflow.parentRunId"] == cluster_run
+    assert client.get_run(cluster_run).info.status == "RUNNING"  # the cluster's to end, not ours
+    assert len(client.search_runs([client.get_experiment_by_name("cluster").experiment_id])) == 2
+    elsewhere = Tracking(sqlite_uri(tmp_path / "other"), "cluster")  # a run on another server is not a parent
+    (tmp_path / "other").mkdir()
+    with pipeline_run(elsewhere, "job-2", hand_on=False) as own:
+        assert own not in ("", cluster_run)
 
 
 def test_compare_settles_the_aliases_on_the_best_variant(tmp_path, monkeypatch):
@@ -269,7 +311,8 @@ def mlflow_server(tmp_path_factory):
 def test_stages_log_to_a_live_server(mlflow_server, tmp_path, base_model_dir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # what a pod gets from its platform
     tracking = Tracking(experiment="server-test")
-    tracking.parent_run_id = open_pipeline_run(tracking, "pipeline-run")
+    with pipeline_run(tracking, "pipeline-run", hand_on=True) as tracking.parent_run_id:
+        pass  # compare_variants closes it
     data = stages.prepare_data(DataConfig(output_dir=str(tmp_path / "data"), max_records=200,
                                           arithmetic_eval_prompts=20), tracking)
     sft = stages.sft(tiny_sft_config(base_model_dir, str(tmp_path / "data"), str(tmp_path / "sft")), tracking,

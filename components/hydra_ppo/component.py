@@ -19,15 +19,15 @@ def hydra_ppo(
     reward_model: Optional[Input[Model]] = None,
     variant: str = "hydra",
     variant_config: dict = {},
-    steps: Optional[int] = None,
-    rollout_batch_size: Optional[int] = None,
-    mini_batch_size: Optional[int] = None,
+    steps: int = -1,
+    rollout_batch_size: int = -1,
+    mini_batch_size: int = -1,
     learning_rate: Optional[float] = None,
     critic_learning_rate: Optional[float] = None,
     kl_coef: Optional[float] = None,
-    lora_rank: Optional[int] = None,
+    lora_rank: int = -1,
     memory_budget: Optional[str] = None,
-    seed: Optional[int] = None,
+    seed: int = -1,
     config: dict = {},
     tracking_uri: str = "",
     experiment: str = "",
@@ -38,11 +38,12 @@ def hydra_ppo(
     `plain_sft_model` and `reward_model` (a separately trained SFT model and reward model), the layouts
     that keep the reward model apart from the policy (full, lora, lora-dynamic) start from those, as in
     the paper; hydra and j-hydra always start from `sft_model`. Settings (hydra_core PPOConfig): the
-    parameters (None keeps the config default), then the entries of `variant_config` ({algorithm,
+    parameters (None, an integer -1, keeps the config default), then the entries of `variant_config` ({algorithm,
     layout or label: settings}) that apply to the label, then `config`. The policy is logged to MLflow
     as the run's `model` artifact, nested under `parent_run_id` (by default the data's pipeline run);
     its metadata carries the label (`variant`), `layout` and `algorithm`. Returns the MLflow run id."""
     from components.metrics import PPO_KEYS, fill_metrics
+    from components.parameters import unless_kept
     from hydra_core import stages
     from hydra_core.config import PPOConfig, label_config, run_label
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
@@ -51,10 +52,10 @@ def hydra_ppo(
                                reward_model.path if reward_model else "")
     cfg = label_config(PPOConfig, variant, variant_config, config, refused=("model", "reward_model", "data",
                                                                                "output_dir", "seed"),
-                       **models, data=data.path, output_dir=policy.path, steps=steps,
-                       rollout_batch_size=rollout_batch_size, mini_batch_size=mini_batch_size,
-                       learning_rate=learning_rate, critic_learning_rate=critic_learning_rate, kl_coef=kl_coef,
-                       lora_rank=lora_rank, memory_budget=memory_budget, seed=seed)
+                       **models, data=data.path, output_dir=policy.path, learning_rate=learning_rate,
+                       critic_learning_rate=critic_learning_rate, kl_coef=kl_coef, memory_budget=memory_budget,
+                       **unless_kept(steps=steps, rollout_batch_size=rollout_batch_size,
+                                     mini_batch_size=mini_batch_size, lora_rank=lora_rank, seed=seed))
     parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
     summary = stages.ppo(cfg, Tracking(tracking_uri, experiment, parent))
     policy.metadata.update({"variant": run_label(cfg.variant, cfg.algorithm), "layout": cfg.variant,

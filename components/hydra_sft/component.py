@@ -18,18 +18,18 @@ def hydra_sft(
     base_model: str = "",
     base_preset: Optional[str] = None,
     mode: Optional[str] = None,
-    steps: Optional[int] = None,
+    steps: int = -1,
     learning_rate: Optional[float] = None,
-    demo_batch_size: Optional[int] = None,
-    pair_batch_size: Optional[int] = None,
-    seed: Optional[int] = None,
+    demo_batch_size: int = -1,
+    pair_batch_size: int = -1,
+    seed: int = -1,
     config: dict = {},
     tracking_uri: str = "",
     experiment: str = "",
     parent_run_id: str = "",
     registered_model: str = "",
 ) -> str:
-    """Train Hydra-SFT on a prepared directory (hydra_core SFTConfig: a parameter left None keeps
+    """Train Hydra-SFT on a prepared directory (hydra_core SFTConfig: a parameter left None, an integer -1, keeps
     the config default, `config` sets any other field) from `init_model` when given (e.g. a reward
     model from an SFT model), else from `base_model`, a model directory or hub id, or when that is
     empty from a fresh random-init `base_preset` model. `mode` sft or rm trains a plain SFT model or
@@ -37,14 +37,15 @@ def hydra_sft(
     `parent_run_id`, by default the data's pipeline run) and, given `registered_model`, registered;
     its metadata names it (`variant`: hydra-sft, sft or reward-model). Returns the MLflow run id."""
     from components.metrics import SFT_KEYS, fill_metrics
+    from components.parameters import unless_kept
     from hydra_core import stages
     from hydra_core.config import SFTConfig, from_parameters
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
 
     start = init_model.path if init_model is not None else base_model
     cfg = from_parameters(SFTConfig, config, model=start or None, data=data.path, output_dir=model.path, mode=mode,
-                          steps=steps, learning_rate=learning_rate, demo_batch_size=demo_batch_size,
-                          pair_batch_size=pair_batch_size, seed=seed)
+                          learning_rate=learning_rate, **unless_kept(steps=steps, demo_batch_size=demo_batch_size,
+                                                                     pair_batch_size=pair_batch_size, seed=seed))
     cfg.model = stages.base_model(start, base_preset)  # after the settings are checked: it may build one
     parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
     summary = stages.sft(cfg, Tracking(tracking_uri, experiment, parent), registered_model)

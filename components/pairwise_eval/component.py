@@ -19,15 +19,15 @@ def pairwise_eval(
     judge: Optional[str] = None,
     judge_model: Optional[str] = None,
     judge_base_url: Optional[str] = None,
-    max_prompts: Optional[int] = None,
-    seed: Optional[int] = None,
+    max_prompts: int = -1,
+    seed: int = -1,
     config: dict = {},
     tracking_uri: str = "",
     experiment: str = "",
     parent_run_id: str = "",
 ) -> str:
     """Judge `candidate` against `baseline` on the prepared eval prompts, both orders (hydra_core
-    EvalConfig; judge gold|reward-model|openai; a parameter left None keeps the config default,
+    EvalConfig; judge gold|reward-model|openai; a parameter left None, an integer -1, keeps the config default,
     `config` sets any other field). The openai judge reads its key from the environment variable
     named by `judge_api_key_env`, set from a Kubernetes secret. The evaluation's metadata is the
     candidate's (its run label as `variant`, its figures) with the judged figures and the `baseline`'s
@@ -36,6 +36,7 @@ def pairwise_eval(
     from pathlib import Path
 
     from components.metrics import EVAL_KEYS, fill_metrics
+    from components.parameters import unless_kept
     from hydra_core import stages
     from hydra_core.config import EvalConfig, from_parameters
     from hydra_core.eval.report import FILES
@@ -43,7 +44,7 @@ def pairwise_eval(
 
     cfg = from_parameters(EvalConfig, config, candidate=candidate.path, baseline=baseline.path, prompts=data.path,
                           output_dir=evaluation.path, judge=judge, judge_model=judge_model,
-                          judge_base_url=judge_base_url, max_prompts=max_prompts, seed=seed)
+                          judge_base_url=judge_base_url, **unless_kept(max_prompts=max_prompts, seed=seed))
     parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
     names = {"variant": candidate.metadata.get("variant", ""), "baseline": baseline.metadata.get("variant", "")}
     summary = stages.evaluate(cfg, Tracking(tracking_uri, experiment, parent), tags=names)

@@ -2,8 +2,10 @@
 
 `Tracking` says where runs go (tracking URI, experiment, the parent run to nest under, tags) and
 opens a stage's run there. A pipeline run has a parent run that its steps nest under: opened by
-the first step (`open_pipeline_run`) and, however the job ends, its leftovers closed by the exit
-step (`close_pipeline_run`), which finds them by the job name tagged on the parent.
+the first step (`pipeline_run`) and, however the job ends, its leftovers closed by the exit
+step (`close_pipeline_run`), which finds them by the job name tagged on the parent. In a DAG
+without that exit step the first step ends the parent run itself. Where Kubeflow's MLflow
+integration (KEP-12862) has opened a run for the pipeline run, the steps nest under that one.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import dataclasses
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT, PENDING_DIR, MlflowTracker, connect, redact
 
@@ -57,16 +61,38 @@ class Tracking:
         return dataclasses.replace(self, parent_run_id="")
 
 
-def open_pipeline_run(tracking: Tracking, job_name: str) -> str:
-    """Create the parent run of a pipeline run and return its id ("" when tracking is off or down).
+def cluster_run_id(tracking: Tracking) -> str:
+    """The run Kubeflow's MLflow integration (KEP-12862) opened for this pipeline run, "" when none: it
+    passes MLFLOW_RUN_ID and MLFLOW_TRACKING_URI to every task. Only a run on the server in use counts."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return os.environ.get("MLFLOW_RUN_ID", "") if uri and tracking.resolved_uri == uri else ""
 
-    It stays open: the compare step closes it at the end of the pipeline, the exit step if the
-    pipeline fails. A parent run that could not be created is not journaled (it would hold nothing
-    but its name): the stages' own journals then replay as top-level runs.
-    """
+
+def _new_parent_run(tracking: Tracking, job_name: str) -> MlflowTracker:
+    """A parent run that could not be created is not journaled (it would hold nothing but its name):
+    the stages' own journals then replay as top-level runs."""
     return tracking.top_level().tracker(job_name or "hydra-rlhf", tempfile.mkdtemp(prefix="hydra-pipeline-run-"),
                                         tags={STAGE_TAG: "pipeline", PIPELINE_JOB_TAG: job_name},
-                                        system_metrics=False).run_id
+                                        system_metrics=False)
+
+
+@contextmanager
+def pipeline_run(tracking: Tracking, job_name: str, *, hand_on: bool) -> Iterator[str]:
+    """The parent run for the block's stage to nest under: `tracking.parent_run_id` when given, else
+    the cluster's run, else a new one. A new one is the block's to end (FAILED if the block raises)
+    unless `hand_on`: in the pipeline the compare step ends it, or the exit step if the job fails."""
+    existing = tracking.parent_run_id or cluster_run_id(tracking)
+    if existing:
+        yield existing
+        return
+    run = _new_parent_run(tracking, job_name)
+    try:
+        yield run.run_id
+    except BaseException:
+        run.close("FAILED")
+        raise
+    if not hand_on:
+        run.close()
 
 
 def close_pipeline_run(tracking: Tracking, job_name: str, state: str, error: str = "") -> list[str]:
