@@ -126,7 +126,8 @@ def _log_output_dir(run: MlflowTracker, directory: str | Path) -> None:
     if "reward" in saved_heads(directory):
         run.log_model(directory, registry.MODEL_ARTIFACT, reward_pyfunc.REQUIREMENTS,
                       python_model=reward_pyfunc.__file__, artifact=reward_pyfunc.ARTIFACT,
-                      code_paths=[Path(reward_pyfunc.__file__).parents[1]], leave_out=LEFT_OUT)
+                      code_paths=[Path(reward_pyfunc.__file__).parents[1]], leave_out=LEFT_OUT,
+                      signature=reward_pyfunc.SIGNATURE)
     else:
         run.log_model(directory, registry.MODEL_ARTIFACT, POLICY_REQUIREMENTS)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import mlflow
 import torch
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, Schema
 
 from hydra_core.data.encoding import encode_pair_of, pad_right
 from hydra_core.models.hydra import load_hydra
@@ -19,6 +21,9 @@ from hydra_core.runtime import pick_device
 ARTIFACT = "hydra"
 # what loading and scoring import; the logged model pins the versions installed where it was logged
 REQUIREMENTS = ("torch", "transformers", "safetensors", "peft", "pandas")
+# a served model's request rows and answer, as MLflow checks and documents them
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "response")]),
+                           outputs=Schema([ColSpec("double")]))
 
 
 @torch.no_grad()

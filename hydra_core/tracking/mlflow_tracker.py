@@ -35,6 +35,10 @@ class TrackingUnreachable(ConnectionError):
     pass
 
 
+# A logged policy's generation settings and their defaults: a caller may change them per request
+GENERATION_PARAMS = {"max_new_tokens": 64, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
+                     "return_full_text": False}
+
 # MLflow 3's UI opens an experiment on its GenAI traces page unless this tag says it trains models
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
@@ -179,13 +183,14 @@ class _Sender:
             self.client.log_batch(self.run_id, tags=items[i:i + _BATCH])
 
     def model(self, path: str, name: str, requirements: list[str], python_model: str = "", artifact: str = "",
-              code_paths: list[str] = (), leave_out: list[str] = ()) -> str:
+              code_paths: list[str] = (), leave_out: list[str] = (), signature: dict | None = None) -> str:
         """Directory `path` as an MLflow LoggedModel `name` of this run; returns its model id. A causal
         LM goes in with the transformers flavour; given `python_model` (a models-from-code file), the
-        directory (less `leave_out`) is that pyfunc's artifact `artifact`."""
+        directory (less `leave_out`) is that pyfunc's artifact `artifact`, and `signature` (MLflow's
+        `ModelSignature.to_dict()`) says what it takes and returns."""
         import mlflow.pyfunc
         import mlflow.transformers
-        from mlflow.models import Model
+        from mlflow.models import Model, ModelSignature, infer_signature
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         # Explicit requirements: MLflow's inference pins whatever the logging process imported (torchvision).
@@ -202,7 +207,8 @@ class _Sender:
                 shutil.copytree(path, copy, ignore=lambda _, names: [n for n in names if n in leave_out])
                 info = Model.log(None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id, model_id=model_id,
                                  python_model=python_model, artifacts={artifact: str(copy)},
-                                 code_paths=list(code_paths), pip_requirements=pins)
+                                 code_paths=list(code_paths), pip_requirements=pins,
+                                 signature=ModelSignature.from_dict(signature) if signature else None)
             else:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -212,6 +218,7 @@ class _Sender:
                                  transformers_model={"model": AutoModelForCausalLM.from_pretrained(path),
                                                      "tokenizer": tokenizer},
                                  task="text-generation", pip_requirements=pins,
+                                 signature=infer_signature(["a prompt"], ["a response"], params=GENERATION_PARAMS),
                                  metadata={"chat_template": template} if template else None)
         return info.model_id
 
@@ -342,13 +349,15 @@ class MlflowTracker(Tracker):
         self._do("tags", tags={k: str(v) for k, v in tags.items()})
 
     def log_model(self, path: str | Path, name: str, requirements=(), *, python_model: str | Path = "",
-                  artifact: str = "", code_paths=(), leave_out=()) -> None:
+                  artifact: str = "", code_paths=(), leave_out=(), signature=None) -> None:
         """Directory `path` as this run's MLflow model `name`: a Hugging Face causal LM with the
-        transformers flavour (task text-generation), or with `python_model` a pyfunc from that code
-        file whose artifact `artifact` is the directory less `leave_out`. `requirements` are the
-        packages it needs, pinned to the versions installed here."""
+        transformers flavour (task text-generation, GENERATION_PARAMS as request parameters), or with
+        `python_model` a pyfunc from that code file whose artifact `artifact` is the directory less
+        `leave_out`, taking and returning what `signature` (an MLflow ModelSignature) says.
+        `requirements` are the packages it needs, pinned to the versions installed here."""
         self._do("model", path=str(path), name=name, requirements=list(requirements), python_model=str(python_model),
-                 artifact=artifact, code_paths=[str(p) for p in code_paths], leave_out=list(leave_out))
+                 artifact=artifact, code_paths=[str(p) for p in code_paths], leave_out=list(leave_out),
+                 signature=signature.to_dict() if signature else None)
 
     def register_model(self, name: str, artifact_path: str, tags: dict, aliases=(), source_run_id: str = "",
                        model_metrics: dict | None = None) -> str:
