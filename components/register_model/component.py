@@ -18,9 +18,10 @@ def register_model(
     experiment: str = "",
     parent_run_id: str = "",
 ) -> str:
-    """Register the policy that MLflow run `policy_run_id` logged (its `model` artifact) as a new
-    version of `registered_model`, judged by `evaluation` (a pairwise_eval output). Writes the
-    decision as Markdown; returns the new version ("" when nothing was registered)."""
+    """Register the policy that MLflow run `policy_run_id` logged (its MLflow model `model`, which
+    `models:/<registered_model>@champion` then loads) as a new version of `registered_model`, judged
+    by `evaluation` (a pairwise_eval output), whose figures go onto that model. Writes the decision
+    as Markdown; returns the new version ("" when nothing was registered)."""
     import os
     from pathlib import Path
 
