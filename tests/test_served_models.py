@@ -4,6 +4,7 @@ aliases at them, and a fresh process loads both by alias, generates and scores."
 
 import json
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -98,7 +99,8 @@ def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_e
     assert "reward_pyfunc.py" in files and "python_model.pkl" not in files
 
 
-def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_replay(tmp_path, base_model_dir):
+def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_replay(tmp_path, base_model_dir,
+                                                                                       monkeypatch):
     from transformers import AutoTokenizer
 
     policy = tmp_path / "ppo"
@@ -116,7 +118,10 @@ def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_
     run.close()
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # logging a model sets MLflow's global URI for a moment; where the next stages log must not change
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     replay(policy / PENDING_DIR, uri)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://tracking.example:5000"
     version = MlflowClient(uri).get_model_version_by_alias("replayed-policy", registry.CHAMPION)
     logged = MlflowClient(uri).get_logged_model(version.source.removeprefix("models:/"))
     assert {m.key: m.value for m in logged.metrics} == {"win_rate": 0.7}

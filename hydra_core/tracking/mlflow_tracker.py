@@ -17,6 +17,7 @@ import tempfile
 import time
 import warnings
 from importlib.metadata import version as installed_version
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,6 +77,26 @@ def connect(uri: str):
     """An MlflowClient for `uri`, after checking that a server there answers (TrackingUnreachable if not)."""
     _probe(uri)
     return _client(uri)
+
+
+@contextmanager
+def _global_tracking_uri(uri: str):
+    """`uri` as MLflow's global tracking URI, which Model.log and the registry's models:/ lookup read
+    instead of a client's. MLflow's own setter also rewrites or unsets $MLFLOW_TRACKING_URI, which
+    says where the next stages log, so both are put back as they were."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    before, variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -191,8 +212,6 @@ class _Sender:
         import mlflow.pyfunc
         import mlflow.transformers
         from mlflow.models import Model, ModelSignature, infer_signature
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
         # Explicit requirements: MLflow's inference pins whatever the logging process imported (torchvision).
         pins = [f"{package}=={installed_version(package).split('+')[0]}" for package in requirements]
         # Made here, in the run's experiment: Model.log would make it in the active experiment
@@ -201,7 +220,7 @@ class _Sender:
                                                    params=run.data.params).model_id
         # Model.log takes the run to log to, which the flavours' log_model do not all pass on; it reads
         # the global tracking URI, not this sender's client.
-        with _use_tracking_uri(self.uri), tempfile.TemporaryDirectory() as staging:
+        with _global_tracking_uri(self.uri), tempfile.TemporaryDirectory() as staging:
             if python_model:
                 copy = Path(staging) / artifact
                 shutil.copytree(path, copy, ignore=lambda _, names: [n for n in names if n in leave_out])
@@ -239,7 +258,6 @@ class _Sender:
         to that model), or from its artifact folder `artifact_path` when it logged no such model."""
         from mlflow.entities import Metric
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         run_id = source_run_id or self.run_id
         try:
@@ -257,7 +275,7 @@ class _Sender:
                 self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, 0, model_id=logged.model_id)
                                                             for k, v in model_metrics.items()])
             # the registry store resolves a models:/ source through the global tracking URI
-            with _use_tracking_uri(self.uri):
+            with _global_tracking_uri(self.uri):
                 version = self.client.create_model_version(name, f"models:/{logged.model_id}", run_id=run_id,
                                                            tags=tags, model_id=logged.model_id).version
         for alias in aliases:
