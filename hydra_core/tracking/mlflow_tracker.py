@@ -16,8 +16,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from importlib.metadata import version as installed_version
 from contextlib import contextmanager
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -212,14 +212,14 @@ class _Sender:
         import mlflow.pyfunc
         import mlflow.transformers
         from mlflow.models import Model, ModelSignature, infer_signature
+
         # Explicit requirements: MLflow's inference pins whatever the logging process imported (torchvision).
         pins = [f"{package}=={installed_version(package).split('+')[0]}" for package in requirements]
         # Made here, in the run's experiment: Model.log would make it in the active experiment
         run = self.client.get_run(self.run_id)
         model_id = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=self.run_id,
                                                    params=run.data.params).model_id
-        # Model.log takes the run to log to, which the flavours' log_model do not all pass on; it reads
-        # the global tracking URI, not this sender's client.
+        # Model.log, not the flavours' log_model: it takes the run to log to, which they do not all pass on
         with _global_tracking_uri(self.uri), tempfile.TemporaryDirectory() as staging:
             if python_model:
                 copy = Path(staging) / artifact
