@@ -1,7 +1,8 @@
 """The model registry's rules: what gets registered under which name, and which version is champion.
 
-A stage's output directory is logged as its run's MLflow model `model` (and its `model` artifact
-folder); versions are registered from that model, so `models:/<name>@<alias>` loads and serves. The
+A stage's output directory is logged as its run's `model` artifact folder and as an MLflow model
+(LM_MODEL or REWARD_MODEL); versions are registered from that model, so `models:/<name>@<alias>`
+loads and serves. The
 Hydra-SFT model goes to SFT_MODEL; every judged PPO policy becomes a new version of POLICY_MODEL
 with the alias `candidate`, and `champion` when it wins (`is_champion`). With several variants
 registered in parallel, `settle_aliases` puts both aliases on the best of them once all are done.
@@ -17,6 +18,9 @@ from hydra_core.tracking.runs import Tracking
 SFT_MODEL = "hydra-rlhf-sft"
 POLICY_MODEL = "hydra-rlhf-policy"
 MODEL_ARTIFACT = "model"  # where a stage's output directory goes in its MLflow run
+# The MLflow models a stage logs, named apart from that folder: MLflow 3 reads `runs:/<run>/<name>`
+# as the run's LoggedModel of that name when there is one, and no longer lists the folder.
+LM_MODEL, REWARD_MODEL = "causal-lm", "reward-model"
 CANDIDATE, CHAMPION = "candidate", "champion"
 CHAMPION_THRESHOLD = 0.5
 UNREGISTERED = {"off": "tracking is off (no tracking URI)",
@@ -47,7 +51,7 @@ def register_policy(run: MlflowTracker, evaluation: dict, metrics: dict, policy_
         tags = {"variant": variant, "data": evaluation["prompts"], "run_id": policy_run_id,
                 "pipeline_run_id": parent_run_id, "judge": evaluation["judge"]["name"],
                 "win_rate": evaluation["win_rate"], "win_rate_low": low, "baseline": evaluation["baseline"]}
-        decision["model_version"] = run.register_model(registered_model, MODEL_ARTIFACT, tags, aliases,
+        decision["model_version"] = run.register_model(registered_model, LM_MODEL, tags, aliases,
                                                        source_run_id=policy_run_id, model_metrics=metrics)
         reason = "" if decision["model_version"] else UNREGISTERED[run.state]
     if decision["model_version"]:

@@ -113,10 +113,10 @@ def _log_splits(run: MlflowTracker, data_dir: str, names) -> None:
         run.log_dataset(split_path(data_dir, name), name, context)
 
 
-def _log_output_dir(run: MlflowTracker, directory: str | Path) -> None:
-    """The directory as the run's `model` artifact folder and as its MLflow model `model`, which
-    MLflow can load and serve: a directory with a trained reward head as the reward pyfunc
-    (`models/reward_pyfunc.py`), any other (a policy) as a transformers text-generation model."""
+def _log_output_dir(run: MlflowTracker, directory: str | Path) -> str:
+    """The directory as the run's `model` artifact folder and as an MLflow model that MLflow can load
+    and serve: a directory with a trained reward head as the reward pyfunc (`models/reward_pyfunc.py`),
+    any other (a policy) as a transformers text-generation model. Returns the MLflow model's name."""
     from hydra_core.models import reward_pyfunc
 
     for entry in sorted(Path(directory).iterdir()):
@@ -124,12 +124,13 @@ def _log_output_dir(run: MlflowTracker, directory: str | Path) -> None:
             path = registry.MODEL_ARTIFACT
             run.log_artifact(entry, f"{path}/{entry.name}" if entry.is_dir() else path)
     if "reward" in saved_heads(directory):
-        run.log_model(directory, registry.MODEL_ARTIFACT, reward_pyfunc.REQUIREMENTS,
+        run.log_model(directory, registry.REWARD_MODEL, reward_pyfunc.REQUIREMENTS,
                       python_model=reward_pyfunc.__file__, artifact=reward_pyfunc.ARTIFACT,
                       code_paths=[Path(reward_pyfunc.__file__).parents[1]], leave_out=LEFT_OUT,
                       signature=reward_pyfunc.SIGNATURE)
-    else:
-        run.log_model(directory, registry.MODEL_ARTIFACT, POLICY_REQUIREMENTS)
+        return registry.REWARD_MODEL
+    run.log_model(directory, registry.LM_MODEL, POLICY_REQUIREMENTS)
+    return registry.LM_MODEL
 
 
 # --- the stages ------------------------------------------------------------------------------
@@ -171,9 +172,9 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "") -> dict:
         _log_splits(run, cfg.data, ("demos_train", "pairs_train"))
         summary = run_sft(cfg, run)
         if summary:
-            _log_output_dir(run, cfg.output_dir)
+            logged = _log_output_dir(run, cfg.output_dir)
             if registered_model:
-                version = run.register_model(registered_model, registry.MODEL_ARTIFACT, tags={
+                version = run.register_model(registered_model, logged, tags={
                     "variant": run_name, "data": cfg.data, "base_model": cfg.model, "run_id": run.run_id,
                     "pipeline_run_id": tracking.parent_run_id}, aliases=[registry.CANDIDATE])
                 registered = {"registered_model": registered_model, "model_version": version}

@@ -85,7 +85,7 @@ def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_e
     policy = client.get_model_version_by_alias(registry.POLICY_MODEL, registry.CHAMPION)
     assert policy.source.startswith("models:/m-")  # a LoggedModel, not a bare runs:/ artifact folder
     logged = client.get_logged_model(policy.source.removeprefix("models:/"))
-    assert logged.name == registry.MODEL_ARTIFACT and logged.source_run_id == registered["ppo"]["tracking"]["run_id"]
+    assert logged.name == registry.LM_MODEL and logged.source_run_id == registered["ppo"]["tracking"]["run_id"]
     metrics = {m.key: m.value for m in logged.metrics}
     assert metrics["win_rate"] == 0.75 and metrics["win_rate_low"] == 0.6
     assert str(logged.status) == "READY"
@@ -93,7 +93,11 @@ def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_e
     sft = client.get_model_version_by_alias(registry.SFT_MODEL, registry.CANDIDATE)
     assert str(sft.version) == registered["sft"]["tracking"]["model_version"]
     reward = client.get_logged_model(sft.source.removeprefix("models:/"))
-    assert reward.source_run_id == registered["sft"]["tracking"]["run_id"]
+    assert reward.name == registry.REWARD_MODEL and reward.source_run_id == registered["sft"]["tracking"]["run_id"]
+    # the raw folder stays listable beside the models (one of the same name would shadow it in MLflow 3)
+    for stage, summary in (("sft", "sft_summary.json"), ("ppo", "ppo_summary.json")):
+        listed = {a.path for a in client.list_artifacts(registered[stage]["tracking"]["run_id"], "model")}
+        assert f"model/{summary}" in listed and "model/config.json" in listed
     # built from code: the logged model holds the code file and the Hydra directory, no pickle
     files = {a.path for a in client.list_logged_model_artifacts(reward.model_id)}
     assert "reward_pyfunc.py" in files and "python_model.pkl" not in files
@@ -112,8 +116,8 @@ def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     run = MlflowTracker(dead, "offline-ppo", policy / PENDING_DIR, experiment="replayed", system_metrics=False)
-    run.log_model(policy, registry.MODEL_ARTIFACT, stages.POLICY_REQUIREMENTS)
-    assert run.register_model("replayed-policy", registry.MODEL_ARTIFACT, {}, [registry.CHAMPION],
+    run.log_model(policy, registry.LM_MODEL, stages.POLICY_REQUIREMENTS)
+    assert run.register_model("replayed-policy", registry.LM_MODEL, {}, [registry.CHAMPION],
                               model_metrics={"win_rate": 0.7}) == ""
     run.close()
 
