@@ -328,7 +328,7 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     versions = client.search_model_versions("name='hydra-rlhf-policy'")
     assert sorted(v.tags["variant"] for v in versions) == ["hydra", "lora"]
     by_variant = {v.tags["variant"]: v for v in versions}
-    assert by_variant["hydra"].run_id == ppo.info.run_id and by_variant["hydra"].source.endswith("/model")
+    assert by_variant["hydra"].run_id == ppo.info.run_id and by_variant["hydra"].source.startswith("models:/")
     candidate = client.get_model_version_by_alias("hydra-rlhf-policy", "candidate")
     champion = client.get_model_version_by_alias("hydra-rlhf-policy", "champion")  # threshold -1: always beaten
     assert {candidate.version, champion.version} <= {v.version for v in versions}
