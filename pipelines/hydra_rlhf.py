@@ -155,12 +155,13 @@ MEANINGS = {
 
 def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: int = 0,
           tolerations: Sequence[Mapping[str, str]] = (), node_selector: Mapping[str, str] | None = None,
-          scratch: bool = True):
+          cluster: bool = True):
     """The pipeline, its task settings fixed (a task's resources are not pipeline parameters).
     `parallelism`: how many variants run at once (0: all; kfp fixes it when compiling, not per run).
     `tolerations`: add_toleration's arguments, each; `node_selector`: {label: value} every task's node has.
-    `scratch`: the scratch volumes and the variables that point there (off for a local run: the local runner
-    sets a task's variables in this machine's processes, where the volume's path does not exist)."""
+    `cluster`: the scratch volumes, the variables that point there and the retries. Off for a local run: the
+    local runner sets a task's variables in this machine's processes, where the volume's path does not exist,
+    and it honours retries, which on one machine only delay a failure's report by minutes."""
 
     @dsl.pipeline(name=NAME, description=__doc__.split("\n\n")[0].replace("\n", " "))
     def hydra_rlhf(
@@ -211,8 +212,9 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
             name = task.component_spec.name
             cpu, cpu_limit, memory, scratch_size = RESOURCES[name]
             task.set_cpu_request(cpu).set_cpu_limit(cpu_limit).set_memory_request(memory).set_memory_limit(memory)
-            task.set_retry(**RETRY).set_caching_options(name not in CHANGES_STATE)
-            if scratch:
+            task.set_caching_options(name not in CHANGES_STATE)
+            if cluster:
+                task.set_retry(**RETRY)
                 kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH, size_limit=scratch_size)
                 for variable, value in SCRATCH_ENV.items():
                     task.set_env_variable(variable, value)
@@ -268,7 +270,7 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
             prep = configure(data_prep(dataset=dataset, data_format=data_format, dataset_split=dataset_split,
                                        max_records=max_records, eval_fraction=eval_fraction, seed=seed,
                                        config=data_config, pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                       **tracking)).after(checked)
+                                       hand_on_parent_run=True, **tracking)).after(checked)
             prep.set_display_name("data prep")
             data, parent = prep.outputs["data"], prep.outputs["parent_run_id"]
             # the same data and budget for Hydra-SFT and, where needed, the SFT model and the reward model

@@ -18,7 +18,7 @@ from pipelines.hydra_rlhf import build
 
 # One variant at a time: on one machine the variants would share its cores, each slowing the others,
 # and the comparison table reports every variant's own time.
-hydra_rlhf = build(parallelism=1, scratch=False)
+hydra_rlhf = build(parallelism=1, cluster=False)
 
 
 class PipelineFailed(RuntimeError):

@@ -139,9 +139,10 @@ def test_ppo_starts_from_the_separate_sft_model_only_for_the_layouts_that_keep_t
 
 
 def test_a_bad_parameter_fails_the_first_step_however_the_run_started(tmp_path, monkeypatch):
-    """A run started without hydra-rlhf's own check (the KFP UI, a reused spec) stops at its first step."""
+    """A run started without hydra-rlhf's own check (the KFP UI, a reused spec) stops at its first step
+    (here the local build: the cluster's scratch path does not exist on this machine)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from pipelines.hydra_rlhf import hydra_rlhf
+    from pipelines.local_run import hydra_rlhf
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
                workspace_root=str(tmp_path / "workspace"))

@@ -2,6 +2,7 @@
 run read back from its MLflow store."""
 
 import re
+from pathlib import Path
 
 import kfp
 import pytest
@@ -201,6 +202,21 @@ def test_every_task_is_retried_with_backoff_limited_and_given_scratch_space_and_
             {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"}], name
         assert kubernetes[name]["nodeSelector"] == {"labels": {"pool": "training"}}, name
     assert kubernetes["exec-hydra-ppo"]["emptyDirMounts"][0]["sizeLimit"] == "50Gi"
+    # data prep leaves the parent run open for the compare and exit steps to end
+    assert tasks["data-prep"]["inputs"]["parameters"]["hand_on_parent_run"] == {
+        "runtimeValue": {"constant": True}}
+
+
+def test_the_local_build_retries_nothing_and_mounts_no_scratch(tmp_path):
+    """On one machine a retry only delays the failure's report, and /scratch does not exist."""
+    from pipelines.hydra_rlhf import compile_pipeline
+
+    spec, platform = yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "local.yaml"), cluster=False)).read_text())
+    tasks = [task for task, _ in dag_tasks(spec).values()]
+    assert tasks and not any("retryPolicy" in task for task in tasks)
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        assert not any(env["name"] == "TMPDIR" for env in executor["container"].get("env", [])), name
+        assert "emptyDirMounts" not in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]
 
 
 def test_without_tolerations_or_node_selectors_none_are_compiled(tmp_path):
