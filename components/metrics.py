@@ -14,9 +14,11 @@ PPO_KEYS = ("objective/scores", "objective/kl", "policy/clipfrac", "eval/gold_ac
 EVAL_KEYS = SUMMARY_METRICS
 
 
-def fill_metrics(metrics, summary: dict, keys) -> dict[str, float]:
-    """Report the numbers of `summary` among `keys` to `metrics` (a Kubeflow Metrics artifact); returns them."""
+def fill_metrics(metrics, summary: dict, keys, named=dict) -> dict[str, float]:
+    """Report the numbers of `summary` among `keys` to `metrics` (a Kubeflow Metrics artifact) under the
+    names `named` gives them (the eval's: hydra_core.eval.report.metric_names); returns them by their
+    summary keys, which the output's metadata carries."""
     values = numeric_entries(summary, keys)
-    for name, value in values.items():
+    for name, value in named(values).items():
         metrics.log_metric(name, value)
     return values

@@ -39,7 +39,7 @@ def pairwise_eval(
     from components.parameters import unless_kept
     from hydra_core import stages
     from hydra_core.config import EvalConfig, from_parameters
-    from hydra_core.eval.report import FILES
+    from hydra_core.eval.report import FILES, metric_names
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
 
     cfg = from_parameters(EvalConfig, config, candidate=candidate.path, baseline=baseline.path, prompts=data.path,
@@ -50,5 +50,5 @@ def pairwise_eval(
     summary = stages.evaluate(cfg, Tracking(tracking_uri, experiment, parent), tags=names)
     shutil.copyfile(Path(evaluation.path) / FILES["report"], report.path)
     evaluation.metadata.update({**candidate.metadata, **names, "mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
-                                **fill_metrics(metrics, summary, EVAL_KEYS)})
+                                **fill_metrics(metrics, summary, EVAL_KEYS, metric_names)})
     return summary["tracking"]["run_id"]

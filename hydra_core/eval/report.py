@@ -22,9 +22,16 @@ FILES = {
     "report": "report.html",
     "summary": "eval_summary.json",
 }
-# the summary's figures, logged as `eval/<name>` metrics
+# the summary's figures, logged under the names `metric_names` gives them
 SUMMARY_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "wins", "ties", "losses", "errors", "position_bias")
 COLOURS = {"wins": "#2e7d32", "ties": "#9e9e9e", "losses": "#c62828", "errors": "#f9a825"}
+
+
+def metric_names(figures: dict[str, float]) -> dict[str, float]:
+    """The summary's `figures` under their one name wherever they are logged (the eval run, the
+    Kubeflow Metrics output, a registered version's run): `eval/<key>`, as the training stages'
+    `eval/gold_accuracy`, so a chart or a search finds the win-rate under one name."""
+    return {f"eval/{key}": value for key, value in figures.items()}
 
 
 def _rate(value: float | None) -> str:

@@ -17,7 +17,7 @@ from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.judges import GoldJudge, Judge, Response, RewardModelJudge
 from hydra_core.eval.openai_judge import OpenAIJudge
 from hydra_core.eval.pairwise import judge_pairs, tally
-from hydra_core.eval.report import SUMMARY_METRICS, headline, write_report
+from hydra_core.eval.report import SUMMARY_METRICS, headline, metric_names, write_report
 from hydra_core.eval.stats import win_rate
 from hydra_core.models.generation import Decoding, generate
 from hydra_core.models.hydra import CONFIG_FILE, load_hydra
@@ -116,8 +116,8 @@ def run_eval(cfg: EvalConfig, tracker: Tracker | None = None) -> dict:
     save_config(cfg, cfg.output_dir)
 
     tracker.log_params(to_dict(cfg))
-    tracker.log_metrics({f"eval/{name}": math.nan if summary[name] is None else summary[name]
-                         for name in SUMMARY_METRICS}, step=0)
+    tracker.log_metrics(metric_names({name: math.nan if summary[name] is None else summary[name]
+                                      for name in SUMMARY_METRICS}), step=0)
     for name in ("report", "chart", "judgments", "judgments_csv", "summary"):
         tracker.log_artifact(paths[name], artifact_path="eval")
     return summary
