@@ -14,8 +14,8 @@ from pathlib import Path
 
 from kfp import compiler
 
-NAMES = ("check_settings", "data_prep", "hydra_sft", "hydra_ppo", "pairwise_eval", "register_model", "compare_variants",
-         "close_pipeline_run")
+NAMES = ("check_settings", "open_pipeline_run", "data_prep", "hydra_sft", "hydra_ppo", "pairwise_eval",
+         "register_model", "compare_variants", "close_pipeline_run")
 HERE = Path(__file__).parent
 
 

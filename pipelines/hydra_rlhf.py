@@ -20,10 +20,12 @@ Each branch holds its own variants loop and compare step (built by one function)
 runner cannot feed a `dsl.OneOf` of artifacts to a later task ("Expected 1 artifact in
 ArtifactSelectorSpec. Got: 2"), and a OneOf would also need Hydra-SFT trained inside both branches.
 
-MLflow: data prep opens the pipeline's parent run, every step nests its own run under it (the steps
-in the variants loop find its id in the data's metadata), and the compare step closes it. The exit
-step (`close_pipeline_run`, run however the job ends) ends what is still open: the parent run
-FAILED after a failed step, the run of a killed step KILLED. Each
+MLflow: a step of its own (`open_pipeline_run`, after the check) opens the pipeline's parent run with
+the checked parameters, the KFP run (its id, and a link given `kfp_ui_url`) and what ran (package
+version, git commit, image); every step nests its own run under it (the steps in the variants loop
+find its id in that step's output artifact), and the compare step closes it. The exit step
+(`close_pipeline_run`, run however the job ends) ends what is still open: the parent run FAILED after
+a failed step, the run of a killed step KILLED. Each
 variant's policy is registered as soon as it is judged (aliases moving as it goes); the compare
 step, after all of them, settles `candidate` on the variant with the best judged lower bound and
 `champion` on it too when that bound beats the threshold.
@@ -32,7 +34,10 @@ Task settings, compiled into the spec and ignored by the local runner: each task
 to the CPU and memory of RESOURCES, and gets a scratch volume (an emptyDir of that size, which any UID can
 write) for temporary files and the hub's cache; it is retried RETRY times with a growing backoff (a node
 lost, a hub download cut). The steps that only record or move state (CHANGES_STATE) are never cached,
-the others may be. Compiled with `use_gpu`, the steps of GPU_STEPS also get one accelerator of type
+the others may be: data prep and the SFT trainings take nothing that changes from one pipeline run
+to the next (no job name, no parent run id: their runs are nested by the first step that reads their
+outputs, hydra_core.tracking.runs), so a run retried after a failed PPO step takes them from the
+cache. Compiled with `use_gpu`, the steps of GPU_STEPS also get one accelerator of type
 `accelerator` and the CUDA image; `tolerations` and `node_selector` apply to every task.
 
 Secrets never travel as parameter values: each SECRETS entry names a pipeline parameter holding a
@@ -49,9 +54,10 @@ from components.check_settings.component import check_settings
 from components.close_pipeline_run.component import close_pipeline_run
 from components.compare_variants.component import compare_variants
 from components.data_prep.component import data_prep
+from components.open_pipeline_run.component import open_pipeline_run
 from components.hydra_ppo.component import hydra_ppo
 from components.hydra_sft.component import hydra_sft
-from components.image import ACCELERATOR, CUDA_IMAGE
+from components.image import ACCELERATOR, CUDA_IMAGE, IMAGE
 from components.pairwise_eval.component import pairwise_eval
 from components.register_model.component import register_model
 from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig, SFTConfig, run_label
@@ -63,6 +69,7 @@ _D, _M, _T, _P, _E = DataConfig(), ModelInitConfig(), SFTConfig(), PPOConfig(), 
 NAME = "hydra-rlhf"
 RESOURCES = {  # component name: (CPU request, CPU limit, memory request and limit, scratch volume size)
     "check-settings": ("500m", "1", "1G", "1Gi"),
+    "open-pipeline-run": ("500m", "1", "1G", "1Gi"),
     "data-prep": ("1", "2", "4G", "20Gi"),
     "hydra-sft": ("4", "8", "16G", "50Gi"),
     "hydra-ppo": ("4", "8", "16G", "50Gi"),
@@ -76,7 +83,7 @@ SCRATCH_ENV = {"TMPDIR": SCRATCH, "HF_HOME": f"{SCRATCH}/huggingface"}
 # 2 retries, 1 then 2 minutes apart: long enough for a node to be replaced, short of hiding a real failure
 RETRY = dict(num_retries=2, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="600s")
 # a cached one would skip closing the runs or moving the aliases that this run's results call for
-CHANGES_STATE = ("register-model", "compare-variants", "close-pipeline-run")
+CHANGES_STATE = ("open-pipeline-run", "register-model", "compare-variants", "close-pipeline-run")
 MLFLOW_STEPS = tuple(RESOURCES)
 HUB_STEPS = ("data-prep", "hydra-sft", "hydra-ppo", "pairwise-eval")
 # pipeline parameter: (its default secret name, {secret key: environment variable}, the steps that get it)
@@ -143,6 +150,7 @@ MEANINGS = {
     "ppo_variant_config": "PPO settings per run label, algorithm or layout, as JSON (replaces the default table)",
     "tracking_uri": "MLflow tracking URI the steps log to (submit: one the pods can reach)",
     "experiment": "MLflow experiment",
+    "kfp_ui_url": "the KFP UI's address, for the parent run's link to this run (submit: --host, unless given)",
     "registered_sft_model": "registered model name of Hydra-SFT",
     "registered_policy_model": "registered model name of the PPO policies",
     "champion_threshold": "the judged win-rate's lower bound above which a policy becomes champion",
@@ -197,6 +205,7 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
         eval_config: dict = {},
         tracking_uri: str = "",
         experiment: str = DEFAULT_EXPERIMENT,
+        kfp_ui_url: str = "",
         registered_sft_model: str = SFT_MODEL,
         registered_policy_model: str = POLICY_MODEL,
         champion_threshold: float = CHAMPION_THRESHOLD,
@@ -231,9 +240,11 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
             return task
 
         tracking = dict(tracking_uri=tracking_uri, experiment=experiment)
+        images = [IMAGE, *([CUDA_IMAGE] if use_gpu else [])]
 
         def judged(candidate, baseline, name: str):
-            task = configure(pairwise_eval(data=data, candidate=candidate, baseline=baseline, judge=judge,
+            task = configure(pairwise_eval(data=data, candidate=candidate, baseline=baseline,
+                                           pipeline_run=pipeline_run, judge=judge,
                                            judge_model=judge_model, judge_base_url=judge_base_url,
                                            max_prompts=eval_max_prompts, seed=seed, config=eval_config, **tracking))
             task.set_display_name(name)
@@ -243,7 +254,8 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
             """Each run label: RL -> judged against `baseline` -> registered; then the comparison.
             `separate`: the SFT model and reward model for the layouts that start from them."""
             with dsl.ParallelFor(ppo_variants, name="ppo-variants", parallelism=parallelism) as label:
-                ppo = configure(hydra_ppo(data=data, sft_model=sft.outputs["model"], **separate, variant=label,
+                ppo = configure(hydra_ppo(data=data, sft_model=sft.outputs["model"], **separate,
+                                          pipeline_run=pipeline_run, variant=label,
                                           variant_config=ppo_variant_config, steps=ppo_steps,
                                           rollout_batch_size=ppo_rollout_batch_size,
                                           mini_batch_size=ppo_mini_batch_size, learning_rate=ppo_learning_rate,
@@ -267,16 +279,21 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
         with dsl.ExitHandler(closing, name="hydra-rlhf-steps"):
             checked = configure(check_settings(rules=RULES, **settings))
             checked.set_display_name("check settings")
+            opened = configure(open_pipeline_run(parameters=checked.outputs["parameters"],
+                                                 pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                                 pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                                 kfp_ui_url=kfp_ui_url, images=images, **tracking))
+            opened.set_display_name("open MLflow run")
+            pipeline_run, parent = opened.outputs["pipeline_run"], opened.outputs["parent_run_id"]
             prep = configure(data_prep(dataset=dataset, data_format=data_format, dataset_split=dataset_split,
                                        max_records=max_records, eval_fraction=eval_fraction, seed=seed,
-                                       config=data_config, pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                       hand_on_parent_run=True, **tracking)).after(checked)
+                                       config=data_config, open_parent_run=False, **tracking)).after(checked)
             prep.set_display_name("data prep")
-            data, parent = prep.outputs["data"], prep.outputs["parent_run_id"]
+            data = prep.outputs["data"]
             # the same data and budget for Hydra-SFT and, where needed, the SFT model and the reward model
             budget = dict(data=data, steps=sft_steps, learning_rate=sft_learning_rate,
                           demo_batch_size=sft_demo_batch_size, pair_batch_size=sft_pair_batch_size, seed=seed,
-                          config=sft_config, parent_run_id=parent, **tracking)
+                          config=sft_config, **tracking)
             sft = configure(hydra_sft(base_model=base_model, base_preset=base_preset, **budget,
                                       registered_model=registered_sft_model))
             sft.set_display_name("Hydra-SFT")

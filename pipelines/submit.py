@@ -36,6 +36,8 @@ def submit(host: str, arguments: dict | None = None, package: str | None = None,
     check_tracking_uri(uri, tracked)
     with tempfile.TemporaryDirectory() as tmp:
         package = package or compile_pipeline(str(Path(tmp) / "hydra_rlhf.yaml"), **(settings or {}))
+        if "kfp_ui_url" in _parameters(package):  # the parent MLflow run links back to this run
+            arguments = {"kfp_ui_url": host, **arguments}
         try:
             with warnings.catch_warnings():  # kfp warns on every Client that it needs a v2 backend: README says so
                 warnings.simplefilter("ignore", FutureWarning)
@@ -46,6 +48,12 @@ def submit(host: str, arguments: dict | None = None, package: str | None = None,
             raise ConnectionError(f"--host {host}: the KFP API does not answer ({_reason(e)}); check the URL, "
                                   "and that this machine can reach it") from None
     return result.run_id
+
+
+def _parameters(package: str) -> dict:
+    """The pipeline parameters a compiled package declares (an older one may lack some)."""
+    spec = next(yaml.safe_load_all(Path(package).read_text(encoding="utf-8"))) or {}
+    return spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
 
 
 def _reason(error: MaxRetryError) -> str:
@@ -74,6 +82,4 @@ def check_tracking_uri(uri: str, tracked: bool = True) -> None:
 
 def _default_tracking_uri(package: str) -> str:
     """The tracking URI a compiled spec runs with when no argument sets it (a recipe's, compiled in)."""
-    spec = next(yaml.safe_load_all(Path(package).read_text(encoding="utf-8"))) or {}
-    parameters = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
-    return parameters.get("tracking_uri", {}).get("defaultValue", "")
+    return _parameters(package).get("tracking_uri", {}).get("defaultValue", "")

@@ -3,6 +3,7 @@ and the images they name (one setting, a Dockerfile that lints clean, a complete
 
 import ast
 import inspect
+import json
 import os
 import shutil
 import subprocess
@@ -51,7 +52,8 @@ def test_components_are_thin_wrappers_over_hydra_core():
         imported = {alias.name.split(".")[0] for node in ast.walk(body) if isinstance(node, ast.Import)
                     for alias in node.names}
         imported |= {node.module.split(".")[0] for node in ast.walk(body) if isinstance(node, ast.ImportFrom)}
-        assert imported <= {"hydra_core", "components", "os", "shutil", "pathlib"}, (name, imported)
+        standard = {"os", "shutil", "pathlib", "json", "contextlib"}
+        assert imported <= {"hydra_core", "components", *standard}, (name, imported)
         assert load(name).component_spec.implementation.container.image == image.IMAGE
 
 
@@ -115,10 +117,12 @@ def test_the_check_step_takes_every_parameter_that_sets_a_stage_field():
     assert {name: step[name].type for name in CHECKED} == {name: pipeline[name].type for name in CHECKED}
     values = {name: pipeline[name].default for name in CHECKED}
     check = load("check_settings").python_func
-    assert check(rules=RULES, **values) == (False,)  # the defaults pass; hydra needs no separate SFT model
+    # the defaults pass; hydra needs no separate SFT model; the parameters go on to the parent run
+    separate, checked = check(rules=RULES, **values)
+    assert separate is False and json.loads(checked) == values
     # a layout that starts from a separate SFT model and reward model, as in the paper
-    assert check(rules=RULES, **{**values, "ppo_variants": ["hydra-grpo", "lora"]}) == (True,)
-    assert check(rules=RULES, **{**values, "ppo_variants": ["j-hydra", "hydra-rloo"]}) == (False,)
+    assert check(rules=RULES, **{**values, "ppo_variants": ["hydra-grpo", "lora"]})[0] is True
+    assert check(rules=RULES, **{**values, "ppo_variants": ["j-hydra", "hydra-rloo"]})[0] is False
     with pytest.raises(ValueError, match=r"pipeline parameter ppo_config\['top_p'\]: 1.5 is out of range"):
         check(rules=RULES, **{**values, "ppo_config": {"top_p": 1.5}})
     with pytest.raises(ValueError, match=r"pipeline parameter ppo_variants: 'hydra-dpo' is not a variant"):

@@ -1,6 +1,7 @@
 """The Kubeflow pipeline: compile, load back, GPU, secret and cluster settings, arguments, and a whole local
 run read back from its MLflow store."""
 
+import json
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from mlflow import MlflowClient
 
 from hydra_core import cli
 from hydra_core.config import STAGE_CONFIGS, SFTConfig, field_names
-from pipelines.hydra_rlhf import PPO_VARIANT_CONFIG, STAGE_PARAMETERS, hydra_rlhf
+from pipelines.hydra_rlhf import CHECKED, PPO_VARIANT_CONFIG, STAGE_PARAMETERS, compile_pipeline, hydra_rlhf
 
 TINY = [
     "max_records=400", 'data_config={"arithmetic_eval_prompts": 40}',
@@ -183,12 +184,13 @@ def test_every_task_is_retried_with_backoff_limited_and_given_scratch_space_and_
     spec, platform = yaml.safe_load_all(path.read_text())
     tasks = {name: task for name, (task, _) in dag_tasks(spec).items() if "executorLabel" in
              spec["components"][task["componentRef"]["name"]]}
-    assert len(tasks) == 15  # every step of both branches, the exit step included
+    assert len(tasks) == 16  # every step of both branches, the exit step included
     for name, task in tasks.items():
         assert task["retryPolicy"] == {"maxRetryCount": 2, "backoffDuration": "60s", "backoffFactor": 2.0,
                                        "backoffMaxDuration": "600s"}, name
         # the steps that close runs or move aliases run every time; the rest can be taken from the cache
-        changes_state = re.sub(r"-\d+$", "", name) in ("register-model", "compare-variants", "close-pipeline-run")
+        changes_state = re.sub(r"-\d+$", "", name) in ("open-pipeline-run", "register-model", "compare-variants",
+                                                        "close-pipeline-run")
         assert task["cachingOptions"] == ({} if changes_state else {"enableCache": True}), name
     kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name, executor in spec["deploymentSpec"]["executors"].items():
@@ -202,15 +204,56 @@ def test_every_task_is_retried_with_backoff_limited_and_given_scratch_space_and_
             {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"}], name
         assert kubernetes[name]["nodeSelector"] == {"labels": {"pool": "training"}}, name
     assert kubernetes["exec-hydra-ppo"]["emptyDirMounts"][0]["sizeLimit"] == "50Gi"
-    # data prep leaves the parent run open for the compare and exit steps to end
-    assert tasks["data-prep"]["inputs"]["parameters"]["hand_on_parent_run"] == {
-        "runtimeValue": {"constant": True}}
+
+
+def origins(spec: dict) -> dict[str, set]:
+    """Each task -> where its inputs come from, through nested DAGs: ("parameter", name) for a pipeline
+    parameter, ("constant", value), ("task", name) for another task's output."""
+    found = {}
+
+    def walk(dag: dict, scope: dict):
+        for name, task in dag["tasks"].items():
+            by_input = {}
+            for kind in ("parameters", "artifacts"):
+                for key, ref in task.get("inputs", {}).get(kind, {}).items():
+                    if "componentInputParameter" in ref or "componentInputArtifact" in ref:
+                        outer = ref.get("componentInputParameter") or ref["componentInputArtifact"]
+                        by_input[key] = scope.get(outer, {("parameter", outer)})
+                    elif "taskOutputParameter" in ref or "taskOutputArtifact" in ref:
+                        by_input[key] = {("task", (ref.get("taskOutputParameter") or ref["taskOutputArtifact"])[
+                            "producerTask"])}
+                    elif "runtimeValue" in ref:
+                        by_input[key] = {("constant", json.dumps(ref["runtimeValue"]["constant"]))}
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:  # a sub-DAG's inputs are this task's, by name
+                walk(component["dag"], {**scope, **by_input})
+            found[name] = set().union(*by_input.values())
+    walk(spec["root"]["dag"], {})
+    return found
+
+
+def test_a_retried_run_takes_data_prep_and_the_sft_trainings_from_the_cache(tmp_path):
+    """KFP's cache key is a task's inputs: the steps worth reusing take none that changes from one run of the
+    pipeline to the next (the job's name or id, the parent run that a never-cached step opens)."""
+    spec, _ = yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "p.yaml"))).read_text())
+    sources, tasks = origins(spec), dag_tasks(spec)
+
+    def varies(name: str, seen=()) -> list[str]:
+        if not tasks[name][0].get("cachingOptions", {}).get("enableCache"):
+            return [name]
+        placeholders = [value for kind, value in sources[name] if kind == "constant" and "{{$" in value]
+        upstream = [task for kind, task in sources[name] if kind == "task" and task not in seen]
+        return placeholders + [why for task in upstream for why in varies(task, (*seen, name))]
+
+    reused = [name for name in tasks if re.sub(r"-\d+$", "", name) in ("data-prep", "hydra-sft")]
+    assert len(reused) == 4  # data prep, Hydra-SFT, the SFT model and the reward model
+    assert {name: varies(name) for name in reused} == {name: [] for name in reused}
+    # the steps downstream nest under this run's parent, so they are not reused: a failed PPO step reruns alone
+    assert "open-pipeline-run" in varies("hydra-ppo") and varies("close-pipeline-run") == ["close-pipeline-run"]
 
 
 def test_the_local_build_retries_nothing_and_mounts_no_scratch(tmp_path):
     """On one machine a retry only delays the failure's report, and /scratch does not exist."""
-    from pipelines.hydra_rlhf import compile_pipeline
-
     spec, platform = yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "local.yaml"), cluster=False)).read_text())
     tasks = [task for task, _ in dag_tasks(spec).values()]
     assert tasks and not any("retryPolicy" in task for task in tasks)
@@ -293,6 +336,10 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     runs = client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FINISHED"
+    # the checked parameters as typed, what ran, the KFP run
+    assert set(CHECKED) <= set(parent.data.params) and parent.data.params["sft_steps"] == "20"
+    assert json.loads(parent.data.params["ppo_variants"]) == ["lora", "hydra"]
+    assert {"hydra_rlhf.version", "hydra_rlhf.kfp_run_id", "hydra_rlhf.spec_images"} <= set(parent.data.tags)
     assert {"lora/win_rate", "hydra/win_rate", "hydra-sft/win_rate"} <= set(parent.data.metrics)
     assert {"comparison.md", "comparison.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     nested = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}

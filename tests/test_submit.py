@@ -63,7 +63,7 @@ def test_submit_sends_the_pipeline_with_typed_arguments_and_the_cluster_settings
     assert run["display_name"] == "r1" and run["experiment_id"] == "exp-1"
     assert run["runtime_config"]["parameters"] == {
         "sft_steps": 300, "ppo_variants": ["lora", "hydra-grpo"], "ppo_config": {"eval_every": 1},
-        "tracking_uri": MLFLOW, "mlflow_secret": "team-mlflow"}
+        "tracking_uri": MLFLOW, "mlflow_secret": "team-mlflow", "kfp_ui_url": kfp_api.url}
     spec = run["pipeline_spec"]
     assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "hydra-rlhf"
     ppo = spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-hydra-ppo"]
@@ -75,7 +75,7 @@ def test_a_compiled_package_with_a_tracking_uri_in_it_needs_none_on_the_command_
     package = tmp_path / "hydra_rlhf.yaml"
     assert cli.main(["compile", "-o", str(package), "-p", f"tracking_uri={MLFLOW}"]) == 0
     assert cli.main(["submit", "--host", kfp_api.url, "--package", str(package)]) == 0
-    assert sent_run(kfp_api)["runtime_config"].get("parameters", {}) == {}
+    assert sent_run(kfp_api)["runtime_config"]["parameters"] == {"kfp_ui_url": kfp_api.url}  # for the MLflow link
 
 
 def test_no_tracking_submits_an_untracked_run(kfp_api):

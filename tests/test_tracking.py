@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from conftest import tiny_sft_config
 from hydra_core import cli, registry, stages
 from hydra_core.config import DataConfig
 from hydra_core.tracking.mlflow_tracker import JOURNAL, PENDING_DIR, MlflowTracker, replay
-from hydra_core.tracking.runs import Tracking, close_pipeline_run, pipeline_run
+from hydra_core.tracking.runs import (
+    REUSED_TAG, Tracking, close_pipeline_run, kfp_run_tags, nest_reused_runs, open_pipeline_run, parent_from,
+    pipeline_run, provenance)
 
 
 def free_port() -> int:
@@ -108,12 +111,11 @@ def test_no_tracking_uri_records_nothing(tmp_path, files, monkeypatch):
 def test_the_exit_step_closes_what_a_failed_job_left_open(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking = Tracking(sqlite_uri(tmp_path), "exit-test")
-    with pipeline_run(tracking, "job-1", hand_on=True) as tracking.parent_run_id:
-        finished = tracking.tracker("data-prep", tmp_path / "prep", system_metrics=False)
-        finished.close("FINISHED")
-        killed = tracking.tracker("hydra-sft", tmp_path / "sft", system_metrics=False)  # never closed: a killed step
-    with pipeline_run(tracking.top_level(), "job-2", hand_on=True) as other_job:
-        pass
+    tracking.parent_run_id = open_pipeline_run(tracking, "job-1", {}, {})
+    finished = tracking.tracker("data-prep", tmp_path / "prep", system_metrics=False)
+    finished.close("FINISHED")
+    killed = tracking.tracker("hydra-sft", tmp_path / "sft", system_metrics=False)  # never closed: a killed step
+    other_job = open_pipeline_run(tracking.top_level(), "job-2", {}, {})
 
     ended = close_pipeline_run(tracking, "job-1", "FAILED", "Task exit-handler-1 failed.")
     client = MlflowClient(sqlite_uri(tmp_path))
@@ -131,21 +133,20 @@ def test_the_exit_step_closes_what_a_failed_job_left_open(tmp_path, monkeypatch)
     assert close_pipeline_run(Tracking("", "exit-test"), "job-1", "FAILED") == []  # tracking off
 
 
-def test_a_parent_run_not_handed_on_ends_with_the_step_that_opened_it(tmp_path, monkeypatch):
+def test_a_parent_run_opened_by_a_step_ends_with_it(tmp_path, monkeypatch):
+    """In a DAG with no step of its own for the parent run (data prep opens it)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking = Tracking(sqlite_uri(tmp_path), "parent-test")
     client = MlflowClient(sqlite_uri(tmp_path))
-    with pipeline_run(tracking, "job-1", hand_on=False) as done:
+    with pipeline_run(tracking, "job-1") as done:
         assert client.get_run(done).info.status == "RUNNING"
     assert client.get_run(done).info.status == "FINISHED"
-    with pytest.raises(ValueError), pipeline_run(tracking, "job-2", hand_on=False) as broken:
+    with pytest.raises(ValueError), pipeline_run(tracking, "job-2") as broken:
         raise ValueError("the step failed")
     assert client.get_run(broken).info.status == "FAILED"
-    with pipeline_run(tracking, "job-3", hand_on=True) as handed_on:
-        pass
+    handed_on = open_pipeline_run(tracking, "job-3", {}, {})
     assert client.get_run(handed_on).info.status == "RUNNING"  # the DAG's compare or exit step ends it
-    with pipeline_run(Tracking(sqlite_uri(tmp_path), "parent-test", parent_run_id=done), "job-4",
-                      hand_on=False) as given:
+    with pipeline_run(Tracking(sqlite_uri(tmp_path), "parent-test", parent_run_id=done), "job-4") as given:
         assert given == done
     experiment = client.get_experiment_by_name("parent-test").experiment_id
     assert len(client.search_runs([experiment])) == 3  # a given parent is used, not a new one
@@ -159,17 +160,75 @@ def test_steps_nest_under_the_run_the_cluster_opened(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_RUN_ID", cluster_run)
     tracking = Tracking(experiment="cluster")
-    with pipeline_run(tracking, "job-1", hand_on=False) as tracking.parent_run_id:
+    with pipeline_run(tracking, "job-1") as tracking.parent_run_id:
         step = tracking.tracker("data-prep", tmp_path / "prep", system_metrics=False)
         step.close()
     assert tracking.parent_run_id == cluster_run
+    # the pipeline's own step records its parameters on the cluster's run rather than opening a second parent
+    assert open_pipeline_run(Tracking(experiment="cluster"), "job-1", {"sft_steps": 4}, {}) == cluster_run
+    assert client.get_run(cluster_run).data.params["sft_steps"] == "4"
     assert client.get_run(step.run_id).data.tags["mlflow.parentRunId"] == cluster_run
     assert client.get_run(cluster_run).info.status == "RUNNING"  # the cluster's to end, not ours
     assert len(client.search_runs([client.get_experiment_by_name("cluster").experiment_id])) == 2
     elsewhere = Tracking(sqlite_uri(tmp_path / "other"), "cluster")  # a run on another server is not a parent
     (tmp_path / "other").mkdir()
-    with pipeline_run(elsewhere, "job-2", hand_on=False) as own:
+    with pipeline_run(elsewhere, "job-2") as own:
         assert own not in ("", cluster_run)
+
+
+def test_the_pipeline_run_records_its_parameters_what_ran_and_the_kfp_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HYDRA_RLHF_GIT_COMMIT", "0123abc")
+    monkeypatch.setenv("HYDRA_RLHF_BUILT_IMAGE", "registry.example/hydra-rlhf:0.1.0-cpu")
+    parameters = {"sft_steps": 20, "ppo_variants": ["hydra", "lora"], "ppo_config": {"top_p": 0.9}, "base_model": ""}
+    parent = open_pipeline_run(Tracking(sqlite_uri(tmp_path), "records"), "job-1", parameters,
+                               kfp_run_tags("4f2c", "https://kubeflow.example.com/pipeline/", ["img:cpu"]))
+    run = MlflowClient(sqlite_uri(tmp_path)).get_run(parent)
+    assert run.info.run_name == "job-1" and run.info.status == "RUNNING"
+    assert run.data.params == {"sft_steps": "20", "ppo_variants": '["hydra", "lora"]', "ppo_config": '{"top_p": 0.9}',
+                               "base_model": ""}
+    assert {key: run.data.tags[key] for key in ("mlflow.source.git.commit", "hydra_rlhf.image", "hydra_rlhf.kfp_run_id",
+                                                "hydra_rlhf.pipeline_job")} == {
+        "mlflow.source.git.commit": "0123abc", "hydra_rlhf.image": "registry.example/hydra-rlhf:0.1.0-cpu",
+        "hydra_rlhf.kfp_run_id": "4f2c", "hydra_rlhf.pipeline_job": "job-1"}
+    assert run.data.tags["hydra_rlhf.version"] == metadata.version("hydra-rlhf")
+    assert run.data.tags["hydra_rlhf.kfp_run_url"] == "https://kubeflow.example.com/pipeline/#/runs/details/4f2c"
+    assert kfp_run_tags("4f2c") == {"hydra_rlhf.kfp_run_id": "4f2c"}  # no UI address given: no link
+    assert open_pipeline_run(Tracking("", "records"), "job-2", parameters, {}) == ""  # tracking off
+
+
+def test_outside_an_image_the_commit_is_the_checkouts(monkeypatch):
+    monkeypatch.delenv("HYDRA_RLHF_GIT_COMMIT", raising=False)
+    monkeypatch.delenv("HYDRA_RLHF_BUILT_IMAGE", raising=False)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    tags = provenance()
+    assert "hydra_rlhf.image" not in tags  # local processes run in no image
+    if head.returncode == 0:  # a checkout (CI's clean clone is one); "+dirty" while tracked files are edited
+        assert tags["mlflow.source.git.commit"].split("+")[0] == head.stdout.strip()
+
+
+def test_a_cached_steps_run_is_nested_by_the_first_step_that_reads_its_output(tmp_path, monkeypatch):
+    """Data prep and SFT log top-level runs (they take no parent id, so the cache can reuse them)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = Tracking(sqlite_uri(tmp_path), "cache")
+    client = MlflowClient(sqlite_uri(tmp_path))
+    prep = tracking.tracker("data-prep", tmp_path / "prep", system_metrics=False)
+    prep.close()
+    data = {"mlflow": {"run_id": prep.run_id}, "pipeline_run_id": ""}
+    first = open_pipeline_run(tracking, "job-1", {}, {})
+    assert parent_from("", None, data) == ""  # the cached step's output names no parent
+    assert parent_from("", {"pipeline_run_id": first}, data) == first
+    reader = Tracking(tracking.uri, "cache", first)
+    assert nest_reused_runs(reader, data, None, {"mlflow": {"run_id": prep.run_id}}) == [prep.run_id]
+    assert nest_reused_runs(reader, data) == []  # already nested
+    assert client.get_run(prep.run_id).data.tags["mlflow.parentRunId"] == first
+    # a retried pipeline run takes the output from the cache: the run stays where it was recorded, and the
+    # new parent names it
+    second = open_pipeline_run(tracking.top_level(), "job-2", {}, {})
+    assert nest_reused_runs(Tracking(tracking.uri, "cache", second), data) == []
+    assert client.get_run(prep.run_id).data.tags["mlflow.parentRunId"] == first
+    assert client.get_run(second).data.tags[REUSED_TAG + "data-prep"] == prep.run_id
+    assert nest_reused_runs(Tracking("", "cache", second), data) == []  # tracking off
 
 
 def test_compare_settles_the_aliases_on_the_best_variant(tmp_path, monkeypatch):
@@ -311,8 +370,7 @@ def mlflow_server(tmp_path_factory):
 def test_stages_log_to_a_live_server(mlflow_server, tmp_path, base_model_dir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # what a pod gets from its platform
     tracking = Tracking(experiment="server-test")
-    with pipeline_run(tracking, "pipeline-run", hand_on=True) as tracking.parent_run_id:
-        pass  # compare_variants closes it
+    tracking.parent_run_id = open_pipeline_run(tracking, "pipeline-run", {}, {})  # compare_variants closes it
     data = stages.prepare_data(DataConfig(output_dir=str(tmp_path / "data"), max_records=200,
                                           arithmetic_eval_prompts=20), tracking)
     sft = stages.sft(tiny_sft_config(base_model_dir, str(tmp_path / "data"), str(tmp_path / "sft")), tracking,

@@ -42,15 +42,18 @@ def check_settings(
     ppo_config: dict,
     ppo_variant_config: dict,
     eval_config: dict,
-) -> NamedTuple("CheckOutputs", [("separate_sft", bool)]):
+) -> NamedTuple("CheckOutputs", [("separate_sft", bool), ("parameters", str)]):
     """Build every stage's config from the pipeline's parameters (each parameter of this component
     but `rules`, which says which stage field each one sets) and check it
     (hydra_core.config.check_parameters); a bad value fails here, naming its parameter. Returns
     `separate_sft`: whether a run label in `ppo_variants` has a layout that starts, as in the paper,
-    from a separately trained SFT model and reward model (full, lora, lora-dynamic)."""
+    from a separately trained SFT model and reward model (full, lora, lora-dynamic), and the `parameters` it
+    checked, which the pipeline's parent run records, as JSON (a dict output would turn integers into floats)."""
     values = {name: value for name, value in locals().items() if name != "rules"}
+
+    import json
 
     from hydra_core.config import check_parameters, uses_separate_models
 
     check_parameters(values, rules)
-    return (any(uses_separate_models(label) for label in ppo_variants),)
+    return (any(uses_separate_models(label) for label in ppo_variants), json.dumps(values))

@@ -23,14 +23,18 @@ def data_prep(
     experiment: str = "",
     parent_run_id: str = "",
     pipeline_run_name: str = "",
-    hand_on_parent_run: bool = False,
+    open_parent_run: bool = True,
 ) -> NamedTuple("DataPrepOutputs", [("parent_run_id", str), ("run_id", str)]):
     """Prepare preference data into a directory of splits (hydra_core DataConfig: a parameter left
-    None, an integer -1, keeps the config default, `config` sets any other field). Creates the pipeline's MLflow
-    parent run unless `parent_run_id` is given or the cluster opened one (MLFLOW_RUN_ID); returns it
-    and this step's run id. The data's metadata carries the parent run id, so the steps that read the
-    data nest under it. A parent run this step creates ends with it unless `hand_on_parent_run` (the
-    DAG ends it later, as the pipeline's compare and exit steps do); later steps still nest under it."""
+    None, an integer -1, keeps the config default, `config` sets any other field). Nests its MLflow run under
+    `parent_run_id`, else the run the cluster opened (MLFLOW_RUN_ID), else a parent run it opens (named
+    `pipeline_run_name`) and ends; returns that parent and this step's run id. The data's metadata carries
+    the parent run id, so the steps that read the data nest under it too. `open_parent_run` False: no parent
+    opened, a top-level run unless `parent_run_id` is given (in a DAG with a step of its own for the parent
+    run, as this project's pipeline, whose cache may then reuse this step: hydra_core.tracking.runs says how
+    its run is nested later)."""
+    from contextlib import nullcontext
+
     from components.metrics import DATA_KEYS, fill_metrics
     from components.parameters import unless_kept
     from hydra_core import stages
@@ -41,7 +45,8 @@ def data_prep(
                           dataset_split=dataset_split, eval_fraction=eval_fraction,
                           **unless_kept(max_records=max_records, seed=seed))
     tracking = Tracking(tracking_uri, experiment, parent_run_id)
-    with pipeline_run(tracking, pipeline_run_name, hand_on=hand_on_parent_run) as tracking.parent_run_id:
+    parent = pipeline_run(tracking, pipeline_run_name) if open_parent_run else nullcontext(parent_run_id)
+    with parent as tracking.parent_run_id:
         summary = stages.prepare_data(cfg, tracking)
     data.metadata.update({"mlflow": summary["tracking"], PIPELINE_RUN_KEY: tracking.parent_run_id,
                           **fill_metrics(metrics, summary, DATA_KEYS)})

@@ -4,7 +4,7 @@ label such as `hydra` (PPO) or `hydra-grpo` (hydra_core.ppo)."""
 from typing import Optional
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components.image import IMAGE
 
@@ -17,6 +17,7 @@ def hydra_ppo(
     metrics: Output[Metrics],
     plain_sft_model: Optional[Input[Model]] = None,
     reward_model: Optional[Input[Model]] = None,
+    pipeline_run: Optional[Input[Artifact]] = None,
     variant: str = "hydra",
     variant_config: dict = {},
     steps: int = -1,
@@ -40,13 +41,14 @@ def hydra_ppo(
     the paper; hydra and j-hydra always start from `sft_model`. Settings (hydra_core PPOConfig): the
     parameters (None, an integer -1, keeps the config default), then the entries of `variant_config` ({algorithm,
     layout or label: settings}) that apply to the label, then `config`. The policy is logged to MLflow
-    as the run's `model` artifact, nested under `parent_run_id` (by default the data's pipeline run);
+    as the run's `model` artifact, nested under `parent_run_id`, else `pipeline_run`'s (an open_pipeline_run
+    output), else the data's pipeline run, with the runs of the inputs that have no parent yet;
     its metadata carries the label (`variant`), `layout` and `algorithm`. Returns the MLflow run id."""
     from components.metrics import PPO_KEYS, fill_metrics
     from components.parameters import unless_kept
     from hydra_core import stages
     from hydra_core.config import PPOConfig, label_config, run_label
-    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
+    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, nest_reused_runs, parent_from
 
     models = stages.ppo_models(variant, sft_model.path, plain_sft_model.path if plain_sft_model else "",
                                reward_model.path if reward_model else "")
@@ -56,8 +58,11 @@ def hydra_ppo(
                        critic_learning_rate=critic_learning_rate, kl_coef=kl_coef, memory_budget=memory_budget,
                        **unless_kept(steps=steps, rollout_batch_size=rollout_batch_size,
                                      mini_batch_size=mini_batch_size, lora_rank=lora_rank, seed=seed))
-    parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
-    summary = stages.ppo(cfg, Tracking(tracking_uri, experiment, parent))
+    parent = parent_from(parent_run_id, pipeline_run and pipeline_run.metadata, data.metadata)
+    tracking = Tracking(tracking_uri, experiment, parent)
+    nest_reused_runs(tracking, data.metadata, sft_model.metadata, plain_sft_model and plain_sft_model.metadata,
+                     reward_model and reward_model.metadata)
+    summary = stages.ppo(cfg, tracking)
     policy.metadata.update({"variant": run_label(cfg.variant, cfg.algorithm), "layout": cfg.variant,
                             "algorithm": cfg.algorithm, "started_from": models["model"], "mlflow": summary["tracking"],
                             PIPELINE_RUN_KEY: parent, **fill_metrics(metrics, summary, PPO_KEYS)})

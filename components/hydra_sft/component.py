@@ -40,14 +40,14 @@ def hydra_sft(
     from components.parameters import unless_kept
     from hydra_core import stages
     from hydra_core.config import SFTConfig, from_parameters
-    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
+    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, parent_from
 
     start = init_model.path if init_model is not None else base_model
     cfg = from_parameters(SFTConfig, config, model=start or None, data=data.path, output_dir=model.path, mode=mode,
                           learning_rate=learning_rate, **unless_kept(steps=steps, demo_batch_size=demo_batch_size,
                                                                      pair_batch_size=pair_batch_size, seed=seed))
     cfg.model = stages.base_model(start, base_preset)  # after the settings are checked: it may build one
-    parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
+    parent = parent_from(parent_run_id, data.metadata)
     summary = stages.sft(cfg, Tracking(tracking_uri, experiment, parent), registered_model)
     model.metadata.update({"variant": stages.SFT_RUN_NAMES[cfg.mode], "mlflow": summary["tracking"],
                            PIPELINE_RUN_KEY: parent, **fill_metrics(metrics, summary, SFT_KEYS)})

@@ -3,7 +3,7 @@
 from typing import Optional
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components.image import IMAGE
 
@@ -16,6 +16,7 @@ def pairwise_eval(
     evaluation: Output[Dataset],
     report: Output[HTML],
     metrics: Output[Metrics],
+    pipeline_run: Optional[Input[Artifact]] = None,
     judge: Optional[str] = None,
     judge_model: Optional[str] = None,
     judge_base_url: Optional[str] = None,
@@ -31,7 +32,8 @@ def pairwise_eval(
     `config` sets any other field). The openai judge reads its key from the environment variable
     named by `judge_api_key_env`, set from a Kubernetes secret. The evaluation's metadata is the
     candidate's (its run label as `variant`, its figures) with the judged figures and the `baseline`'s
-    name. Returns the MLflow run id."""
+    name. Its MLflow run nests under `parent_run_id`, else `pipeline_run`'s (an open_pipeline_run output), else
+    the data's pipeline run, with the runs of the inputs that have no parent yet. Returns the MLflow run id."""
     import shutil
     from pathlib import Path
 
@@ -40,14 +42,16 @@ def pairwise_eval(
     from hydra_core import stages
     from hydra_core.config import EvalConfig, from_parameters
     from hydra_core.eval.report import FILES, metric_names
-    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
+    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, nest_reused_runs, parent_from
 
     cfg = from_parameters(EvalConfig, config, candidate=candidate.path, baseline=baseline.path, prompts=data.path,
                           output_dir=evaluation.path, judge=judge, judge_model=judge_model,
                           judge_base_url=judge_base_url, **unless_kept(max_prompts=max_prompts, seed=seed))
-    parent = parent_run_id or data.metadata.get(PIPELINE_RUN_KEY, "")
+    parent = parent_from(parent_run_id, pipeline_run and pipeline_run.metadata, data.metadata)
     names = {"variant": candidate.metadata.get("variant", ""), "baseline": baseline.metadata.get("variant", "")}
-    summary = stages.evaluate(cfg, Tracking(tracking_uri, experiment, parent), tags=names)
+    tracking = Tracking(tracking_uri, experiment, parent)
+    nest_reused_runs(tracking, data.metadata, candidate.metadata, baseline.metadata)
+    summary = stages.evaluate(cfg, tracking, tags=names)
     shutil.copyfile(Path(evaluation.path) / FILES["report"], report.path)
     evaluation.metadata.update({**candidate.metadata, **names, "mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
                                 **fill_metrics(metrics, summary, EVAL_KEYS, metric_names)})

@@ -26,9 +26,9 @@ def register_model(
     from pathlib import Path
 
     from hydra_core import stages
-    from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking
+    from hydra_core.tracking.runs import Tracking, parent_from
 
-    parent = parent_run_id or evaluation.metadata.get(PIPELINE_RUN_KEY, "")
+    parent = parent_from(parent_run_id, evaluation.metadata)
     result = stages.register_policy(Tracking(tracking_uri, experiment, parent), evaluation.path, policy_run_id,
                                     registered_model, champion_threshold,
                                     variant=evaluation.metadata.get("variant") or "policy",

@@ -1,28 +1,41 @@
 """Where a stage's MLflow run goes, and the life of a pipeline's parent run.
 
 `Tracking` says where runs go (tracking URI, experiment, the parent run to nest under, tags) and
-opens a stage's run there. A pipeline run has a parent run that its steps nest under: opened by
-the first step (`pipeline_run`) and, however the job ends, its leftovers closed by the exit
-step (`close_pipeline_run`), which finds them by the job name tagged on the parent. In a DAG
-without that exit step the first step ends the parent run itself. Where Kubeflow's MLflow
-integration (KEP-12862) has opened a run for the pipeline run, the steps nest under that one.
+opens a stage's run there. A pipeline run has a parent run that its steps nest under, which records
+the pipeline's parameters and what ran (`provenance`): opened by a step of its own that is never
+cached (`open_pipeline_run`) and, however the job ends, its leftovers closed by the exit step
+(`close_pipeline_run`), which finds them by the job name tagged on the parent. Where Kubeflow's
+MLflow integration (KEP-12862) has opened a run for the pipeline run, the steps nest under that one.
+
+The steps whose outputs the cache may reuse (data prep, SFT) take nothing that changes from one
+pipeline run to the next, so not the parent run's id either: they log top-level runs, and the first
+step that reads their outputs nests those runs under its parent (`nest_reused_runs`). In a DAG with no
+step of its own for the parent run, data prep opens one and ends it (`pipeline_run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import subprocess
 import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
-from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT, PENDING_DIR, MlflowTracker, connect, redact
+from hydra_core.tracking.mlflow_tracker import (
+    DEFAULT_EXPERIMENT, PARENT_TAG, PENDING_DIR, MlflowTracker, connect, redact)
 
 PIPELINE_JOB_TAG = "hydra_rlhf.pipeline_job"  # on the parent run: the Kubeflow job it records
 STAGE_TAG = "hydra_rlhf.stage"
+KFP_RUN_TAG, KFP_LINK_TAG = "hydra_rlhf.kfp_run_id", "hydra_rlhf.kfp_run_url"
+REUSED_TAG = "hydra_rlhf.reused."  # + a reused step's run name, on the parent run: that run's id
+# Set in the image when it is built (containers/Dockerfile): the code's commit and the image's own name
+IMAGE_COMMIT_VARIABLE, IMAGE_VARIABLE = "HYDRA_RLHF_GIT_COMMIT", "HYDRA_RLHF_BUILT_IMAGE"
 # In a pipeline step's output artifact metadata: the parent run that the steps reading it nest under
 # (it travels with the data, so no step inside a ParallelFor needs an upstream step's parameter).
 PIPELINE_RUN_KEY = "pipeline_run_id"
@@ -77,10 +90,10 @@ def _new_parent_run(tracking: Tracking, job_name: str) -> MlflowTracker:
 
 
 @contextmanager
-def pipeline_run(tracking: Tracking, job_name: str, *, hand_on: bool) -> Iterator[str]:
-    """The parent run for the block's stage to nest under: `tracking.parent_run_id` when given, else
-    the cluster's run, else a new one. A new one is the block's to end (FAILED if the block raises)
-    unless `hand_on`: in the pipeline the compare step ends it, or the exit step if the job fails."""
+def pipeline_run(tracking: Tracking, job_name: str) -> Iterator[str]:
+    """The parent run for the block's stage to nest under, in a DAG with no step of its own for it:
+    `tracking.parent_run_id` when given, else the cluster's run, else a new one named `job_name`, which
+    the block ends (FAILED if the block raises)."""
     existing = tracking.parent_run_id or cluster_run_id(tracking)
     if existing:
         yield existing
@@ -91,8 +104,91 @@ def pipeline_run(tracking: Tracking, job_name: str, *, hand_on: bool) -> Iterato
     except BaseException:
         run.close("FAILED")
         raise
-    if not hand_on:
-        run.close()
+    run.close()
+
+
+def _checkout_commit() -> str:
+    """The commit of the checkout this package runs from ("+dirty" when tracked files changed), "" when it
+    is not one (an installed wheel)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return ""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance() -> dict[str, str]:
+    """Tags naming the code that ran: the package's version, its git commit (the image's, fixed when it
+    was built, else the checkout's) and the image it ran in (none for local processes)."""
+    commit = os.environ.get(IMAGE_COMMIT_VARIABLE) or _checkout_commit()
+    tags = {"hydra_rlhf.version": installed_version("hydra-rlhf"),
+            "hydra_rlhf.image": os.environ.get(IMAGE_VARIABLE, "")}
+    if commit:  # the tag MLflow's UI shows as the run's source version
+        tags["mlflow.source.git.commit"] = commit
+    return {name: value for name, value in tags.items() if value}
+
+
+def open_pipeline_run(tracking: Tracking, job_name: str, parameters: Mapping, tags: Mapping[str, str]) -> str:
+    """Open the pipeline's parent run and leave it open for the steps to nest under (the compare step ends
+    it, or the exit step if the job fails): the cluster's run where Kubeflow opened one, else a new one
+    tagged with `job_name`. It records the pipeline's `parameters` (lists and dicts as JSON), `tags` and
+    `provenance()`. Returns its id, "" when tracking is off."""
+    existing = tracking.parent_run_id or cluster_run_id(tracking)
+    run = (tracking.top_level().tracker("", tempfile.mkdtemp(prefix="hydra-pipeline-run-"), run_id=existing,
+                                        system_metrics=False)
+           if existing else _new_parent_run(tracking, job_name))
+    run.log_params({name: json.dumps(value) if isinstance(value, (list, dict)) else value
+                    for name, value in parameters.items()})
+    run.set_tags({**provenance(), **tags})
+    return run.run_id
+
+
+def kfp_run_tags(run_id: str, ui_url: str = "", images=()) -> dict[str, str]:
+    """The parent run's tags for the KFP run it records: its id, a link to it given the KFP UI's address, and
+    the images the spec names."""
+    tags = {KFP_RUN_TAG: run_id, "hydra_rlhf.spec_images": ", ".join(images)}
+    if ui_url and run_id:
+        tags[KFP_LINK_TAG] = f"{ui_url.rstrip('/')}/#/runs/details/{run_id}"
+    return {name: value for name, value in tags.items() if value}
+
+
+def parent_from(given: str, *inputs: Mapping | None) -> str:
+    """The parent run a step nests under: `given`, else the first of its inputs' artifact metadata that
+    names one (an input left out is None)."""
+    return given or next((meta[PIPELINE_RUN_KEY] for meta in inputs if meta and meta.get(PIPELINE_RUN_KEY)), "")
+
+
+def nest_reused_runs(tracking: Tracking, *inputs: Mapping | None) -> list[str]:
+    """Nest the runs that recorded a step's inputs (their artifacts' `mlflow` metadata) under
+    `tracking.parent_run_id` when they have no parent yet: the cacheable steps log top-level runs. A run
+    that already has one (an output the cache took from an earlier pipeline run) stays where it was
+    recorded, and the parent run names it in a REUSED_TAG tag. Returns the ids it nested."""
+    uri, parent = tracking.resolved_uri, tracking.parent_run_id
+    ids = {meta["mlflow"]["run_id"] for meta in inputs if meta and (meta.get("mlflow") or {}).get("run_id")}
+    if not uri or not parent or not ids:
+        return []
+    nested = []
+    try:
+        client = connect(uri)
+        for run_id in sorted(ids - {parent}):
+            run = client.get_run(run_id)
+            own = run.data.tags.get(PARENT_TAG, "")
+            if not own:
+                client.set_tag(run_id, PARENT_TAG, parent)
+                nested.append(run_id)
+            elif own != parent:
+                client.set_tag(parent, REUSED_TAG + (run.info.run_name or run_id), run_id)
+    except Exception as e:  # noqa: BLE001 - tracking trouble must not fail the step that reads the inputs
+        warnings.warn(f"MLflow at {redact(uri)}: the runs of this step's inputs could not be nested under "
+                      f"{parent} ({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
+    return nested
 
 
 def close_pipeline_run(tracking: Tracking, job_name: str, state: str, error: str = "") -> list[str]:
