@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from hydra_core.eval.report import metric_names
 from hydra_core.tracking.mlflow_tracker import MlflowTracker, connect
 from hydra_core.tracking.runs import Tracking
 
@@ -23,6 +24,8 @@ MODEL_ARTIFACT = "model"  # where a stage's output directory goes in its MLflow 
 LM_MODEL, REWARD_MODEL = "causal-lm", "reward-model"
 CANDIDATE, CHAMPION = "candidate", "champion"
 CHAMPION_THRESHOLD = 0.5
+# a policy version's tag with its judged lower bound, named as the eval run's metric
+[WIN_RATE_LOW] = metric_names({"win_rate_low": 0})
 UNREGISTERED = {"off": "tracking is off (no tracking URI)",
                 "pending": "MLflow was unreachable; the registration waits in the journal"}
 
@@ -50,7 +53,8 @@ def register_policy(run: MlflowTracker, evaluation: dict, metrics: dict, policy_
     else:
         tags = {"variant": variant, "data": evaluation["prompts"], "run_id": policy_run_id,
                 "pipeline_run_id": parent_run_id, "judge": evaluation["judge"]["name"],
-                "win_rate": evaluation["win_rate"], "win_rate_low": low, "baseline": evaluation["baseline"]}
+                "baseline": evaluation["baseline"],
+                **metric_names({"win_rate": evaluation["win_rate"], "win_rate_low": low})}
         decision["model_version"] = run.register_model(registered_model, LM_MODEL, tags, aliases,
                                                        source_run_id=policy_run_id, model_metrics=metrics)
         reason = "" if decision["model_version"] else UNREGISTERED[run.state]
@@ -90,7 +94,7 @@ def settle_aliases(tracking: Tracking, registered_model: str, versions: list[str
 
     def low(version) -> float:
         try:
-            return float(version.tags.get("win_rate_low"))
+            return float(version.tags.get(WIN_RATE_LOW))
         except (TypeError, ValueError):  # no win-rate: every judgment failed
             return -math.inf
 

@@ -28,6 +28,7 @@ from hydra_core.data.prepare import prepare
 from hydra_core.data.splits import MANIFEST, SPLIT_FILES, split_path
 from hydra_core.eval.report import FILES as EVAL_FILES
 from hydra_core.eval.report import SUMMARY_METRICS as EVAL_METRICS
+from hydra_core.eval.report import metric_names
 from hydra_core.eval.runner import run_eval
 from hydra_core.models.hydra import load_hydra, saved_heads
 from hydra_core.models.presets import build_base_model
@@ -237,7 +238,7 @@ def register_policy(tracking: Tracking, evaluation_dir: str, policy_run_id: str,
     with _stage_run(tracking, f"register-{variant}", record_dir, tags={"variant": variant}) as run:
         run.log_params({"registered_model": registered_model, "champion_threshold": champion_threshold,
                         "policy_run_id": policy_run_id})
-        metrics = numeric_entries(evaluation, EVAL_METRICS)
+        metrics = metric_names(numeric_entries(evaluation, EVAL_METRICS))
         run.log_metrics(metrics, step=0)
         decision = registry.register_policy(run, evaluation, metrics, policy_run_id, registered_model,
                                             champion_threshold, variant, tracking.parent_run_id)
@@ -297,7 +298,8 @@ def compare_variants(tracking: Tracking, rows: list[dict], record_dir: str | Pat
                                            system_metrics=False)
         for row in ranked:
             variant = row.get("variant", "policy")
-            run.log_metrics({f"{variant}/{k}": v for k, v in numeric_entries(row, EVAL_METRICS).items()}, step=0)
+            figures = metric_names(numeric_entries(row, EVAL_METRICS))
+            run.log_metrics({f"{variant}/{name}": value for name, value in figures.items()}, step=0)
         for path in (table, chart):
             if path is not None:
                 run.log_artifact(path)

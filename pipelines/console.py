@@ -350,7 +350,7 @@ def _ppo(artifacts: dict) -> str:
 
 def _win_rate(artifacts: dict) -> str:
     m = artifacts["metrics"]["metadata"]
-    return f"win-rate {m['win_rate']:.3f} [{m['win_rate_low']:.3f}, {m['win_rate_high']:.3f}]"
+    return f"win-rate {m['eval/win_rate']:.3f} [{m['eval/win_rate_low']:.3f}, {m['eval/win_rate_high']:.3f}]"
 
 
 def _decision(artifacts: dict) -> str:

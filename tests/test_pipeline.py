@@ -340,7 +340,7 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     assert set(CHECKED) <= set(parent.data.params) and parent.data.params["sft_steps"] == "20"
     assert json.loads(parent.data.params["ppo_variants"]) == ["lora", "hydra"]
     assert {"hydra_rlhf.version", "hydra_rlhf.kfp_run_id", "hydra_rlhf.spec_images"} <= set(parent.data.tags)
-    assert {"lora/win_rate", "hydra/win_rate", "hydra-sft/win_rate"} <= set(parent.data.metrics)
+    assert {"lora/eval/win_rate", "hydra/eval/win_rate", "hydra-sft/eval/win_rate"} <= set(parent.data.metrics)
     assert {"comparison.md", "comparison.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     nested = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(nested) == {"data-prep", "hydra-sft", "sft", "reward-model", "ppo-lora", "ppo-hydra", "pairwise-eval",
@@ -396,7 +396,7 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     champion = client.get_model_version_by_alias("hydra-rlhf-policy", "champion")  # threshold -1: always beaten
     assert {candidate.version, champion.version} <= {v.version for v in versions}
     # settled by the compare step on the best lower bound, whichever variant registered last
-    assert float(candidate.tags["win_rate_low"]) == max(float(v.tags["win_rate_low"]) for v in versions)
+    assert float(candidate.tags["eval/win_rate_low"]) == max(float(v.tags["eval/win_rate_low"]) for v in versions)
     assert champion.version == candidate.version
     assert f"`candidate` of hydra-rlhf-policy: version {candidate.version}" in printed
     assert {v.tags["pipeline_run_id"] for v in versions} == {parent.info.run_id}

@@ -86,8 +86,11 @@ def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_e
     assert policy.source.startswith("models:/m-")  # a LoggedModel, not a bare runs:/ artifact folder
     logged = client.get_logged_model(policy.source.removeprefix("models:/"))
     assert logged.name == registry.LM_MODEL and logged.source_run_id == registered["ppo"]["tracking"]["run_id"]
-    metrics = {m.key: m.value for m in logged.metrics}
-    assert metrics["win_rate"] == 0.75 and metrics["win_rate_low"] == 0.6
+    metrics = {m.key: m.value for m in logged.metrics}  # under the eval run's names, as everywhere
+    assert metrics["eval/win_rate"] == 0.75 and metrics["eval/win_rate_low"] == 0.6 and "win_rate" not in metrics
+    assert policy.tags["eval/win_rate_low"] == "0.6" and "win_rate_low" not in policy.tags
+    register = client.get_run(registered["decision"]["tracking"]["run_id"]).data.metrics
+    assert register["eval/win_rate"] == 0.75 and "win_rate" not in register
     assert str(logged.status) == "READY"
 
     sft = client.get_model_version_by_alias(registry.SFT_MODEL, registry.CANDIDATE)

@@ -237,9 +237,8 @@ def test_compare_settles_the_aliases_on_the_best_variant(tmp_path, monkeypatch):
     client = MlflowClient(uri, registry_uri=uri)
     client.create_registered_model("policy")
     lows = {"lora": 0.62, "hydra": 0.31, "full": "None"}  # "None": every judgment failed
-    versions = {variant: client.create_model_version("policy", str(tmp_path), tags={"variant": variant,
-                                                                                     "win_rate_low": str(low)}).version
-                for variant, low in lows.items()}
+    versions = {variant: client.create_model_version("policy", str(tmp_path), tags={
+                    "variant": variant, "eval/win_rate_low": str(low)}).version for variant, low in lows.items()}
     client.set_registered_model_alias("policy", "candidate", versions["hydra"])  # the last to register
     client.set_registered_model_alias("policy", "champion", versions["hydra"])
     tracking = Tracking(uri, "aliases-test")
@@ -379,7 +378,8 @@ def test_stages_log_to_a_live_server(mlflow_server, tmp_path, base_model_dir, mo
 
     client = MlflowClient(mlflow_server)
     parent = client.get_run(tracking.parent_run_id)
-    assert parent.info.status == "FINISHED" and parent.data.metrics["none/win_rate"] == 0.5
+    assert parent.info.status == "FINISHED" and parent.data.metrics["none/eval/win_rate"] == 0.5
+    assert "none/win_rate" not in parent.data.metrics  # the eval run's names, under the variant's
     for summary, name in ((data, "data-prep"), (sft, "hydra-sft")):
         run = client.get_run(summary["tracking"]["run_id"])
         assert run.info.run_name == name and run.data.tags["mlflow.parentRunId"] == tracking.parent_run_id
