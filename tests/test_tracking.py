@@ -325,6 +325,10 @@ def test_stage_cli_logs_to_mlflow_when_given_a_tracking_uri(tmp_path, hydra_sft_
     assert {"eval/report.html", "eval/judgments_table.json"} <= artifact_paths(client, run.info.run_id)
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["prompts_eval"]
     assert json.loads((out / "eval_summary.json").read_text())["tracking"]["run_id"] == run.info.run_id
+    # the settings of the judge it used (gold: none of its own), not the OpenAI or reward-model judge's
+    params = run.data.params
+    assert params["judge"] == "gold" and params["max_new_tokens"] == "6"
+    assert not {"judge_model", "judge_base_url", "judge_api_key_env", "judge_cache", "reward_model"} & set(params)
 
 
 def test_sync_tracking_refuses_a_folder_without_a_journal(tmp_path, capsys):

@@ -39,6 +39,18 @@ def load_prompts(source: str, max_prompts: int = 0) -> list[EvalPrompt]:
     return prompts[:max_prompts] if max_prompts > 0 else prompts
 
 
+# The EvalConfig fields that only one judge reads: the run records those of the judge it used
+JUDGE_FIELDS = {"openai": ("judge_base_url", "judge_model", "judge_api_key_env", "judge_concurrency",
+                           "judge_timeout", "judge_max_retries", "judge_cache"),
+                "reward-model": ("reward_model",), "gold": ()}
+
+
+def run_params(cfg: EvalConfig) -> dict:
+    """The settings an eval run records: every field but the other judges' own."""
+    others = {name for judge, names in JUDGE_FIELDS.items() if judge != cfg.judge for name in names}
+    return {name: value for name, value in to_dict(cfg).items() if name not in others}
+
+
 def make_judge(cfg: EvalConfig) -> Judge:
     """The configured judge; fails here, before any generation, when it cannot work."""
     if cfg.judge == "openai":
@@ -115,7 +127,7 @@ def run_eval(cfg: EvalConfig, tracker: Tracker | None = None) -> dict:
     paths = write_report(cfg.output_dir, results, summary)
     save_config(cfg, cfg.output_dir)
 
-    tracker.log_params(to_dict(cfg))
+    tracker.log_params(run_params(cfg))
     tracker.log_metrics(metric_names({name: math.nan if summary[name] is None else summary[name]
                                       for name in SUMMARY_METRICS}), step=0)
     for name in ("report", "chart", "judgments", "judgments_csv", "summary"):
