@@ -6,12 +6,15 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from mlflow import MlflowClient
 from mlflow.models import Model
 
@@ -19,7 +22,9 @@ from conftest import tiny_ppo_config, tiny_sft_config
 from hydra_core import registry, stages
 from hydra_core.data.encoding import pair_batch
 from hydra_core.data.schema import PreferencePair
+from hydra_core.eval.judges import reward_scores
 from hydra_core.eval.report import FILES as EVAL_FILES
+from hydra_core.models import reward_pyfunc
 from hydra_core.models.hydra import load_hydra
 from hydra_core.tracking.mlflow_tracker import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PENDING_DIR, MlflowTracker,
                                                 replay)
@@ -104,6 +109,8 @@ def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_e
     # built from code: the logged model holds the code file and the Hydra directory, no pickle
     files = {a.path for a in client.list_logged_model_artifacts(reward.model_id)}
     assert "reward_pyfunc.py" in files and "python_model.pkl" not in files
+    pins = Path(reward.artifact_location.removeprefix("file://"), "requirements.txt").read_text().split()
+    assert {p.split("==")[0] for p in pins} == {"mlflow", *reward_pyfunc.REQUIREMENTS}
 
 
 def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_replay(tmp_path, base_model_dir,
@@ -115,9 +122,7 @@ def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_
     tokenizer = AutoTokenizer.from_pretrained(policy)
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tokenizer.save_pretrained(policy)
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{_free_port()}"  # a port nothing listens on
     run = MlflowTracker(dead, "offline-ppo", policy / PENDING_DIR, experiment="replayed", system_metrics=False)
     run.log_model(policy, registry.LM_MODEL, stages.POLICY_REQUIREMENTS)
     assert run.register_model("replayed-policy", registry.LM_MODEL, {}, [registry.CHAMPION],
@@ -138,3 +143,79 @@ def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_
     assert meta.flavors["transformers"]["task"] == "text-generation"
     pins = (files / "requirements.txt").read_text().split()
     assert {p.split("==")[0] for p in pins} == {"mlflow", *stages.POLICY_REQUIREMENTS}  # no torchvision
+
+
+# What README.md's MLflow section sends to `mlflow models serve`
+POLICY_REQUEST = {"inputs": ["12+7="], "params": {"max_new_tokens": 6}}
+REWARD_REQUEST = {"dataframe_records": PAIRS}
+SERVE_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(uri: str, model: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow models serve -m <model>` as README.md gives it, on a free port; returns the process
+    (the leader of a session of its own, so that its uvicorn child goes with it) and its address."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           # `serve` starts `uvicorn` by name: the one beside this interpreter
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model,
+                                   "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _wait_until_up(server: subprocess.Popen, address: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the server exited with {server.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            if requests.get(f"{address}/ping", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"no answer on {address}/ping within {SERVE_TIMEOUT_S} s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def _invoke(uri: str, model: str, request: dict, log: Path) -> dict:
+    server, address = _serve(uri, model, log)
+    try:
+        _wait_until_up(server, address, log)
+        answer = requests.post(f"{address}/invocations", json=request, timeout=120)
+        assert answer.status_code == 200, f"{answer.status_code} {answer.text[:2000]}\n{log.read_text()[-3000:]}"
+        return answer.json()
+    finally:
+        _stop(server)
+
+
+def test_both_registered_models_serve_by_alias_as_the_readme_says(registered):
+    root = registered["root"]
+    generated = _invoke(registered["uri"], f"models:/{registry.POLICY_MODEL}@{registry.CHAMPION}", POLICY_REQUEST,
+                        root / "serve-policy.log")
+    assert list(generated) == ["predictions"]
+    assert len(generated["predictions"]) == 1 and isinstance(generated["predictions"][0], str)
+
+    scored = _invoke(registered["uri"], f"models:/{registry.SFT_MODEL}@{registry.CANDIDATE}", REWARD_REQUEST,
+                     root / "serve-reward.log")
+    assert list(scored) == ["predictions"] and len(scored["predictions"]) == len(PAIRS)
+    model = load_hydra(str(root / "sft"), heads=("reward",)).eval()
+    own = reward_scores(model, [(p["prompt"], p["response"]) for p in PAIRS])
+    assert scored["predictions"] == pytest.approx(own, abs=1e-4)

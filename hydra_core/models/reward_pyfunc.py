@@ -3,38 +3,28 @@
 MLflow runs this file to build the model it serves (models-from-code), so nothing is pickled: the
 logged model holds this code, the hydra_core package and the Hydra directory (artifact `hydra`).
 `predict` takes prompt/response pairs (a DataFrame or a list of dicts with `prompt` and `response`)
-and returns one reward per pair, encoded and scored as the reward-model judge and PPO do.
+and returns one reward per pair, scored by `hydra_core.eval.judges.reward_scores`, as the
+reward-model judge scores responses.
 """
 
 from __future__ import annotations
 
 import mlflow
-import torch
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema
 
-from hydra_core.data.encoding import encode_pair_of, pad_right
+from hydra_core.eval.judges import reward_scores
 from hydra_core.models.hydra import load_hydra
 from hydra_core.runtime import pick_device
 
 ARTIFACT = "hydra"
-# what loading and scoring import; the logged model pins the versions installed where it was logged
-REQUIREMENTS = ("torch", "transformers", "safetensors", "peft", "pandas")
+# what loading and scoring import (pandas: the rows arrive as a DataFrame; not peft: load_hydra reads
+# plain weights); the logged model pins the versions installed where it was logged
+REQUIREMENTS = ("torch", "transformers", "safetensors", "pandas")
 # a served model's request rows and answer, as MLflow checks and documents them
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "response")]),
                            outputs=Schema([ColSpec("double")]))
-
-
-@torch.no_grad()
-def reward_scores(model, pairs: list[tuple[str, str]]) -> list[float]:
-    """The reward head's score of each (prompt, response), as one right-padded batch."""
-    max_length = getattr(model.base_model.config, "max_position_embeddings", 2048)
-    rows = [encode_pair_of(model.tokenizer, prompt, response, max_length)[0] for prompt, response in pairs]
-    batch = {"input_ids": pad_right(rows, model.tokenizer.pad_token_id),
-             "attention_mask": pad_right([[1] * len(r) for r in rows], 0)}
-    out = model(**{k: v.to(model.device) for k, v in batch.items()}, lm=False, reward=True)
-    return out.rewards.float().tolist()
 
 
 def _pairs(model_input) -> list[tuple[str, str]]:
