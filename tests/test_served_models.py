@@ -82,6 +82,10 @@ def test_a_fresh_process_generates_with_the_champion_and_scores_with_the_reward_
     assert got["rewards"][0] != pytest.approx(got["rewards"][1], abs=1e-6)
 
 
+def _listed_versions(logged) -> list[tuple[str, str]]:
+    return [(v["name"], str(v["version"])) for v in json.loads(logged.tags.get("mlflow.modelVersions", "[]"))]
+
+
 def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_eval_metrics(registered):
     client = MlflowClient(registered["uri"])
     experiment = client.get_experiment_by_name("served-test")
@@ -97,11 +101,14 @@ def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_e
     register = client.get_run(registered["decision"]["tracking"]["run_id"]).data.metrics
     assert register["eval/win_rate"] == 0.75 and "win_rate" not in register
     assert str(logged.status) == "READY"
+    # linked both ways, as mlflow.register_model links them: the model's page lists the version
+    assert _listed_versions(logged) == [(registry.POLICY_MODEL, str(policy.version))]
 
     sft = client.get_model_version_by_alias(registry.SFT_MODEL, registry.CANDIDATE)
     assert str(sft.version) == registered["sft"]["tracking"]["model_version"]
     reward = client.get_logged_model(sft.source.removeprefix("models:/"))
     assert reward.name == registry.REWARD_MODEL and reward.source_run_id == registered["sft"]["tracking"]["run_id"]
+    assert _listed_versions(reward) == [(registry.SFT_MODEL, str(sft.version))]
     # the raw folder stays listable beside the models (one of the same name would shadow it in MLflow 3)
     for stage, summary in (("sft", "sft_summary.json"), ("ppo", "ppo_summary.json")):
         listed = {a.path for a in client.list_artifacts(registered[stage]["tracking"]["run_id"], "model")}

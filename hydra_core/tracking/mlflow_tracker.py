@@ -278,9 +278,19 @@ class _Sender:
             with _global_tracking_uri(self.uri):
                 version = self.client.create_model_version(name, f"models:/{logged.model_id}", run_id=run_id,
                                                            tags=tags, model_id=logged.model_id).version
+            self._list_version(logged, name, version)
         for alias in aliases:
             self.client.set_registered_model_alias(name, alias, version)
         return str(version)
+
+    def _list_version(self, logged, name: str, version) -> None:
+        """Name the new version on its LoggedModel, as `mlflow.register_model` does (the client's
+        create_model_version does not): MLflow's model page lists its registered versions from this tag."""
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+        listed = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+        self.client.set_logged_model_tags(logged.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+            [*listed, {"name": name, "version": version}])})
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
