@@ -3,7 +3,7 @@ the figures a person compares across runs in the Kubeflow UI."""
 
 from hydra_core.data.splits import SPLIT_FILES
 from hydra_core.eval.report import SUMMARY_METRICS
-from hydra_core.tracking.base import numeric_entries
+from hydra_core.tracking.base import in_mib, numeric_entries
 
 DATA_KEYS = tuple(f"data/{name}" for name in SPLIT_FILES)
 SFT_KEYS = ("eval/reward_accuracy", "eval/gold_accuracy", "eval/lm_loss", "train/loss", "train_seconds",
@@ -16,9 +16,10 @@ EVAL_KEYS = SUMMARY_METRICS
 
 def fill_metrics(metrics, summary: dict, keys, named=dict) -> dict[str, float]:
     """Report the numbers of `summary` among `keys` to `metrics` (a Kubeflow Metrics artifact) under the
-    names `named` gives them (the eval's: hydra_core.eval.report.metric_names); returns them by their
-    summary keys, which the output's metadata carries."""
+    names `named` gives them (the eval's: hydra_core.eval.report.metric_names), byte counts in MiB
+    (`memory/peak_mib`) as MLflow has them; returns them by their summary keys, which the output's metadata
+    carries."""
     values = numeric_entries(summary, keys)
-    for name, value in named(values).items():
+    for name, value in in_mib(named(values)).items():
         metrics.log_metric(name, value)
     return values

@@ -44,6 +44,11 @@ def peak_bytes(device: torch.device) -> int:
     return peak_rss_bytes()
 
 
+def stage_peak_bytes(rows) -> int:
+    """The highest `memory/peak_bytes` among a stage's metric rows (0 when none has one)."""
+    return max((row["memory/peak_bytes"] for row in rows if row.get("memory/peak_bytes") is not None), default=0)
+
+
 def _tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 

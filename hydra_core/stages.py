@@ -38,7 +38,7 @@ from hydra_core.ppo.trainer import run_ppo
 from hydra_core.sft.trainer import SUMMARY_FILE as SFT_SUMMARY
 from hydra_core.sft.trainer import run_sft
 from hydra_core.tracking.base import numeric_entries
-from hydra_core.tracking.mlflow_tracker import PENDING_DIR, MlflowTracker
+from hydra_core.tracking.mlflow_tracker import PENDING_DIR, RUN_ID, MlflowTracker
 from hydra_core.tracking.runs import STAGE_TAG, Tracking, main_process
 
 LOCK = ".hydra-rlhf.lock"  # held by the stage writing an output directory, while it runs
@@ -91,9 +91,12 @@ def _claim(cfg: SFTConfig | PPOConfig) -> None:
 
 @contextmanager
 def _stage_run(tracking: Tracking, run_name: str, output_dir: str | Path, summary_file: Path | None = None,
-               tags: dict | None = None):
-    """The stage's MLflow run, ended FAILED if the stage raises; its status goes into the summary file."""
+               tags: dict | None = None, sources: dict | None = None):
+    """The stage's MLflow run, ended FAILED if the stage raises; its status goes into the summary file.
+    `sources` ({local path: what it stands for}) is what the run records in place of those paths
+    (`MlflowTracker.name_sources`); they go into the summary file too, for the steps reading it."""
     run = tracking.tracker(run_name, output_dir, tags={STAGE_TAG: run_name, **(tags or {})})
+    run.name_sources(sources or {})
     try:
         yield run
     except BaseException:
@@ -103,15 +106,19 @@ def _stage_run(tracking: Tracking, run_name: str, output_dir: str | Path, summar
     if summary_file is not None and summary_file.exists() and main_process():
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
         summary["tracking"] = run.status()
+        if sources:
+            summary["sources"] = {path: source.replace(RUN_ID, run.run_id) for path, source in sources.items()}
         tmp = summary_file.with_name(summary_file.name + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, summary_file)
 
 
-def _log_splits(run: MlflowTracker, data_dir: str, names) -> None:
+def _log_splits(run: MlflowTracker, data_dir: str, names, source: str = "") -> None:
+    """The splits as dataset inputs; given `source` (where `data_dir` is recorded), each from the file in it."""
     for name in names:
         context = "training" if name.endswith("_train") else "evaluation"
-        run.log_dataset(split_path(data_dir, name), name, context)
+        path = split_path(data_dir, name)
+        run.log_dataset(path, name, context, source=f"{source}/{path.name}" if source else "")
 
 
 def _log_output_dir(run: MlflowTracker, directory: str | Path) -> str:
@@ -150,26 +157,39 @@ def base_model(model: str, preset: str | None = None) -> str:
     return str(init_model(build(ModelInitConfig, (values, lambda name: f"base {name}"))))
 
 
+def typed_base_model(model: str, preset: str | None = None) -> str:
+    """What a user named as the base model that `base_model(model, preset)` gives: `model` (a directory or
+    a hub id), else `preset:<name>`; a run records this rather than the folder a preset was built in."""
+    return model or f"preset:{preset or ModelInitConfig.preset}"
+
+
+# a stage's own output directory, in a pipeline step: the run's artifact folder (`{run_id}`: the run's id)
+OWN_OUTPUT = {"sft": f"runs:/{RUN_ID}/{registry.MODEL_ARTIFACT}", "ppo": f"runs:/{RUN_ID}/{registry.MODEL_ARTIFACT}",
+              "eval": f"runs:/{RUN_ID}/eval"}
+
+
 def prepare_data(cfg: DataConfig, tracking: Tracking) -> dict:
     """`prepare` in a `data-prep` run: params, split counts, the manifest, every split as a dataset."""
     with _stage_run(tracking, "data-prep", cfg.output_dir) as run:
         manifest = prepare(cfg)
         counts = {f"data/{name}": n for name, n in manifest["counts"].items()}
-        run.log_params(to_dict(cfg))
-        run.log_metrics(counts, step=0)
-        run.log_artifact(Path(cfg.output_dir) / MANIFEST, "data")
-        _log_splits(run, cfg.output_dir, SPLIT_FILES)
+        run.log_params({**to_dict(cfg), **counts})  # one value each: params, not one-point charts
+        # the prepared files as the run's `data` folder: `runs:/<this run>/data` names them for the stages reading them
+        for path in (Path(cfg.output_dir) / MANIFEST, *(split_path(cfg.output_dir, name) for name in SPLIT_FILES)):
+            run.log_artifact(path, "data")
+        _log_splits(run, cfg.output_dir, SPLIT_FILES, source=f"runs:/{RUN_ID}/data")
     return {**manifest, **counts, "tracking": run.status()}
 
 
-def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "") -> dict:
+def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "", sources: dict | None = None) -> dict:
     """`run_sft` in a run named by its mode; the model directory is logged and, given a name, registered.
-    Returns {} on the other processes of a distributed run."""
+    `sources`: what the run records in place of local paths (`_stage_run`). Returns {} on the other
+    processes of a distributed run."""
     run_name = SFT_RUN_NAMES[cfg.mode]
     registered = {}
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
-            _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY) as run:
+            _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY, sources=sources) as run:
         _log_splits(run, cfg.data, ("demos_train", "pairs_train"))
         summary = run_sft(cfg, run)
         if summary:
@@ -182,14 +202,15 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "") -> dict:
     return {**summary, "tracking": {**run.status(), **registered}} if summary else {}
 
 
-def ppo(cfg: PPOConfig, tracking: Tracking) -> dict:
+def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None) -> dict:
     """`run_ppo` in an `<algorithm>-<variant>` run (`ppo-hydra`, `grpo-hydra`); the policy directory is
-    logged as the `model` artifact. The summary it returns says how long the stage took (`stage_seconds`)."""
+    logged as the `model` artifact. `sources`: what the run records in place of local paths (`_stage_run`).
+    The summary it returns says how long the stage took (`stage_seconds`)."""
     started = time.perf_counter()
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
             _stage_run(tracking, f"{cfg.algorithm}-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
-                       tags={"variant": cfg.variant, "algorithm": cfg.algorithm}) as run:
+                       tags={"variant": cfg.variant, "algorithm": cfg.algorithm}, sources=sources) as run:
         _log_splits(run, cfg.data, ("prompts_train",))
         summary = run_ppo(cfg, run)
         _log_output_dir(run, cfg.output_dir)
@@ -208,13 +229,14 @@ def ppo_models(label: str, hydra_sft: str, sft: str = "", reward_model: str = ""
     return {"model": hydra_sft, "reward_model": None}
 
 
-def evaluate(cfg: EvalConfig, tracking: Tracking, tags: dict | None = None) -> dict:
-    """`run_eval` in a `pairwise-eval` run, with the judgments as an MLflow table."""
+def evaluate(cfg: EvalConfig, tracking: Tracking, tags: dict | None = None, sources: dict | None = None) -> dict:
+    """`run_eval` in a `pairwise-eval` run, with the judgments as an MLflow table. `sources`: what the run
+    records in place of local paths (`_stage_run`)."""
     out = Path(cfg.output_dir)
     # A rerun into the same folder is how the judge cache saves a paid judge's calls; two at once
     # would each pay for every judgment and overwrite each other's report.
     with _exclusive(out, cfg.STAGE), _stage_run(tracking, "pairwise-eval", out, out / EVAL_FILES["summary"],
-                                                 tags=tags) as run:
+                                                 tags=tags, sources=sources) as run:
         if Path(cfg.prompts).is_dir():
             _log_splits(run, cfg.prompts, ("prompts_eval",))
         summary = run_eval(cfg, run)
@@ -235,7 +257,8 @@ def register_policy(tracking: Tracking, evaluation_dir: str, policy_run_id: str,
     """`registry.register_policy` in a `register-<variant>` run, for the policy that `evaluation_dir`
     (an eval output) judged."""
     evaluation = json.loads((Path(evaluation_dir) / EVAL_FILES["summary"]).read_text(encoding="utf-8"))
-    with _stage_run(tracking, f"register-{variant}", record_dir, tags={"variant": variant}) as run:
+    with _stage_run(tracking, f"register-{variant}", record_dir, tags={"variant": variant},
+                    sources=evaluation.get("sources")) as run:
         run.log_params({"registered_model": registered_model, "champion_threshold": champion_threshold,
                         "policy_run_id": policy_run_id})
         metrics = metric_names(numeric_entries(evaluation, EVAL_METRICS))

@@ -154,3 +154,14 @@ def test_a_bad_parameter_fails_the_first_step_however_the_run_started(tmp_path, 
         hydra_rlhf(ppo_mini_batch_size=512, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     [job] = (tmp_path / "root").iterdir()
     assert [p.name for p in job.iterdir()] == ["close-pipeline-run"]  # the exit step ran; no step did any work
+
+
+def test_kubeflow_metrics_show_memory_in_mib_and_the_metadata_keeps_the_summarys_bytes():
+    from components.metrics import PPO_KEYS, fill_metrics
+
+    logged = {}
+    metrics = type("Metrics", (), {"log_metric": lambda self, name, value: logged.update({name: value})})()
+    summary = {"memory/peak_bytes": 776 * 2**20, "memory/trainable_params": 1234, "objective/kl": 0.5}
+    assert fill_metrics(metrics, summary, PPO_KEYS) == {"memory/peak_bytes": 776 * 2**20,
+                                                       "memory/trainable_params": 1234, "objective/kl": 0.5}
+    assert logged == {"memory/peak_mib": 776, "memory/trainable_params": 1234, "objective/kl": 0.5}

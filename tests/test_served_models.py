@@ -100,6 +100,9 @@ def test_registered_versions_point_at_logged_models_and_the_policy_carries_the_e
     assert policy.tags["eval/win_rate_low"] == "0.6" and "win_rate_low" not in policy.tags
     register = client.get_run(registered["decision"]["tracking"]["run_id"]).data.metrics
     assert register["eval/win_rate"] == 0.75 and "win_rate" not in register
+    ppo = client.get_run(registered["ppo"]["tracking"]["run_id"]).data  # one-value figures as params, in MiB
+    assert {"memory/trainable_params", "memory/optimizer_mib", "memory/stage_peak_mib"} <= set(ppo.params)
+    assert "memory/peak_mib" in ppo.metrics and not {"memory/trainable_params", "memory/peak_bytes"} & set(ppo.metrics)
     assert str(logged.status) == "READY"
     # linked both ways, as mlflow.register_model links them: the model's page lists the version
     assert _listed_versions(logged) == [(registry.POLICY_MODEL, str(policy.version))]

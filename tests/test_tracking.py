@@ -309,7 +309,14 @@ def test_unreachable_server_the_stage_finishes_and_its_records_wait_on_disk(tmp_
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])[0]
     assert run.info.run_name == "hydra-sft" and "train/loss" in run.data.metrics
-    assert set(run.data.params) == {f for f in vars(cfg)}
+    # every setting, and the finished stage's one-value figures, memory in MiB: params, not one-point charts
+    one_off = {"memory/params", "memory/trainable_params", "memory/param_mib", "memory/trainable_param_mib",
+               "memory/grad_mib", "memory/optimizer_mib", "memory/stage_peak_mib", "time/train_seconds"}
+    assert set(run.data.params) == set(vars(cfg)) | one_off
+    assert not one_off & set(run.data.metrics) and not any(k.endswith("_bytes") for k in run.data.metrics)
+    assert 10 < float(run.data.params["memory/stage_peak_mib"]) < 2**20 and int(run.data.params["memory/params"]) > 0
+    peak = client.get_metric_history(run.info.run_id, "memory/peak_mib")  # a curve, in MiB
+    assert len(peak) >= 2 and all(10 < m.value < 2**20 for m in peak)
     [version] = client.search_model_versions("name='hydra-sft-test'")
     assert version.run_id == run.info.run_id and version.tags["variant"] == "hydra-sft"
 
@@ -389,6 +396,9 @@ def test_stages_log_to_a_live_server(mlflow_server, tmp_path, base_model_dir, mo
         assert run.info.run_name == name and run.data.tags["mlflow.parentRunId"] == tracking.parent_run_id
     assert {d.dataset.name for d in client.get_run(data["tracking"]["run_id"]).inputs.dataset_inputs} == {
         "pairs_train", "pairs_eval", "demos_train", "demos_eval", "prompts_train", "prompts_eval"}
+    prep = client.get_run(data["tracking"]["run_id"]).data  # the counts, one value each: params
+    assert int(prep.params["data/pairs_train"]) == data["data/pairs_train"] > 0
+    assert "data/pairs_train" not in prep.metrics
     sft_run = sft["tracking"]["run_id"]
     assert len(client.get_metric_history(sft_run, "train/loss")) >= 2
     # the server stores the artifacts (--serve-artifacts): download one back through it
@@ -451,3 +461,59 @@ def test_a_sync_that_stops_part_way_sends_each_record_once_when_run_again(tmp_pa
     client = MlflowClient(uri)
     assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.0, 1.0, 2.0, 3.0]
     assert len(client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])) == 1
+
+
+class _Artifact:
+    """What a component function gets for a kfp artifact: a local path and its metadata."""
+
+    def __init__(self, path, metadata=None):
+        self.path, self.metadata = str(path), dict(metadata or {})
+
+    def log_metric(self, name, value):  # as a Metrics output
+        self.metadata[name] = value
+
+
+def test_a_pipelines_runs_name_their_inputs_as_typed_or_as_mlflow_references_not_local_paths(tmp_path, monkeypatch):
+    from components.build import load
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = sqlite_uri(tmp_path)
+    tracking = dict(tracking_uri=uri, experiment="lineage")
+    data = _Artifact(tmp_path / "kfp" / "data")
+    prep = stages.prepare_data(DataConfig(output_dir=data.path, max_records=200, arithmetic_eval_prompts=8),
+                               Tracking(uri, "lineage"))
+    data.metadata["mlflow"] = prep["tracking"]
+    prep_id = prep["tracking"]["run_id"]
+    sft = _Artifact(tmp_path / "kfp" / "sft")
+    settings = dict(steps=2, demo_batch_size=8, pair_batch_size=4)
+    sft_id = load("hydra_sft").python_func(
+        data=data, model=sft, metrics=_Artifact(tmp_path / "m1"), base_preset="tiny-llama", registered_model="sft",
+        config={"eval_every": 2, "log_every": 1, "greedy_eval_prompts": 4, "checkpoint_every": 0}, **settings,
+        **tracking)
+    report = _Artifact(tmp_path / "kfp" / "report.html")
+    evaluation = _Artifact(tmp_path / "kfp" / "eval")
+    eval_id = load("pairwise_eval").python_func(
+        data=data, candidate=sft, baseline=sft, evaluation=evaluation, report=report,
+        metrics=_Artifact(tmp_path / "m2"), max_prompts=4, **tracking)
+    (tmp_path / "kfp" / "decision").mkdir()  # kfp makes an output's folder
+    decision = _Artifact(tmp_path / "kfp" / "decision" / "decision.md")
+    load("register_model").python_func(evaluation=evaluation, decision=decision, policy_run_id=sft_id,
+                                       registered_model="policy", champion_threshold=-1.0, **tracking)
+
+    client = MlflowClient(uri, registry_uri=uri)
+    trained = client.get_run(sft_id)
+    assert trained.data.params["model"] == "preset:tiny-llama"  # as typed, not the folder it was built in
+    assert trained.data.params["data"] == f"runs:/{prep_id}/data"
+    assert trained.data.params["output_dir"] == f"runs:/{sft_id}/model"
+    sources = {json.loads(d.dataset.source)["uri"] for d in trained.inputs.dataset_inputs}
+    assert sources == {f"runs:/{prep_id}/data/demos_train.jsonl", f"runs:/{prep_id}/data/pairs_train.jsonl"}
+    assert {"data/demos_train.jsonl", "data/manifest.json"} <= artifact_paths(client, prep_id)  # what they name
+    judged = client.get_run(eval_id).data.params
+    assert judged["candidate"] == judged["baseline"] == f"runs:/{sft_id}/model"
+    assert judged["prompts"] == f"runs:/{prep_id}/data" and judged["output_dir"] == f"runs:/{eval_id}/eval"
+    [sft_version] = client.search_model_versions("name='sft'")
+    assert (sft_version.tags["data"], sft_version.tags["base_model"]) == (f"runs:/{prep_id}/data", "preset:tiny-llama")
+    [policy] = client.search_model_versions("name='policy'")
+    assert (policy.tags["data"], policy.tags["baseline"]) == (f"runs:/{prep_id}/data", f"runs:/{sft_id}/model")
+    for run_id in (sft_id, eval_id):
+        assert not [v for v in client.get_run(run_id).data.params.values() if str(tmp_path) in v]

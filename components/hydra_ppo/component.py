@@ -43,11 +43,13 @@ def hydra_ppo(
     layout or label: settings}) that apply to the label, then `config`. The policy is logged to MLflow
     as the run's `model` artifact, nested under `parent_run_id`, else `pipeline_run`'s (an open_pipeline_run
     output), else the data's pipeline run, with the runs of the inputs that have no parent yet;
-    its metadata carries the label (`variant`), `layout` and `algorithm`. Returns the MLflow run id."""
+    its metadata carries the label (`variant`), `layout` and `algorithm`. The run records its inputs as their
+    MLflow runs' artifacts (`runs:/<run>/data`, `runs:/<run>/model`). Returns the MLflow run id."""
     from components.metrics import PPO_KEYS, fill_metrics
     from components.parameters import unless_kept
     from hydra_core import stages
     from hydra_core.config import PPOConfig, label_config, run_label
+    from hydra_core.tracking.mlflow_tracker import recorded_input
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, nest_reused_runs, parent_from
 
     models = stages.ppo_models(variant, sft_model.path, plain_sft_model.path if plain_sft_model else "",
@@ -62,7 +64,10 @@ def hydra_ppo(
     tracking = Tracking(tracking_uri, experiment, parent)
     nest_reused_runs(tracking, data.metadata, sft_model.metadata, plain_sft_model and plain_sft_model.metadata,
                      reward_model and reward_model.metadata)
-    summary = stages.ppo(cfg, tracking)
+    sources = {policy.path: stages.OWN_OUTPUT["ppo"]}
+    for given, artifact in ((data, "data"), (sft_model, "model"), (plain_sft_model, "model"), (reward_model, "model")):
+        sources.update(recorded_input(given and given.path, given and given.metadata, artifact))
+    summary = stages.ppo(cfg, tracking, sources)
     policy.metadata.update({"variant": run_label(cfg.variant, cfg.algorithm), "layout": cfg.variant,
                             "algorithm": cfg.algorithm, "started_from": models["model"], "mlflow": summary["tracking"],
                             PIPELINE_RUN_KEY: parent, **fill_metrics(metrics, summary, PPO_KEYS)})

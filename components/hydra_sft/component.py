@@ -35,11 +35,14 @@ def hydra_sft(
     empty from a fresh random-init `base_preset` model. `mode` sft or rm trains a plain SFT model or
     a reward model instead (SFTConfig.mode). The model is logged to MLflow (nested under
     `parent_run_id`, by default the data's pipeline run) and, given `registered_model`, registered;
-    its metadata names it (`variant`: hydra-sft, sft or reward-model). Returns the MLflow run id."""
+    its metadata names it (`variant`: hydra-sft, sft or reward-model). The run records its inputs as
+    their MLflow runs' artifacts (`runs:/<run>/data`, `runs:/<run>/model`), the base model as given
+    (`preset:<name>` for a random-init one), its output as its own `model` artifact. Returns the MLflow run id."""
     from components.metrics import SFT_KEYS, fill_metrics
     from components.parameters import unless_kept
     from hydra_core import stages
     from hydra_core.config import SFTConfig, from_parameters
+    from hydra_core.tracking.mlflow_tracker import recorded_input
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, parent_from
 
     start = init_model.path if init_model is not None else base_model
@@ -47,8 +50,11 @@ def hydra_sft(
                           learning_rate=learning_rate, **unless_kept(steps=steps, demo_batch_size=demo_batch_size,
                                                                      pair_batch_size=pair_batch_size, seed=seed))
     cfg.model = stages.base_model(start, base_preset)  # after the settings are checked: it may build one
+    sources = {cfg.model: stages.typed_base_model(start, base_preset), model.path: stages.OWN_OUTPUT["sft"],
+               **recorded_input(data.path, data.metadata, "data"),
+               **recorded_input(init_model and init_model.path, init_model and init_model.metadata, "model")}
     parent = parent_from(parent_run_id, data.metadata)
-    summary = stages.sft(cfg, Tracking(tracking_uri, experiment, parent), registered_model)
+    summary = stages.sft(cfg, Tracking(tracking_uri, experiment, parent), registered_model, sources)
     model.metadata.update({"variant": stages.SFT_RUN_NAMES[cfg.mode], "mlflow": summary["tracking"],
                            PIPELINE_RUN_KEY: parent, **fill_metrics(metrics, summary, SFT_KEYS)})
     return summary["tracking"]["run_id"]

@@ -33,7 +33,8 @@ def pairwise_eval(
     named by `judge_api_key_env`, set from a Kubernetes secret. The evaluation's metadata is the
     candidate's (its run label as `variant`, its figures) with the judged figures and the `baseline`'s
     name. Its MLflow run nests under `parent_run_id`, else `pipeline_run`'s (an open_pipeline_run output), else
-    the data's pipeline run, with the runs of the inputs that have no parent yet. Returns the MLflow run id."""
+    the data's pipeline run, with the runs of the inputs that have no parent yet. The run records its inputs as
+    their MLflow runs' artifacts (`runs:/<run>/data`, `runs:/<run>/model`). Returns the MLflow run id."""
     import shutil
     from pathlib import Path
 
@@ -42,6 +43,7 @@ def pairwise_eval(
     from hydra_core import stages
     from hydra_core.config import EvalConfig, from_parameters
     from hydra_core.eval.report import FILES, metric_names
+    from hydra_core.tracking.mlflow_tracker import recorded_input
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, nest_reused_runs, parent_from
 
     cfg = from_parameters(EvalConfig, config, candidate=candidate.path, baseline=baseline.path, prompts=data.path,
@@ -51,7 +53,10 @@ def pairwise_eval(
     names = {"variant": candidate.metadata.get("variant", ""), "baseline": baseline.metadata.get("variant", "")}
     tracking = Tracking(tracking_uri, experiment, parent)
     nest_reused_runs(tracking, data.metadata, candidate.metadata, baseline.metadata)
-    summary = stages.evaluate(cfg, tracking, tags=names)
+    sources = {evaluation.path: stages.OWN_OUTPUT["eval"]}
+    for given, artifact in ((data, "data"), (candidate, "model"), (baseline, "model")):
+        sources.update(recorded_input(given.path, given.metadata, artifact))
+    summary = stages.evaluate(cfg, tracking, tags=names, sources=sources)
     shutil.copyfile(Path(evaluation.path) / FILES["report"], report.path)
     evaluation.metadata.update({**candidate.metadata, **names, "mlflow": summary["tracking"], PIPELINE_RUN_KEY: parent,
                                 **fill_metrics(metrics, summary, EVAL_KEYS, metric_names)})

@@ -32,7 +32,7 @@ from hydra_core.data.batching import BatchStream
 from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.gold import gold_accuracy
-from hydra_core.memory import model_memory, peak_bytes, reset_peak
+from hydra_core.memory import model_memory, peak_bytes, reset_peak, stage_peak_bytes
 from hydra_core.models.generation import Decoding, generate
 from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_curves
@@ -362,10 +362,12 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     if verifier:
         summary["eval/gold_accuracy"] = history[-1]["eval/gold_accuracy"]
     memory = model_memory(stack.unique_modules(), [optimizer], trainable=list(trainable.values()))
-    tracker.log_metrics(memory, cfg.steps)
     summary.update({k: v for k, v in history[-1].items() if k != "step"})
     summary.update(memory)
     summary["train_seconds_this_run"] = time.perf_counter() - started
+    # figures of the finished stage, one value each: params, not one-point charts
+    tracker.log_params({**memory, "memory/stage_peak_bytes": stage_peak_bytes(history),
+                        "time/train_seconds": round(summary["train_seconds_this_run"], 1)})
     with stack.generator():
         stack.policy_model.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model,
                                 data=cfg.data)

@@ -27,7 +27,7 @@ from hydra_core.data.encoding import IGNORE_INDEX, lm_batch, pair_batch
 from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.gold import gold_accuracy
-from hydra_core.memory import model_memory, peak_bytes
+from hydra_core.memory import model_memory, peak_bytes, stage_peak_bytes
 from hydra_core.models.hydra import HydraModel, load_hydra
 from hydra_core.models.lora import add_lora
 from hydra_core.models.reference import check_model
@@ -225,7 +225,9 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
         if verifier:
             gold = {"eval/gold_accuracy": gold_accuracy(model, prompts_eval, verifier, cfg.max_new_tokens)}
             record(gold, cfg.steps)
-        tracker.log_metrics(memory, cfg.steps)
+        # figures of the finished stage, one value each: params, not one-point charts
+        tracker.log_params({**memory, "memory/stage_peak_bytes": stage_peak_bytes(history),
+                            "time/train_seconds": round(summary["train_seconds"], 1)})
         for row in history:  # the latest value of every metric
             summary.update({k: v for k, v in row.items() if k != "step"})
         summary.update(memory)

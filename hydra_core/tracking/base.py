@@ -25,6 +25,21 @@ class Tracker:
         pass
 
 
+MIB = 2**20
+
+
+def in_mib(figures: dict, digits: int | None = None) -> dict:
+    """`figures` as a person reads them: a byte count (`<name>_bytes`) in MiB (`<name>_mib`, rounded to
+    `digits` when given); every other entry as it is."""
+    out = {}
+    for key, value in figures.items():
+        if key.endswith("_bytes") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            key, value = key.removesuffix("_bytes") + "_mib", value / MIB
+            value = round(value, digits) if digits is not None else value
+        out[key] = value
+    return out
+
+
 def numeric_entries(summary: dict, keys) -> dict[str, float]:
     """The entries of `summary` among `keys` that can be logged as metrics (numbers, not None or bools)."""
     return {k: float(summary[k]) for k in keys

@@ -21,7 +21,7 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from hydra_core.tracking.base import Tracker
+from hydra_core.tracking.base import Tracker, in_mib
 
 DEFAULT_EXPERIMENT = "hydra-rlhf"
 PENDING_DIR = "mlflow_pending"
@@ -29,6 +29,8 @@ JOURNAL = "journal.jsonl"
 SYSTEM_METRICS_INTERVAL_S = 5.0
 PROBE_TIMEOUT_S = 5.0
 PARENT_TAG = "mlflow.parentRunId"
+SOURCE_TYPE = "mlflow_artifact"  # a dataset input's source type when it names an MLflow reference
+RUN_ID = "{run_id}"  # in a recorded source: the id of the run recording it
 _BATCH = 100  # MLflow's log_batch limit on params and tags (metrics allow 1000)
 
 
@@ -50,6 +52,14 @@ def redact(uri: str) -> str:
     if not parts.password and not parts.username:
         return uri
     return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
+def recorded_input(path: str | Path | None, metadata: dict | None, artifact: str) -> dict[str, str]:
+    """{path: `runs:/<run>/<artifact>`} for a pipeline input that a stage's MLflow run recorded (the `mlflow`
+    entry of its artifact's metadata, which the components write), {} when none did: what
+    `MlflowTracker.name_sources` records in place of the local path a step reads it from."""
+    run_id = ((metadata or {}).get("mlflow") or {}).get("run_id")
+    return {str(path): f"runs:/{run_id}/{artifact}"} if path and run_id else {}
 
 
 def _probe(uri: str) -> None:
@@ -161,10 +171,15 @@ class _Sender:
         except MlflowException:  # a parallel task created it first
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def _own(self, value: str) -> str:
+        """`value` with `{run_id}` (a reference to this run's artifacts, see `name_sources`) as this run's id,
+        which a journaled record learns only when it is replayed."""
+        return value.replace(RUN_ID, self.run_id)
+
     def params(self, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in params.items()]
+        items = [Param(k, self._own(v)) for k, v in params.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[i:i + _BATCH])
 
@@ -184,9 +199,11 @@ class _Sender:
     def table(self, path: str, artifact_file: str) -> None:
         self.client.log_table(self.run_id, _read_table(Path(path)), artifact_file)
 
-    def dataset(self, path: str, name: str, context: str) -> None:
+    def dataset(self, path: str, name: str, context: str, source: str = "") -> None:
+        """The file as a dataset input; `source`, when given, is where the record says it comes from (an
+        MLflow reference such as `runs:/<run>/data/pairs_train.jsonl`) instead of the local file."""
         import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
         with warnings.catch_warnings():
             # MLflow registers its local-file source twice, and hints about integer columns in model
@@ -194,12 +211,15 @@ class _Sender:
             warnings.simplefilter("ignore", UserWarning)
             data = mlflow.data.from_pandas(_read_table(Path(path)), source=Path(path).resolve().as_uri(), name=name)
             entity = data._to_mlflow_entity()
+        if source:
+            entity = Dataset(entity.name, entity.digest, SOURCE_TYPE, json.dumps({"uri": self._own(source)}),
+                             entity.schema, entity.profile)
         self.client.log_inputs(self.run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
 
     def tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, v) for k, v in tags.items()]
+        items = [RunTag(k, self._own(v)) for k, v in tags.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, tags=items[i:i + _BATCH])
 
@@ -260,6 +280,7 @@ class _Sender:
         from mlflow.exceptions import MlflowException
 
         run_id = source_run_id or self.run_id
+        tags = {k: self._own(v) for k, v in tags.items()}
         try:
             self.client.create_registered_model(name)
         except MlflowException as e:
@@ -313,6 +334,7 @@ class MlflowTracker(Tracker):
         self.closed = False
         self._sender: _Sender | None = None
         self._monitor = None
+        self.sources: dict[str, str] = {}
         self._start = dict(experiment=experiment or DEFAULT_EXPERIMENT, run_name=run_name,
                            parent_run_id=parent_run_id, tags={k: str(v) for k, v in (tags or {}).items()},
                            run_id=run_id)
@@ -343,12 +365,32 @@ class MlflowTracker(Tracker):
                        replay=f"hydra-rlhf sync-tracking {self.pending_dir}")
         return out
 
+    def name_sources(self, sources: dict[str, str]) -> None:
+        """Record `sources` ({local path: what it stands for}) in place of those paths, and of the files
+        under them, wherever this run would log one (params, tags, dataset inputs, a registered version's
+        tags): what a user typed (a preset, a hub id) or an MLflow reference (`runs:/<run>/model`) rather
+        than a folder of the machine the step ran on. RUN_ID (`{run_id}`) in a reference is this run's id."""
+        for path, source in sources.items():
+            if path and source:
+                self.sources[str(path).rstrip("/")] = source
+                self.sources[str(Path(path).resolve())] = source
+
+    def _named(self, value):
+        """`value` with a recorded source in place of a local path (see `name_sources`)."""
+        if not isinstance(value, str) or not self.sources:
+            return value
+        for path in sorted(self.sources, key=len, reverse=True):
+            if value == path or value.startswith(path + "/"):
+                return self.sources[path] + value[len(path):]
+        return value
+
     # --- the Tracker interface -------------------------------------------------------------------
+    # Byte counts go to MLflow in MiB (`memory/peak_bytes` is `memory/peak_mib` there), as a person reads them
     def log_params(self, params: dict) -> None:
-        self._do("params", params={k: str(v) for k, v in params.items()})
+        self._do("params", params={k: str(self._named(v)) for k, v in in_mib(params, digits=1).items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        values = {k: float(v) for k, v in metrics.items() if v is not None}
+        values = {k: float(v) for k, v in in_mib(metrics).items() if v is not None}
         self._do("metrics", metrics=values, step=int(step), timestamp=int(time.time() * 1000))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -369,12 +411,16 @@ class MlflowTracker(Tracker):
         """A JSONL or Parquet file as an MLflow table (browsable in the UI's evaluation view)."""
         self._do("table", path=str(path), artifact_file=artifact_file)
 
-    def log_dataset(self, path: str | Path, name: str, context: str) -> None:
-        """A JSONL or Parquet file as an MLflow dataset input of this run."""
-        self._do("dataset", path=str(path), name=name, context=context)
+    def log_dataset(self, path: str | Path, name: str, context: str, source: str = "") -> None:
+        """A JSONL or Parquet file as an MLflow dataset input of this run, its source `source` when given,
+        else the file's (a recorded source, see `name_sources`). MLflow keeps one record of a dataset per
+        experiment (by name and content): the first run to log it names its source for every later one."""
+        local = str(Path(path).resolve())
+        source = source or self._named(local)
+        self._do("dataset", path=str(path), name=name, context=context, source="" if source == local else source)
 
     def set_tags(self, tags: dict) -> None:
-        self._do("tags", tags={k: str(v) for k, v in tags.items()})
+        self._do("tags", tags={k: str(self._named(v)) for k, v in tags.items()})
 
     def log_model(self, path: str | Path, name: str, requirements=(), *, python_model: str | Path = "",
                   artifact: str = "", code_paths=(), leave_out=(), signature=None) -> None:
@@ -394,7 +440,7 @@ class MlflowTracker(Tracker):
         `runs:/<run>/<artifact_path>` when the run logged no such model. Returns the version, or ""
         when the registration waits in the journal."""
         version = self._do("register", name=name, artifact_path=artifact_path,
-                           tags={k: str(v) for k, v in tags.items()}, aliases=list(aliases),
+                           tags={k: str(self._named(v)) for k, v in tags.items()}, aliases=list(aliases),
                            source_run_id=source_run_id,
                            model_metrics={k: float(v) for k, v in (model_metrics or {}).items()
                                           if v is not None and math.isfinite(v)})
