@@ -165,19 +165,21 @@ def typed_base_model(model: str, preset: str | None = None) -> str:
 
 # a stage's own output directory, in a pipeline step: the run's artifact folder (`{run_id}`: the run's id)
 OWN_OUTPUT = {"sft": f"runs:/{RUN_ID}/{registry.MODEL_ARTIFACT}", "ppo": f"runs:/{RUN_ID}/{registry.MODEL_ARTIFACT}",
-              "eval": f"runs:/{RUN_ID}/eval"}
+              "eval": f"runs:/{RUN_ID}/eval", "data": f"runs:/{RUN_ID}/data"}
 
 
-def prepare_data(cfg: DataConfig, tracking: Tracking) -> dict:
-    """`prepare` in a `data-prep` run: params, split counts, the manifest, every split as a dataset."""
-    with _stage_run(tracking, "data-prep", cfg.output_dir) as run:
+def prepare_data(cfg: DataConfig, tracking: Tracking, sources: dict | None = None) -> dict:
+    """`prepare` in a `data-prep` run: params, split counts, the prepared files, every split as a dataset.
+    `sources`: what the run records in place of local paths (`_stage_run`; a pipeline step's output
+    directory: OWN_OUTPUT["data"])."""
+    with _stage_run(tracking, "data-prep", cfg.output_dir, sources=sources) as run:
         manifest = prepare(cfg)
         counts = {f"data/{name}": n for name, n in manifest["counts"].items()}
         run.log_params({**to_dict(cfg), **counts})  # one value each: params, not one-point charts
         # the prepared files as the run's `data` folder: `runs:/<this run>/data` names them for the stages reading them
         for path in (Path(cfg.output_dir) / MANIFEST, *(split_path(cfg.output_dir, name) for name in SPLIT_FILES)):
             run.log_artifact(path, "data")
-        _log_splits(run, cfg.output_dir, SPLIT_FILES, source=f"runs:/{RUN_ID}/data")
+        _log_splits(run, cfg.output_dir, SPLIT_FILES, source=OWN_OUTPUT["data"])
     return {**manifest, **counts, "tracking": run.status()}
 
 

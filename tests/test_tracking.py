@@ -481,7 +481,7 @@ def test_a_pipelines_runs_name_their_inputs_as_typed_or_as_mlflow_references_not
     tracking = dict(tracking_uri=uri, experiment="lineage")
     data = _Artifact(tmp_path / "kfp" / "data")
     prep = stages.prepare_data(DataConfig(output_dir=data.path, max_records=200, arithmetic_eval_prompts=8),
-                               Tracking(uri, "lineage"))
+                               Tracking(uri, "lineage"), sources={data.path: stages.OWN_OUTPUT["data"]})
     data.metadata["mlflow"] = prep["tracking"]
     prep_id = prep["tracking"]["run_id"]
     sft = _Artifact(tmp_path / "kfp" / "sft")
@@ -515,5 +515,6 @@ def test_a_pipelines_runs_name_their_inputs_as_typed_or_as_mlflow_references_not
     assert (sft_version.tags["data"], sft_version.tags["base_model"]) == (f"runs:/{prep_id}/data", "preset:tiny-llama")
     [policy] = client.search_model_versions("name='policy'")
     assert (policy.tags["data"], policy.tags["baseline"]) == (f"runs:/{prep_id}/data", f"runs:/{sft_id}/model")
-    for run_id in (sft_id, eval_id):
+    assert client.get_run(prep_id).data.params["output_dir"] == f"runs:/{prep_id}/data"
+    for run_id in (prep_id, sft_id, eval_id):
         assert not [v for v in client.get_run(run_id).data.params.values() if str(tmp_path) in v]
