@@ -364,6 +364,8 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
         return set(run.data.metrics)
 
     ppo, prep = nested["ppo-hydra"], nested["data-prep"]
+    # what the runs name is MLflow's, not a kfp folder: the stages read data prep's logged files
+    assert prep.data.params["output_dir"] == f"runs:/{prep.info.run_id}/data" == hydra_sft.data.params["data"]
     assert {"train/loss", "train/lm_loss", "train/reward_loss", "train/reward_accuracy", "eval/reward_accuracy",
             "memory/peak_mib", "time/samples_per_s"} <= metrics(hydra_sft)
     assert {"memory/param_mib", "memory/trainable_params", "time/train_seconds"} <= set(hydra_sft.data.params)

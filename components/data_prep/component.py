@@ -47,7 +47,7 @@ def data_prep(
     tracking = Tracking(tracking_uri, experiment, parent_run_id)
     parent = pipeline_run(tracking, pipeline_run_name) if open_parent_run else nullcontext(parent_run_id)
     with parent as tracking.parent_run_id:
-        summary = stages.prepare_data(cfg, tracking)
+        summary = stages.prepare_data(cfg, tracking, sources={data.path: stages.OWN_OUTPUT["data"]})
     data.metadata.update({"mlflow": summary["tracking"], PIPELINE_RUN_KEY: tracking.parent_run_id,
                           **fill_metrics(metrics, summary, DATA_KEYS)})
     return (tracking.parent_run_id, summary["tracking"]["run_id"])
