@@ -83,3 +83,16 @@ def kill_and_resume(command: list[str], tmp_path: Path, summary_file: str) -> tu
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return straight, killed, resumed.stdout
+
+
+def stop_process_group(process: subprocess.Popen, timeout_s: float = 15) -> None:
+    """End a server started in a session of its own (`start_new_session`), its workers with it: TERM,
+    then KILL if it has not gone in `timeout_s`."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.models import Model
 
-from conftest import tiny_ppo_config, tiny_sft_config
+from conftest import stop_process_group, tiny_ppo_config, tiny_sft_config
 from hydra_core import registry, stages
 from hydra_core.data.encoding import pair_batch
 from hydra_core.data.schema import PreferencePair
@@ -181,16 +180,6 @@ def _serve(uri: str, model: str, log: Path) -> tuple[subprocess.Popen, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-def _stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
 def _wait_until_up(server: subprocess.Popen, address: str, log: Path) -> None:
     deadline = time.monotonic() + SERVE_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -213,7 +202,7 @@ def _invoke(uri: str, model: str, request: dict, log: Path) -> dict:
         assert answer.status_code == 200, f"{answer.status_code} {answer.text[:2000]}\n{log.read_text()[-3000:]}"
         return answer.json()
     finally:
-        _stop(server)
+        stop_process_group(server)
 
 
 def test_both_registered_models_serve_by_alias_as_the_readme_says(registered):

@@ -3,8 +3,6 @@ and a server that does not answer (the stage goes on, the records wait on disk a
 
 import json
 import math
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +14,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import tiny_sft_config
+from conftest import stop_process_group, tiny_sft_config
 from hydra_core import cli, registry, stages
 from hydra_core.config import DataConfig
 from hydra_core.tracking.mlflow_tracker import JOURNAL, PENDING_DIR, MlflowTracker, replay
@@ -368,12 +366,7 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout_s=20)
         log.close()
 
 
