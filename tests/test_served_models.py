@@ -21,10 +21,9 @@ from conftest import stop_process_group, tiny_ppo_config, tiny_sft_config
 from hydra_core import registry, stages
 from hydra_core.data.encoding import pair_batch
 from hydra_core.data.schema import PreferencePair
-from hydra_core.eval.judges import reward_scores
 from hydra_core.eval.report import FILES as EVAL_FILES
 from hydra_core.models import reward_pyfunc
-from hydra_core.models.hydra import load_hydra
+from hydra_core.models.hydra import load_hydra, reward_scores
 from hydra_core.tracking.mlflow_tracker import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PENDING_DIR, MlflowTracker,
                                                 replay)
 from hydra_core.tracking.runs import Tracking

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, Protocol
 
-import torch
 
-from hydra_core.data.encoding import encode_pair_of, pad_right
 from hydra_core.data.tasks import Verifier
-from hydra_core.models.hydra import load_hydra, require_reward_head
+from hydra_core.models.hydra import load_hydra, require_reward_head, reward_scores
 from hydra_core.runtime import pick_device
 
 Verdict = Literal["A", "B", "tie", "error"]
@@ -74,19 +72,6 @@ def _grade(correct: bool, response: Response) -> str:
     if correct:
         return "correct"
     return "wrong" if response.ended else "wrong (no EOS)"
-
-
-@torch.no_grad()
-def reward_scores(model, pairs: list[tuple[str, str]]) -> list[float]:
-    """A Hydra model's reward head's score of each (prompt, response), as one right-padded batch.
-    The one place rewards are computed outside training: the reward-model judge compares two
-    responses with it, and the served reward model (`models/reward_pyfunc.py`) scores its rows."""
-    max_length = getattr(model.base_model.config, "max_position_embeddings", 2048)
-    rows = [encode_pair_of(model.tokenizer, prompt, response, max_length)[0] for prompt, response in pairs]
-    batch = {"input_ids": pad_right(rows, model.tokenizer.pad_token_id),
-             "attention_mask": pad_right([[1] * len(r) for r in rows], 0)}
-    out = model(**{k: v.to(model.device) for k, v in batch.items()}, lm=False, reward=True)
-    return out.rewards.float().tolist()
 
 
 class RewardModelJudge:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hydra_core.data.encoding import encode_pair_of, pad_right
 from hydra_core.runtime import default_dtype
 
 HEADS_FILE = "heads.safetensors"
@@ -206,3 +207,16 @@ def load_hydra(
     if device is not None:
         model.to(device)
     return model
+
+
+@torch.no_grad()
+def reward_scores(model, pairs: list[tuple[str, str]]) -> list[float]:
+    """A Hydra model's reward head's score of each (prompt, response), as one right-padded batch.
+    The one place rewards are computed outside training: the reward-model judge compares two
+    responses with it (eval.judges), and the served reward model (reward_pyfunc) scores its rows."""
+    max_length = getattr(model.base_model.config, "max_position_embeddings", 2048)
+    rows = [encode_pair_of(model.tokenizer, prompt, response, max_length)[0] for prompt, response in pairs]
+    batch = {"input_ids": pad_right(rows, model.tokenizer.pad_token_id),
+             "attention_mask": pad_right([[1] * len(r) for r in rows], 0)}
+    out = model(**{k: v.to(model.device) for k, v in batch.items()}, lm=False, reward=True)
+    return out.rewards.float().tolist()

@@ -3,7 +3,7 @@
 MLflow runs this file to build the model it serves (models-from-code), so nothing is pickled: the
 logged model holds this code, the hydra_core package and the Hydra directory (artifact `hydra`).
 `predict` takes prompt/response pairs (a DataFrame or a list of dicts with `prompt` and `response`)
-and returns one reward per pair, scored by `hydra_core.eval.judges.reward_scores`, as the
+and returns one reward per pair, scored by `hydra_core.models.hydra.reward_scores`, as the
 reward-model judge scores responses.
 """
 
@@ -14,8 +14,7 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema
 
-from hydra_core.eval.judges import reward_scores
-from hydra_core.models.hydra import load_hydra
+from hydra_core.models.hydra import load_hydra, reward_scores
 from hydra_core.runtime import pick_device
 
 ARTIFACT = "hydra"
