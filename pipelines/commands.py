@@ -13,6 +13,9 @@ import sys
 from components.image import ACCELERATOR
 from hydra_core.cli import Command
 
+# where `run`'s steps run: pipelines.local_run; here so that `--help` loads no kfp
+RUNNERS = ("subprocess", "docker")
+
 
 def _add_task_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true",
@@ -135,6 +138,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="print every line of every step as kfp streams it (executor inputs, each progress "
                         "update), instead of a line per step; either way each step's log is written to "
                         "<output-dir>/logs/<step>.log")
+    p.add_argument("--runner", choices=RUNNERS, default="subprocess",
+                   help="where each step runs: 'subprocess' (default), a process of this Python; 'docker', a "
+                        "container of the project's CPU image (build it with containers/build.sh), with the "
+                        "outputs and the MLflow store on this machine at the same paths")
     _add_params(p)
 
 
@@ -145,7 +152,7 @@ def _run(args) -> None:
     if args.tracking_uri:
         arguments["tracking_uri"] = args.tracking_uri
     try:
-        result = run_local(arguments, args.output_dir, args.verbose)
+        result = run_local(arguments, args.output_dir, args.verbose, args.runner)
     except PipelineFailed as e:
         log = (f"The end of the failed step's log, {e.log}:\n" + "".join(f"    {line}\n" for line in e.tail)
                if e.log else "")

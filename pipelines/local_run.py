@@ -1,9 +1,12 @@
-"""`hydra-rlhf run`: the whole pipeline in local processes (kfp's SubprocessRunner, this Python).
+"""`hydra-rlhf run`: the whole pipeline on this machine, each step in a local process (kfp's SubprocessRunner,
+this Python: the default) or in a container of the project's CPU image (kfp's DockerRunner, `--runner docker`:
+the steps run as they do on a cluster, in the image that containers/build.sh built).
 
 Everything lands in one output folder: the kfp pipeline root (each task's artifacts), the kfp
 workspace, a log file per step in `logs/` (the terminal gets a line per step: pipelines.console),
 and, unless a tracking URI is given or MLFLOW_TRACKING_URI names one, the MLflow store: `mlflow.db`
-with its artifacts in `mlartifacts/`.
+with its artifacts in `mlartifacts/`. In containers these are at the same paths as here, mounted, and the
+steps run as this user, so the files are this user's and `mlflow ui` browses the same store either way.
 """
 
 import os
@@ -13,8 +16,10 @@ from pathlib import Path
 
 from kfp import local
 
+from components.image import IMAGE
+from pipelines.commands import RUNNERS
 from pipelines.console import ANSI, console_for
-from pipelines.hydra_rlhf import build
+from pipelines.hydra_rlhf import SECRETS, build
 
 # One variant at a time: on one machine the variants would share its cores, each slowing the others,
 # and the comparison table reports every variant's own time.
@@ -31,23 +36,87 @@ class PipelineFailed(RuntimeError):
         self.output_dir, self.tracking_uri, self.log, self.tail = output_dir, tracking_uri, log, tail
 
 
+class RunnerUnavailable(ConnectionError):
+    """The chosen runner cannot run here (no Docker daemon, no image); found before any step runs. A
+    ConnectionError, as a server that does not answer: the CLI prints it as one line and exits 1."""
+
+
+def docker_runner(tracking_uri: str, image: str = IMAGE) -> local.DockerRunner:
+    """kfp's DockerRunner, set up so the steps in containers see and own what the host sees. kfp mounts the
+    pipeline root at its own path; the sqlite store's folder (its artifacts are beside it) is mounted likewise.
+    The steps run as this user, so they can write where this user can and leave files this user owns."""
+    try:
+        import docker
+    except ImportError:
+        raise RunnerUnavailable("--runner docker needs the docker package: pip install docker") from None
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RunnerUnavailable(f"--runner docker: no Docker daemon answers ({reason}); start one, then build the "
+                                f"image with containers/build.sh") from None
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        # kfp would try to pull it, which fails for an unpushed tag or takes minutes for a pushed one
+        raise RunnerUnavailable(f"--runner docker: image {image} is not on this machine; build it with "
+                                f"containers/build.sh") from None
+    finally:
+        client.close()
+    folders = _store_folders(tracking_uri)
+    for folder in folders:  # a bind mount's source must exist
+        folder.mkdir(parents=True, exist_ok=True)
+    mounts = [docker.types.Mount(target=str(folder), source=str(folder), type="bind") for folder in folders]
+    # The subprocess runner's steps inherit this environment; here only the credentials the cluster's secrets
+    # would give them, so a host's other settings cannot override the image's.
+    passed = {name: os.environ[name] for _, keys, _ in SECRETS.values() for name in keys.values()
+              if name in os.environ}
+    # host networking: a tracking server or judge on localhost is reachable as from the subprocess runner.
+    # The working folder: MLflow gives the Default experiment it makes in a new store `./mlruns`, which in the
+    # image's folder would name a path that exists only in that container.
+    where = {"working_dir": str(folders[0])} if folders else {}
+    return local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}", network_mode="host", mounts=mounts,
+                              environment=passed, **where)
+
+
+def _store_folders(tracking_uri: str) -> list[Path]:
+    """The host folders a step needs to reach the MLflow store: a sqlite database's folder (its journal is
+    written beside it, and the artifacts root is there too: hydra_core.tracking)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return [Path(tracking_uri[len("sqlite:///"):]).parent]
+    return []
+
+
 def default_output_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
 def run_local(arguments: dict | None = None, output_dir: str | Path | None = None,
-              verbose: bool = False) -> dict:
+              verbose: bool = False, runner: str = "subprocess") -> dict:
     """Run the pipeline with `arguments`; returns where its outputs, logs and MLflow records are.
-    `verbose`: the terminal gets every line of every step, as kfp prints them."""
+    `verbose`: the terminal gets every line of every step, as kfp prints them. `runner`: one of RUNNERS;
+    RunnerUnavailable before any work when it cannot run here."""
+    if runner not in RUNNERS:
+        raise ValueError(f"--runner {runner}: expected one of {', '.join(RUNNERS)}")
     out = Path(output_dir or default_output_dir()).resolve()
     if "kfp-workspace" in str(out):  # kfp 2.17 rewrites any path containing it as a workspace path
         raise ValueError(f"{out}: the output folder's path must not contain 'kfp-workspace'")
-    out.mkdir(parents=True, exist_ok=True)
     arguments = dict(arguments or {})
     arguments["tracking_uri"] = (arguments.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
                                  or f"sqlite:///{out / 'mlflow.db'}")
+    if runner == "docker":
+        uri = arguments["tracking_uri"]
+        if uri.startswith("sqlite:///"):  # a relative path would name a folder in the container's cwd
+            arguments["tracking_uri"] = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        kfp_runner = docker_runner(arguments["tracking_uri"])
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
     root = out / "pipeline"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+    # made here, not by the Docker daemon for its mounts, which would leave them root's and unwritable by the steps
+    for folder in (root, out / "workspace"):
+        folder.mkdir(parents=True, exist_ok=True)
+    local.init(runner=kfp_runner, pipeline_root=str(root),
                workspace_root=str(out / "workspace"))
     started = time.perf_counter()
     with warnings.catch_warnings(), console_for(out / "logs", verbose) as console:
