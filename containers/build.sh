@@ -23,7 +23,7 @@ DEBOOTSTRAP=no
 TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 fail() { echo "containers/build.sh: $*" >&2; exit 1; }
-step() { echo "==> $*"; }
+step() { echo "==> $(date +%T) $*"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
