@@ -111,6 +111,9 @@ def check(arguments: dict, pipeline=hydra_rlhf) -> None:
     pipeline's defaults), checked: the check the pipeline's first step makes, made before it runs."""
     values = {name: arguments.get(name, spec.default) for name, spec in _inputs(pipeline).items()}
     C.check_parameters(values, RULES)
+    ui = values.get("kfp_ui_url", "")
+    if ui and not ui.startswith(("http://", "https://")):  # the parent run's link to the KFP run is built from it
+        raise C.ConfigError(f"pipeline parameter kfp_ui_url {ui!r}: expected the KFP UI's http(s) address")
 
 
 def pipeline_arguments(pairs: list[str], recipe: str | None = None) -> tuple[dict, list[str]]:

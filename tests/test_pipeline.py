@@ -293,6 +293,8 @@ def test_bad_task_settings_are_refused_naming_the_flag(tmp_path, argv, message, 
     (['ppo_config={"steps": 3}'], "set 'steps' with the pipeline parameter ppo_steps"),
     (['eval_config={"prompts": "x"}'], "eval_config: 'prompts' is set by the pipeline itself"),
     (['sft_config={"mixed_precision": "fp8"}'], "sft_config['mixed_precision']: 'fp8' is not one of auto, bf16, no"),
+    (["kfp_ui_url=ftp://kubeflow"], "pipeline parameter kfp_ui_url 'ftp://kubeflow': expected the KFP UI's http(s)"),
+    (["kfp_ui_url=kubeflow.example.com"], "kfp_ui_url 'kubeflow.example.com': expected the KFP UI's http(s) address"),
 ])
 def test_bad_pipeline_arguments_are_refused_before_anything_runs(argv, message, capsys):
     assert cli.main(["run", *params(*argv)]) == 2
