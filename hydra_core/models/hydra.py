@@ -96,7 +96,10 @@ class HydraModel(nn.Module):
         ).last_hidden_state
         logits = rewards = values = None
         if lm:
-            lm_hidden = hidden if lm_select is None else hidden[lm_select]
+            # contiguous: torch's matmul folds a strided 3-d input one way for a weight that requires grad and
+            # another for a frozen one, so `full`'s trained actor and its frozen reference copy would differ in
+            # the last bits at step 0 (on CPUs with AMX); a contiguous input takes the same kernel for both
+            lm_hidden = hidden if lm_select is None else hidden[lm_select].contiguous()
             logits = self.base_model.get_output_embeddings()(lm_hidden)
         if reward:
             last = last_token_index(attention_mask)
