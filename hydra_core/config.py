@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, get_args
 
 # The choices of the fields below: each list is written here once, and everything else reads it.
 DATA_FORMATS = ("arithmetic", "generic", "hh-rlhf", "stack-exchange-paired", "tldr")
-MODEL_PRESETS = ("tiny-llama", "llama-30m", "llama-120m")
+MODEL_PRESETS = ("tiny-llama", "llama-30m", "llama-120m", "tiny-gpt-neox", "tiny-qwen2", "tiny-llama3", "tiny-gpt2")
 SFT_MODES = ("sft", "rm", "hydra")
 PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")  # memory layouts (the paper's Table 2)
 ALGORITHMS = ("ppo", "rloo", "grpo", "remax")  # policy-gradient methods; all but ppo are critic-free
