@@ -55,6 +55,8 @@ from report import (add_decode_floor, chart, describe_target, fmt_mib, fmt_num, 
                     targets)
 
 ALL_RUNS = (SFT, *RUN_LABELS)
+# by default the Llama sizes the figures in the README come from; any other preset (tiny-qwen2, ...) when named
+DEFAULT_SIZES = ("tiny-llama", "llama-30m", "llama-120m")
 # by default: SFT, PPO on every layout, and each critic-free algorithm on hydra and on lora
 DEFAULT_RUNS = (SFT, *PPO_VARIANTS, *(run_label(layout, algorithm) for algorithm in ("rloo", "grpo", "remax")
                                       for layout in ("hydra", "lora")))
@@ -80,7 +82,8 @@ def _csv(choices):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=_csv(SIZES), default=list(SIZES), help="comma-separated presets")
+    p.add_argument("--sizes", type=_csv(SIZES), default=list(DEFAULT_SIZES),
+                   help=f"comma-separated presets (default: {','.join(DEFAULT_SIZES)})")
     p.add_argument("--variants", type=_csv(ALL_RUNS), default=list(DEFAULT_RUNS),
                    help="comma-separated runs: sft, a layout (PPO) or layout-algorithm such as hydra-grpo "
                         f"(default: {','.join(DEFAULT_RUNS)})")
