@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, get_args, get_origin
 
 # The choices of the fields below: each list is written here once, and everything else reads it.
-DATA_FORMATS = ("arithmetic", "generic", "hh-rlhf", "stack-exchange-paired", "tldr")
+DATA_FORMATS = ("arithmetic", "generic", "conversational", "hh-rlhf", "stack-exchange-paired", "tldr")
 MODEL_PRESETS = ("tiny-llama", "llama-30m", "llama-120m", "tiny-gpt-neox", "tiny-qwen2", "tiny-llama3", "tiny-gpt2")
 SFT_MODES = ("sft", "rm", "hydra")
 PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")  # memory layouts (the paper's Table 2)
@@ -33,6 +33,7 @@ CRITIC_FREE = ("rloo", "grpo", "remax")
 ALGORITHM_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "remax": "ReMax"}  # as their papers write them
 JUDGES = ("openai", "reward-model", "gold")
 PRECISIONS = ("auto", "bf16", "no")
+NO_CHAT_TEMPLATE = "none"  # a chat_template setting: plain text even where the tokenizer has a template
 
 
 Namer = Callable[[str], str]  # how an error names a field: "--steps", "recipe.yaml: sft.steps", ...
@@ -66,6 +67,24 @@ def _resume_or_overwrite(cfg, name: Namer):
         yield "overwrite", f"and {name('resume')} contradict each other: continue the run in output_dir, or start over"
 
 
+def _chat_template_file(cfg, name: Namer):
+    """A `chat_template` setting that names a file: it must be a Jinja template (hydra_core.data.chat)."""
+    setting = cfg.chat_template
+    if setting in ("", NO_CHAT_TEMPLATE):
+        return
+    path = Path(setting)
+    if not path.is_file():
+        yield "chat_template", (f"{setting!r}: no such file (a Jinja chat template file; {NO_CHAT_TEMPLATE} for "
+                                "plain text; empty for the tokenizer's own)")
+        return
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(path.read_text(encoding="utf-8"))
+    except (jinja2.TemplateSyntaxError, UnicodeDecodeError) as e:
+        yield "chat_template", f"{setting}: not a Jinja template ({e})"
+
+
 @dataclass
 class DataConfig:
     """`hydra-rlhf prepare`: load, validate, split and write preference data."""
@@ -77,12 +96,20 @@ class DataConfig:
     source: str = ""  # a local .jsonl/.json/.parquet file or a Hugging Face dataset id
     dataset_split: str = "train"  # the split of a hub dataset to read
     dataset_config: str = ""  # the config (subset) name of a hub dataset, if it has several
+    dataset_data_dir: str = ""  # the folder of a hub dataset's files to read (stack-exchange-paired: data/rl)
     demonstrations: str = ""  # optional separate demonstrations (prompt, response) file or id
     eval_fraction: float = setting(0.05, gt=0, lt=1)
     max_records: int = setting(0, ge=0)  # 0 = all
     seed: int = setting(0, ge=0)
     skip_bad: bool = False  # skip bad records (and report them) instead of stopping at the first
     output_format: Literal["jsonl", "parquet"] = "jsonl"
+    # a model (directory or hub id) whose tokenizer counts tokens: the manifest then says how many records the
+    # limits below cut (as SFT's max_length and PPO's max_prompt_length would); "" = lengths in characters only
+    tokenizer: str = ""
+    chat_template: str = ""  # as the stages': "" the tokenizer's own, none for plain text, or a Jinja file
+    max_length: int = setting(512, ge=2)  # prompt + response tokens of a training row
+    max_prompt_length: int = setting(512, ge=1)  # prompt tokens of a rollout or an eval prompt
+    trust_remote_code: bool = False
     # embedded arithmetic task only
     arithmetic_eval_prompts: int = setting(400, ge=1)
     arithmetic_pairs_per_prompt: int = setting(2, ge=1)
@@ -90,6 +117,7 @@ class DataConfig:
     def relations(self, name: Namer):
         if self.format != "arithmetic" and not self.source:
             yield "source", f"is required with {name('format')} {self.format} (a file or a dataset id)"
+        yield from _chat_template_file(self, name)
 
 
 @dataclass
@@ -140,9 +168,13 @@ class SFTConfig:
     trust_remote_code: bool = False
     greedy_eval_prompts: int = setting(400, ge=1)  # held-out prompts checked greedily by the task verifier
     max_new_tokens: int = setting(6, ge=1)  # length of those greedy responses (as PPO and eval generate them)
+    # how prompts are rendered: "" the tokenizer's chat template if it has one, none for plain text even where it
+    # has one, or a Jinja template file; the saved model's tokenizer carries the choice to PPO and eval
+    chat_template: str = ""
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
+        yield from _chat_template_file(self, name)
 
 
 @dataclass
@@ -220,9 +252,11 @@ class PPOConfig:
     # (CUDA: max_memory_allocated; CPU: the process's peak RSS); rollout_batch_size is where the search starts
     memory_budget: str = ""
     trust_remote_code: bool = False
+    chat_template: str = ""  # as SFT's: "" the model's own, none for plain text, or a Jinja template file
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
+        yield from _chat_template_file(self, name)
         if self.memory_budget:
             try:
                 parse_bytes(self.memory_budget)
@@ -266,10 +300,13 @@ class EvalConfig:
     judge_cache: str = ""  # a judgments cache file; default: <output_dir>/judge_cache.jsonl
     confidence: float = setting(0.95, gt=0, lt=1)
     trust_remote_code: bool = False
+    chat_template: str = ""  # as SFT's, for the candidate, the baseline and the reward-model judge alike
+    max_prompt_length: int = setting(512, ge=1)  # longer prompts are cut from the left, as PPO's rollouts are
 
     def relations(self, name: Namer):
         if self.judge == "openai" and not self.judge_base_url.startswith(("http://", "https://")):
             yield "judge_base_url", f"{self.judge_base_url!r} is not an http(s) URL"
+        yield from _chat_template_file(self, name)
 
 
 def run_label(variant: str, algorithm: str) -> str:
@@ -634,12 +671,35 @@ def read_config_file(path: str | Path) -> dict:
             if not isinstance(settings, dict | None):
                 raise ConfigError(f"{path}: section '{section}' must be a mapping of settings, "
                                   f"got {type(settings).__name__}")
+        _check_recipe_notes(data, path)
     return data
 
 
+# A recipe's sections that are no stage's settings: `hub` lists the hub ids the recipe downloads ({models: [...],
+# datasets: [...]}); `stand_in` says what stands in for them on a machine without the hub or a GPU (`hydra-rlhf run
+# --stand-in`): `preset`, a random-init model of the same architecture, and `dataset`, a file of a few records in
+# the recipe's format, its path relative to the recipe's folder (the embedded default's arithmetic task needs none).
+RECIPE_NOTES = {"hub": {"models": list, "datasets": list}, "stand_in": {"preset": str, "dataset": str}}
+
+
+def _check_recipe_notes(data: Mapping, path) -> None:
+    for section, fields in RECIPE_NOTES.items():
+        for key, value in (data.get(section) or {}).items():
+            if key not in fields:
+                raise ConfigError(f"{path}: {section}.{key}: not a key of '{section}' (its keys: {', '.join(fields)})")
+            wrong = not isinstance(value, fields[key]) or (fields[key] is list and
+                                                           not all(isinstance(v, str) for v in value))
+            if wrong:
+                kind = "a list of hub ids" if fields[key] is list else "a string"
+                raise ConfigError(f"{path}: {section}.{key}: expected {kind}, got {value!r}")
+    preset = (data.get("stand_in") or {}).get("preset")
+    if preset is not None and preset not in MODEL_PRESETS:
+        raise ConfigError(f"{path}: stand_in.preset: {preset!r} is not one of {', '.join(MODEL_PRESETS)}")
+
+
 def is_recipe(data: Mapping) -> bool:
-    """A recipe has one section per stage (and `pipeline`); a stage's config file is flat."""
-    return bool(data) and set(data) <= {*STAGE_CONFIGS, "pipeline"}
+    """A recipe has one section per stage (and `pipeline`, `hub`, `stand_in`); a stage's config file is flat."""
+    return bool(data) and set(data) <= {*STAGE_CONFIGS, "pipeline", *RECIPE_NOTES}
 
 
 def stage_settings(cls, data: Mapping, path: str | Path) -> dict:
@@ -671,6 +731,7 @@ def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, An
 
 __all__ = [
     "ALGORITHM_NAMES", "ALGORITHMS", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "LABEL_FIELDS", "MODEL_PRESETS",
+    "NO_CHAT_TEMPLATE",
     "PPO_VARIANTS", "PRECISIONS", "RUN_LABELS", "SEPARATE_MODEL_VARIANTS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
     "bounds", "build", "check_label_table", "check_parameters", "coerce", "coerce_value", "config_file_name",

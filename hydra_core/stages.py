@@ -32,6 +32,7 @@ from hydra_core.eval.report import metric_names
 from hydra_core.eval.runner import run_eval
 from hydra_core.models.hydra import load_hydra, saved_heads
 from hydra_core.models.presets import build_base_model
+from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_comparison
 from hydra_core.ppo.trainer import SUMMARY_FILE as PPO_SUMMARY
 from hydra_core.ppo.trainer import run_ppo
@@ -172,6 +173,8 @@ def prepare_data(cfg: DataConfig, tracking: Tracking, sources: dict | None = Non
     """`prepare` in a `data-prep` run: params, split counts, the prepared files, every split as a dataset.
     `sources`: what the run records in place of local paths (`_stage_run`; a pipeline step's output
     directory: OWN_OUTPUT["data"])."""
+    if cfg.tokenizer:  # before any work: a mistyped directory or an unreachable hub is one line
+        check_model(cfg.tokenizer, "tokenizer")
     with _stage_run(tracking, "data-prep", cfg.output_dir, sources=sources) as run:
         manifest = prepare(cfg)
         counts = {f"data/{name}": n for name, n in manifest["counts"].items()}

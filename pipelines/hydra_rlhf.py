@@ -116,8 +116,8 @@ STAGE_PARAMETERS = {
 }
 SEEDED = ("prepare", "sft", "ppo", "eval")
 CONFIG_PARAMETERS = {"data_config": "prepare", "sft_config": "sft", "ppo_config": "ppo", "eval_config": "eval"}
-WIRED = {"init-model": {"output_dir", "seed"}, "prepare": {"output_dir"}, "sft": {"data", "output_dir", "mode"},
-         "ppo": {"model", "reward_model", "data", "output_dir"},
+WIRED = {"init-model": {"output_dir", "seed"}, "prepare": {"output_dir", "tokenizer"},
+         "sft": {"data", "output_dir", "mode"}, "ppo": {"model", "reward_model", "data", "output_dir"},
          "eval": {"candidate", "baseline", "prompts", "output_dir"}}
 # a list parameter of run labels -> the parameter of its per-label settings ({algorithm, layout or label: settings})
 LABEL_PARAMETERS = {"ppo_variants": "ppo_variant_config"}
@@ -285,8 +285,10 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
                                                  kfp_ui_url=kfp_ui_url, images=images, **tracking))
             opened.set_display_name("open MLflow run")
             pipeline_run, parent = opened.outputs["pipeline_run"], opened.outputs["parent_run_id"]
+            # the tokenizer of the model SFT starts from, where one is given: the manifest counts what the limits cut
             prep = configure(data_prep(dataset=dataset, data_format=data_format, dataset_split=dataset_split,
                                        max_records=max_records, eval_fraction=eval_fraction, seed=seed,
+                                       tokenizer=base_model,
                                        config=data_config, open_parent_run=False, **tracking)).after(checked)
             prep.set_display_name("data prep")
             data = prep.outputs["data"]

@@ -9,7 +9,8 @@ import pytest
 
 from hydra_core.config import DataConfig
 from hydra_core.data.loaders import load_demonstrations, load_preferences
-from hydra_core.data.schema import DataError, Demonstration, PreferencePair
+from hydra_core.data import chat
+from hydra_core.data.schema import DataError, Demonstration, Message, PreferencePair
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -34,15 +35,19 @@ def test_generic():
                                       "No idea.", source=f"{FIXTURES / 'generic.jsonl'}:line 1")
 
 
-def test_hh_rlhf_splits_transcripts_at_the_last_assistant_turn():
+def test_hh_rlhf_splits_transcripts_at_the_last_assistant_turn_into_messages():
     pairs = load("hh-rlhf", FIXTURES / "hh_rlhf.jsonl").records
     assert len(pairs) == 6
     multi_turn = pairs[1]
-    assert multi_turn.prompt == ("\n\nHuman: Hi there.\n\nAssistant: Hello! How can I help?"
-                                 "\n\nHuman: Tell me why ice float.\n\nAssistant:")
-    assert multi_turn.chosen == " Here is why ice float: a clear explanation."
-    assert multi_turn.rejected == " I would rather not say."
+    assert multi_turn.prompt == (Message("user", "Hi there."), Message("assistant", "Hello! How can I help?"),
+                                 Message("user", "Tell me why ice float."))
+    assert multi_turn.chosen == "Here is why ice float: a clear explanation."
+    assert multi_turn.rejected == "I would rather not say."
     assert multi_turn.source.endswith("hh_rlhf.jsonl:line 2")
+    # without a chat template the messages read exactly as the transcript did
+    raw = json.loads((FIXTURES / "hh_rlhf.jsonl").read_text().splitlines()[1])
+    assert chat.transcript(multi_turn.prompt) + chat.response_text(None, multi_turn.prompt, multi_turn.chosen) \
+        == raw["chosen"]
 
 
 def test_stack_exchange_paired_prefers_response_j():

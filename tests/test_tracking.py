@@ -309,7 +309,9 @@ def test_unreachable_server_the_stage_finishes_and_its_records_wait_on_disk(tmp_
     assert run.info.run_name == "hydra-sft" and "train/loss" in run.data.metrics
     # every setting, and the finished stage's one-value figures, memory in MiB: params, not one-point charts
     one_off = {"memory/params", "memory/trainable_params", "memory/param_mib", "memory/trainable_param_mib",
-               "memory/grad_mib", "memory/optimizer_mib", "memory/stage_peak_mib", "time/train_seconds"}
+               "memory/grad_mib", "memory/optimizer_mib", "memory/stage_peak_mib", "time/train_seconds",
+               *(f"truncation/{split}/{n}" for split in ("demos_train", "pairs_train", "demos_eval", "pairs_eval")
+                 for n in ("records", "prompts_cut", "responses_cut"))}
     assert set(run.data.params) == set(vars(cfg)) | one_off
     assert not one_off & set(run.data.metrics) and not any(k.endswith("_bytes") for k in run.data.metrics)
     assert 10 < float(run.data.params["memory/stage_peak_mib"]) < 2**20 and int(run.data.params["memory/params"]) > 0

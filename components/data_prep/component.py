@@ -18,6 +18,7 @@ def data_prep(
     max_records: int = -1,
     eval_fraction: Optional[float] = None,
     seed: int = -1,
+    tokenizer: Optional[str] = None,
     config: dict = {},
     tracking_uri: str = "",
     experiment: str = "",
@@ -26,7 +27,8 @@ def data_prep(
     open_parent_run: bool = True,
 ) -> NamedTuple("DataPrepOutputs", [("parent_run_id", str), ("run_id", str)]):
     """Prepare preference data into a directory of splits (hydra_core DataConfig: a parameter left
-    None, an integer -1, keeps the config default, `config` sets any other field). Nests its MLflow run under
+    None, an integer -1, keeps the config default, `config` sets any other field). Given a `tokenizer` (the
+    model the stages will train: a directory or hub id), the manifest counts the records the length limits cut. Nests its MLflow run under
     `parent_run_id`, else the run the cluster opened (MLFLOW_RUN_ID), else a parent run it opens (named
     `pipeline_run_name`) and ends; returns that parent and this step's run id. The data's metadata carries
     the parent run id, so the steps that read the data nest under it too. `open_parent_run` False: no parent
@@ -42,7 +44,7 @@ def data_prep(
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, pipeline_run
 
     cfg = from_parameters(DataConfig, config, output_dir=data.path, source=dataset, format=data_format,
-                          dataset_split=dataset_split, eval_fraction=eval_fraction,
+                          dataset_split=dataset_split, eval_fraction=eval_fraction, tokenizer=tokenizer,
                           **unless_kept(max_records=max_records, seed=seed))
     tracking = Tracking(tracking_uri, experiment, parent_run_id)
     parent = pipeline_run(tracking, pipeline_run_name) if open_parent_run else nullcontext(parent_run_id)

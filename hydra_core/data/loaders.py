@@ -6,11 +6,17 @@ accepts (a hub id, a local directory of data files), whose errors name the row. 
 format is one converter from a raw row to a `PreferencePair`; all of them share one row reader
 and one loop that validates, counts skipped records and applies `max_records`.
 
-Prompt templates (the text the policy is conditioned on):
+Prompts (what the policy is conditioned on):
 
 - generic: `prompt` verbatim.
-- hh-rlhf: the transcript up to and including its last "\\n\\nAssistant:"; the responses are the
-  remainders of the `chosen` and `rejected` transcripts, which must share that prefix.
+- conversational: messages ({"role", "content"}, roles system/user/assistant), as most hub preference
+  sets hold them today. Explicit prompt: `prompt` (a conversation, or text as one user turn) with
+  `chosen` and `rejected` each one assistant message (or a list holding one, or its text). Implicit
+  prompt: `chosen` and `rejected` whole conversations that share every turn but their last, assistant,
+  one (UltraFeedback-binarized; a text `prompt` beside them is left alone).
+- hh-rlhf: the transcript's turns up to its last "\\n\\nAssistant:", as messages; the responses are
+  the last turns of the `chosen` and `rejected` transcripts, whose earlier turns must be the same.
+  Without a chat template they read exactly as the transcripts (`hydra_core.data.chat`).
 - stack-exchange-paired: "Question: {question}\\n\\nAnswer: "; `response_j` is preferred over
   `response_k`.
 - tldr: "SUBREDDIT: r/{subreddit}\\nTITLE: {title}\\nPOST: {post}\\nTL;DR:" (the subreddit and
@@ -27,12 +33,12 @@ from typing import Any, Callable, Iterator
 from tqdm import tqdm
 
 from hydra_core.config import DataConfig
+from hydra_core.data.chat import parse_transcript
 from hydra_core.data.rows import SUFFIXES, file_rows
-from hydra_core.data.schema import (DataError, Demonstration, PreferencePair, check_text, validate_demonstration,
-                                     validate_pair)
+from hydra_core.data.schema import (Conversation, DataError, Demonstration, PreferencePair, check_messages,
+                                     check_prompt, check_text, validate_demonstration, validate_pair)
 
 MAX_SKIPPED_EXAMPLES = 5
-HH_ASSISTANT = "\n\nAssistant:"
 
 Converter = Callable[[dict, str], Any]
 
@@ -47,7 +53,7 @@ class LoadResult:
 # --- reading rows ----------------------------------------------------------------------------
 
 
-def iter_rows(source: str, split: str = "train", config: str = "") -> Iterator[tuple[str, Any]]:
+def iter_rows(source: str, split: str = "train", config: str = "", data_dir: str = "") -> Iterator[tuple[str, Any]]:
     """(where, row) for every record of `source`: a local file (`rows.file_rows`) or a dataset.
 
     A record that cannot be parsed comes out as a `DataError` in place of its row, so that
@@ -60,15 +66,15 @@ def iter_rows(source: str, split: str = "train", config: str = "") -> Iterator[t
         # Looks like a file name, so a hub lookup would only produce a confusing network error.
         raise DataError(source, None, "no such file")
     else:
-        yield from _dataset_rows(source, split, config)
+        yield from _dataset_rows(source, split, config, data_dir)
 
 
-def _dataset_rows(source: str, split: str, config: str) -> Iterator[tuple[str, Any]]:
+def _dataset_rows(source: str, split: str, config: str, data_dir: str) -> Iterator[tuple[str, Any]]:
     import datasets
 
     label = _label(source, split)
     try:
-        ds = datasets.load_dataset(source, name=config or None, split=split)
+        ds = datasets.load_dataset(source, name=config or None, data_dir=data_dir or None, split=split)
     except (OSError, ValueError) as e:  # not found, unreachable hub, unknown split or config
         raise DataError(label, None, f"cannot load dataset: {e}") from e
     for i, row in enumerate(ds, start=1):
@@ -89,6 +95,7 @@ def load_records(
     *,
     split: str = "train",
     config: str = "",
+    data_dir: str = "",
     max_records: int = 0,
     skip_bad: bool = False,
     progress: bool = True,
@@ -100,7 +107,7 @@ def load_records(
     """
     result = LoadResult(records=[])
     reasons: Counter[str] = Counter()
-    rows = tqdm(iter_rows(source, split, config), desc=f"reading {source}", unit=" records",
+    rows = tqdm(iter_rows(source, split, config, data_dir), desc=f"reading {source}", unit=" records",
                 disable=None if progress else True)  # None: shown only on a terminal
     for where, row in rows:
         try:
@@ -167,21 +174,68 @@ def generic_pair(row: dict, where: str) -> PreferencePair:
     ))
 
 
-def _split_transcript(transcript: str, where: str, name: str) -> tuple[str, str]:
-    cut = transcript.rfind(HH_ASSISTANT)
-    if cut < 0:
-        raise DataError(where, name, f"has no {HH_ASSISTANT!r} turn")
-    cut += len(HH_ASSISTANT)
-    return transcript[:cut], transcript[cut:]
+def _last_answer(conversation: Conversation, where: str, name: str) -> tuple[Conversation, str]:
+    """A conversation that ends on the assistant's answer, as (the turns before it, the answer's text); the
+    turns before it, when there are any, must make a prompt (`check_prompt`), named as field `name`."""
+    last = conversation[-1]
+    if last.role != "assistant":
+        raise DataError(where, f"{name}[{len(conversation) - 1}].role",
+                        f"the conversation ends on a {last.role} turn, not on the assistant's answer")
+    answer = check_text(last.content, where, f"{name}[{len(conversation) - 1}].content")
+    return (check_prompt(conversation[:-1], where, name) if len(conversation) > 1 else ()), answer
+
+
+def _hh_answer(row: dict, where: str, name: str) -> tuple[Conversation, str]:
+    """A transcript field as (the turns before its last Assistant turn, that turn's text)."""
+    conversation = parse_transcript(_text(row, where, name), where, name)
+    if conversation[-1].role != "assistant":
+        raise DataError(where, name, "does not end on an '\\n\\nAssistant:' turn, the answer")
+    try:
+        return _last_answer(conversation, where, name)
+    except DataError as e:  # a transcript is one text: name the field, not a message inside it
+        raise DataError(where, name, e.problem) from None
 
 
 def hh_rlhf_pair(row: dict, where: str) -> PreferencePair:
-    prompt, chosen = _split_transcript(_text(row, where, "chosen"), where, "chosen")
-    other_prompt, rejected = _split_transcript(_text(row, where, "rejected"), where, "rejected")
+    prompt, chosen = _hh_answer(row, where, "chosen")
+    other_prompt, rejected = _hh_answer(row, where, "rejected")
     if other_prompt != prompt:
         raise DataError(where, "rejected", "does not share the conversation before the last "
                         "Assistant turn with 'chosen'")
     return validate_pair(PreferencePair(prompt, chosen, rejected, source=where))
+
+
+def _answer(value, where: str, name: str) -> str:
+    """An explicit-prompt answer: one assistant message, a list holding one, or its text."""
+    if isinstance(value, str):
+        return check_text(value, where, name)
+    messages = check_messages([value] if isinstance(value, dict) else value, where, name)
+    if len(messages) != 1:
+        raise DataError(where, name, f"holds {len(messages)} messages; the answer to an explicit prompt is one "
+                        "assistant message (or give whole conversations, without 'prompt', for an implicit prompt)")
+    return _last_answer(messages, where, name)[1]
+
+
+def _is_conversation(value) -> bool:
+    """Whether an answer field holds a whole conversation (the implicit-prompt form), not only the answer."""
+    return isinstance(value, list) and any(isinstance(m, dict) and m.get("role") != "assistant" for m in value)
+
+
+def conversational_pair(row: dict, where: str) -> PreferencePair:
+    chosen, rejected = _value(row, where, "chosen"), _value(row, where, "rejected")
+    if _is_conversation(chosen) or _is_conversation(rejected):
+        prompt, chosen_text = _last_answer(check_messages(chosen, where, "chosen"), where, "chosen")
+        other_prompt, rejected_text = _last_answer(check_messages(rejected, where, "rejected"), where, "rejected")
+        if other_prompt != prompt:
+            raise DataError(where, "rejected", "does not share every turn before its last with 'chosen' (an implicit "
+                            "prompt is the turns the two conversations share)")
+        if not prompt:
+            raise DataError(where, "chosen", "holds only the answer; give the conversation before it, or a 'prompt'")
+    else:
+        raw = _value(row, where, "prompt")
+        prompt = raw if isinstance(raw, str) else check_messages(raw, where, "prompt")
+        chosen_text, rejected_text = _answer(chosen, where, "chosen"), _answer(rejected, where, "rejected")
+    return validate_pair(PreferencePair(prompt, chosen_text, rejected_text, source=where))
 
 
 def stack_exchange_pair(row: dict, where: str) -> PreferencePair:
@@ -210,13 +264,23 @@ def tldr_pair(row: dict, where: str) -> PreferencePair:
 
 
 def demonstration(row: dict, where: str) -> Demonstration:
-    return validate_demonstration(Demonstration(
-        _text(row, where, "prompt"), _text(row, where, "response"), source=where,
-    ))
+    """`prompt` (text or a conversation) and `response` (or `completion`: text or an assistant message); or
+    `messages`, a conversation whose last turn, the assistant's, is the response."""
+    if "messages" in row and "prompt" not in row:
+        prompt, response = _last_answer(check_messages(_value(row, where, "messages"), where, "messages"),
+                                        where, "messages")
+        if not prompt:
+            raise DataError(where, "messages", "holds only the answer; a demonstration needs the turns before it")
+        return validate_demonstration(Demonstration(prompt, response, source=where))
+    raw = _value(row, where, "prompt")
+    prompt = raw if isinstance(raw, str) else check_messages(raw, where, "prompt")
+    name = "completion" if "completion" in row and "response" not in row else "response"
+    return validate_demonstration(Demonstration(prompt, _answer(_value(row, where, name), where, name), source=where))
 
 
 PAIR_FORMATS: dict[str, Converter] = {
     "generic": generic_pair,
+    "conversational": conversational_pair,
     "hh-rlhf": hh_rlhf_pair,
     "stack-exchange-paired": stack_exchange_pair,
     "tldr": tldr_pair,
@@ -232,7 +296,7 @@ def load_preferences(cfg: DataConfig, progress: bool = True) -> LoadResult:
         raise ValueError(f"format {cfg.format!r} is not read from a source; "
                          f"file formats: {sorted(PAIR_FORMATS)}")
     return load_records(cfg.source, PAIR_FORMATS[cfg.format], split=cfg.dataset_split,
-                        config=cfg.dataset_config, max_records=cfg.max_records,
+                        config=cfg.dataset_config, data_dir=cfg.dataset_data_dir, max_records=cfg.max_records,
                         skip_bad=cfg.skip_bad, progress=progress)
 
 
@@ -241,10 +305,11 @@ def load_demonstrations(
     *,
     split: str = "train",
     config: str = "",
+    data_dir: str = "",
     max_records: int = 0,
     skip_bad: bool = False,
     progress: bool = True,
 ) -> LoadResult:
     """(prompt, response) demonstrations from a file or a dataset id."""
-    return load_records(source, demonstration, split=split, config=config,
+    return load_records(source, demonstration, split=split, config=config, data_dir=data_dir,
                         max_records=max_records, skip_bad=skip_bad, progress=progress)

@@ -3,7 +3,8 @@
 The split is by prompt, so that no prompt of the eval splits was seen in training, and it is a
 seeded shuffle of the distinct prompts, so the same data and seed give the same split. The six
 split files of `splits.SPLIT_FILES` are written first and `manifest.json` last: a directory with
-no manifest is an unfinished one.
+no manifest is an unfinished one. Given a tokenizer, the manifest also says how many records of each
+split the stages' length limits will cut (`encoding.truncation`, the very rule the stages apply).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 
 from hydra_core.config import DataConfig, save_config
+from hydra_core.data.chat import apply_template_setting, as_text
+from hydra_core.data.encoding import truncation
 from hydra_core.data.loaders import LoadResult, load_demonstrations, load_preferences
 from hydra_core.data.schema import DataError, Demonstration, EvalPrompt
 from hydra_core.data.splits import MANIFEST, SPLIT_FILES, write_records
@@ -30,6 +33,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict:
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).exists())):
         raise DataError(str(out), None, "exists and is not a prepared data directory (no manifest.json); "
                         "choose another output_dir: preparing replaces the whole directory")
+    tokenizer = _tokenizer(cfg) if cfg.tokenizer else None  # before the data: a bad one fails at once
     if cfg.format == "arithmetic":
         # Imported here so that the file formats work without the arithmetic task module.
         from hydra_core.data.arithmetic import build_task
@@ -48,6 +52,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> dict:
         "seed": cfg.seed,
         "counts": {name: len(splits[name]) for name in SPLIT_FILES},
         "lengths": _lengths(splits),
+        **({"truncation": _truncation(cfg, tokenizer, splits)} if tokenizer is not None else {}),
         "files": files,
         "config": asdict(cfg),
         "created_with": _created_with(),
@@ -65,6 +70,7 @@ def _split_by_prompt(cfg: DataConfig, progress: bool) -> tuple[dict[str, list], 
             cfg.demonstrations, split=cfg.dataset_split, max_records=cfg.max_records,
             skip_bad=cfg.skip_bad, progress=progress)
         demos = loaded["demonstrations"].records
+        _same_kind_of_prompt(pairs[0], demos, cfg)
         # Prompts shared with the pairs follow the pairs' split; the others get their own draw.
         pair_prompts = {p.prompt for p in pairs}
         eval_prompts |= _eval_prompts([d.prompt for d in demos if d.prompt not in pair_prompts], cfg)
@@ -97,12 +103,43 @@ def _split_by_prompt(cfg: DataConfig, progress: bool) -> tuple[dict[str, list], 
     return splits, info
 
 
+def _same_kind_of_prompt(pair, demos: list[Demonstration], cfg: DataConfig) -> None:
+    """Demonstrations whose prompts are text beside pairs whose prompts are conversations (or the other way
+    round) could never share a prompt, and a split file holds one kind: refused, naming the first."""
+    conversation = not isinstance(pair.prompt, str)
+    odd = next((d for d in demos if isinstance(d.prompt, str) == conversation), None)
+    if odd is not None:
+        this, theirs = ("text", "conversations") if conversation else ("a conversation", "text")
+        raise DataError(odd.source, "prompt", f"is {this} while the pairs' prompts ({cfg.source}) are {theirs}; give "
+                        "demonstrations and pairs in one form (--format conversational reads messages)")
+
+
+def _tokenizer(cfg: DataConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise DataError(cfg.tokenizer, None, f"cannot load a tokenizer from it ({str(e).splitlines()[0]})") from None
+    apply_template_setting(tokenizer, cfg.chat_template)
+    return tokenizer
+
+
+def _truncation(cfg: DataConfig, tokenizer, splits: dict[str, list]) -> dict:
+    """How many records of each split the limits cut: training rows at `max_length` (SFT's), prompts at
+    `max_prompt_length` (PPO's rollouts and eval)."""
+    limits = {name: cfg.max_prompt_length if name.startswith("prompts") else cfg.max_length for name in SPLIT_FILES}
+    return {"tokenizer": cfg.tokenizer, "chat_template": cfg.chat_template or "the tokenizer's own",
+            "max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
+            **{name: truncation(tokenizer, splits[name], limits[name]) for name in SPLIT_FILES}}
+
+
 def _skipped_text(skipped: dict[str, dict[str, int]]) -> str:
     return "; ".join(f"{sum(reasons.values())} {kind} ({', '.join(f'{n} with {why}' for why, n in reasons.items())})"
                      for kind, reasons in skipped.items())
 
 
-def _eval_prompts(prompts: list[str], cfg: DataConfig) -> set[str]:
+def _eval_prompts(prompts: list, cfg: DataConfig) -> set:
     """The distinct prompts drawn for eval: a seeded shuffle, at least one for each side."""
     distinct = list(dict.fromkeys(prompts))  # not a set: set order changes from run to run
     if len(distinct) < 2:
@@ -128,7 +165,7 @@ def _lengths(splits: dict[str, list]) -> dict[str, dict]:
     pairs = splits["pairs_train"] + splits["pairs_eval"]
     demos = splits["demos_train"] + splits["demos_eval"]
     return {
-        "prompt": _stats([p.prompt for p in pairs]),
+        "prompt": _stats([as_text(p.prompt) for p in pairs]),
         "chosen": _stats([p.chosen for p in pairs]),
         "rejected": _stats([p.rejected for p in pairs]),
         "demonstration": _stats([d.response for d in demos]),

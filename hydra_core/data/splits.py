@@ -25,8 +25,13 @@ SPLIT_FILES = {
 MANIFEST = "manifest.json"
 
 
+def _as_json(value):
+    """A record's field as JSON and Parquet hold it: a conversation as a list of {"role", "content"} objects."""
+    return [dict(m) for m in value] if isinstance(value, tuple) else value
+
+
 def write_records(records: Iterable[Record], path: Path) -> int:
-    rows = [asdict(r) for r in records]
+    rows = [{name: _as_json(value) for name, value in asdict(r).items()} for r in records]
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         import pyarrow as pa

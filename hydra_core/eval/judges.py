@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import Literal, Protocol
 
 
+from hydra_core.data.schema import Prompt
 from hydra_core.data.tasks import Verifier
 from hydra_core.models.hydra import load_hydra, require_reward_head, reward_scores
 from hydra_core.runtime import pick_device
@@ -39,7 +40,7 @@ class Judge(Protocol):
     name: str
     concurrency: int  # how many judgments may run at once
 
-    def judge(self, prompt: str, a: Response, b: Response, reference: str = "") -> Judgment: ...
+    def judge(self, prompt: Prompt, a: Response, b: Response, reference: str = "") -> Judgment: ...
 
     def settings(self) -> dict:
         """What identifies this judge in a report; never a secret."""
@@ -80,22 +81,23 @@ class RewardModelJudge:
     name = "reward-model"
     concurrency = 1  # one model on one device: threads would only contend for it
 
-    def __init__(self, path: str, *, trust_remote_code: bool = False):
+    def __init__(self, path: str, *, trust_remote_code: bool = False, chat_template: str = ""):
         try:
             require_reward_head(path, "the reward-model judge (--reward-model)")
         except ValueError as e:
             raise JudgeConfigError(str(e)) from None
         self.path = path
         self.trust_remote_code = trust_remote_code
+        self.chat_template = chat_template
 
     @cached_property
     def model(self):
         # Loaded on first use, so the policies that generate before judging never share memory with it.
         model = load_hydra(self.path, heads=("reward",), device=pick_device(),
-                           trust_remote_code=self.trust_remote_code)
+                           trust_remote_code=self.trust_remote_code, chat_template=self.chat_template)
         return model.eval()
 
-    def judge(self, prompt: str, a: Response, b: Response, reference: str = "") -> Judgment:
+    def judge(self, prompt: Prompt, a: Response, b: Response, reference: str = "") -> Judgment:
         reward_a, reward_b = reward_scores(self.model, [(prompt, a.text), (prompt, b.text)])
         if abs(reward_a - reward_b) <= REWARD_TIE_EPSILON:
             verdict = "tie"

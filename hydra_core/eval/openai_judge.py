@@ -17,6 +17,8 @@ from email.utils import parsedate_to_datetime
 
 import requests
 
+from hydra_core.data.chat import as_text
+from hydra_core.data.schema import Prompt
 from hydra_core.eval.cache import JudgmentCache, judgment_key
 from hydra_core.eval.judges import Judgment, JudgeConfigError, Response
 
@@ -36,8 +38,9 @@ RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 MAX_BACKOFF_S = 60.0
 
 
-def user_message(prompt: str, a: str, b: str, reference: str = "") -> str:
-    parts = [f"[User Question]\n{prompt}\n"]
+def user_message(prompt: Prompt, a: str, b: str, reference: str = "") -> str:
+    """The judge's question: the prompt as text (a conversation as its transcript), the answers after it."""
+    parts = [f"[User Question]\n{as_text(prompt)}\n"]
     if reference:
         parts.append(f"[Reference Answer]\n{reference}\n")
     parts.append(f"[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]\n")
@@ -84,7 +87,7 @@ class OpenAIJudge:
                 "timeout": self.timeout, "max_retries": self.max_retries,
                 "cache": str(self.cache.path), "system_prompt": SYSTEM_PROMPT}
 
-    def judge(self, prompt: str, a: Response, b: Response, reference: str = "") -> Judgment:
+    def judge(self, prompt: Prompt, a: Response, b: Response, reference: str = "") -> Judgment:
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": user_message(prompt, a.text, b.text, reference)}]
         # What decides the judgment is the key: the endpoint (another server may serve another model

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from hydra_core.data.chat import as_text
 from hydra_core.data.schema import EvalPrompt
 from hydra_core.eval.judges import Judge, Response
 
@@ -32,7 +33,7 @@ def combine(candidate_as_a: str, candidate_as_b: str) -> tuple[str, bool | None]
 
 @dataclass
 class PairResult:
-    prompt: str
+    prompt: str  # as a person reads it: a conversation as its transcript
     reference: str
     candidate: str
     baseline: str
@@ -60,7 +61,7 @@ def judge_pairs(judge: Judge, prompts: list[EvalPrompt], candidate: list[Respons
     for i, (p, c, b) in enumerate(zip(prompts, candidate, baseline)):
         as_a, as_b = judgments[2 * i], judgments[2 * i + 1]
         outcome, consistent = combine(as_a.verdict, as_b.verdict)
-        results.append(PairResult(p.prompt, p.reference, c.text, b.text, c.ended, b.ended,
+        results.append(PairResult(as_text(p.prompt), p.reference, c.text, b.text, c.ended, b.ended,
                                   as_a.verdict, as_b.verdict, outcome, consistent,
                                   as_a.rationale, as_b.rationale))
     return results

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from hydra_core.config import EvalConfig, save_config, to_dict
+from hydra_core.data.encoding import truncation, truncation_params
 from hydra_core.data.schema import DataError, EvalPrompt
 from hydra_core.data.splits import load_split, read_manifest, read_records
 from hydra_core.data.tasks import verifier_for
@@ -59,7 +60,8 @@ def make_judge(cfg: EvalConfig) -> Judge:
             cache_path=cfg.judge_cache or str(Path(cfg.output_dir) / "judge_cache.jsonl"),
             concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout, max_retries=cfg.judge_max_retries)
     if cfg.judge == "reward-model":
-        return RewardModelJudge(cfg.reward_model or cfg.baseline, trust_remote_code=cfg.trust_remote_code)
+        return RewardModelJudge(cfg.reward_model or cfg.baseline, trust_remote_code=cfg.trust_remote_code,
+                                chat_template=cfg.chat_template)
     if cfg.judge == "gold":
         verifier = verifier_for(cfg.prompts)
         if verifier is None:
@@ -75,17 +77,20 @@ def decoding_of(cfg: EvalConfig) -> Decoding:
     return Decoding(max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, temperature=cfg.temperature)
 
 
-def respond(policy: str, prompts: list[EvalPrompt], cfg: EvalConfig) -> list[Response]:
-    """One response per prompt from `policy`, which is then freed before the next model loads."""
-    model = load_hydra(policy, heads=(), device=pick_device(), trust_remote_code=cfg.trust_remote_code).eval()
+def respond(policy: str, prompts: list[EvalPrompt], cfg: EvalConfig) -> tuple[list[Response], dict]:
+    """One response per prompt from `policy`, which is then freed before the next model loads; and how many
+    prompts its tokenizer cut (`encoding.truncation`)."""
+    model = load_hydra(policy, heads=(), device=pick_device(), trust_remote_code=cfg.trust_remote_code,
+                       chat_template=cfg.chat_template).eval()
+    cut = truncation(model.tokenizer, prompts, cfg.max_prompt_length)
     # Seeding per policy makes each one's samples independent of which policy went first.
     seed_everything(cfg.seed)
-    out = generate(model, [p.prompt for p in prompts], decoding_of(cfg))
+    out = generate(model, [p.prompt for p in prompts], decoding_of(cfg), max_prompt_length=cfg.max_prompt_length)
     del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return [Response(text, bool(ended)) for text, ended in zip(out.texts, out.ended.tolist())]
+    return [Response(text, bool(ended)) for text, ended in zip(out.texts, out.ended.tolist())], cut
 
 
 def _started_from(candidate: str) -> str:
@@ -109,8 +114,8 @@ def run_eval(cfg: EvalConfig, tracker: Tracker | None = None) -> dict:
     tracker = tracker or Tracker()
     prompts = load_prompts(cfg.prompts, cfg.max_prompts)
     judge = make_judge(cfg)
-    candidate = respond(cfg.candidate, prompts, cfg)
-    baseline = respond(cfg.baseline, prompts, cfg)
+    candidate, candidate_cut = respond(cfg.candidate, prompts, cfg)
+    baseline, baseline_cut = respond(cfg.baseline, prompts, cfg)
     results = judge_pairs(judge, prompts, candidate, baseline)
 
     counts = tally(results)
@@ -122,12 +127,13 @@ def run_eval(cfg: EvalConfig, tracker: Tracker | None = None) -> dict:
         **win_rate(counts["wins"], counts["ties"], counts["losses"], cfg.confidence),
         "decoding": {**asdict(decoding_of(cfg)), "seed": cfg.seed},
         "judge": judge.settings(),
+        "truncation": {"candidate": candidate_cut, "baseline": baseline_cut},
     }
     summary["headline"] = headline(summary)
     paths = write_report(cfg.output_dir, results, summary)
     save_config(cfg, cfg.output_dir)
 
-    tracker.log_params(run_params(cfg))
+    tracker.log_params({**run_params(cfg), **truncation_params(summary["truncation"])})
     tracker.log_metrics(metric_names({name: math.nan if summary[name] is None else summary[name]
                                       for name in SUMMARY_METRICS}), step=0)
     for name in ("report", "chart", "judgments", "judgments_csv", "summary"):

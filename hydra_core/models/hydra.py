@@ -19,7 +19,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hydra_core.data.chat import apply_template_setting
 from hydra_core.data.encoding import encode_pair_of, pad_right
+from hydra_core.data.schema import Prompt
 from hydra_core.runtime import default_dtype
 
 HEADS_FILE = "heads.safetensors"
@@ -187,15 +189,18 @@ def load_hydra(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
+    chat_template: str = "",
 ) -> HydraModel:
     """Load a Hydra directory, or wrap any causal LM (local path or hub id) with fresh heads.
 
     A head saved in the directory is restored; a requested head that is not saved starts fresh,
     except that a missing value head starts as a copy of the reward head (the PPO critic's
-    initialisation in the paper).
+    initialisation in the paper). `chat_template` is a stage's setting of that name (data.chat); the
+    tokenizer keeps what it gives, and a model saved from this one carries it on.
     """
     dtype = dtype or default_dtype(device)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    apply_template_setting(tokenizer, chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # common for Llama/GPT-style tokenizers
     backbone = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -213,7 +218,7 @@ def load_hydra(
 
 
 @torch.no_grad()
-def reward_scores(model, pairs: list[tuple[str, str]]) -> list[float]:
+def reward_scores(model, pairs: list[tuple[Prompt, str]]) -> list[float]:
     """A Hydra model's reward head's score of each (prompt, response), as one right-padded batch.
     The one place rewards are computed outside training: the reward-model judge compares two
     responses with it (eval.judges), and the served reward model (reward_pyfunc) scores its rows."""

@@ -162,10 +162,11 @@ def full_length_stack(cfg: PPOConfig, device):
 def longest_prompts(cfg: PPOConfig, tokenizer, batch: int) -> list:
     """The `batch` longest prompts of the data's prompts_train split by token count (cycled when there are
     fewer): the largest rollout a batch of this size can be."""
+    from hydra_core.data.encoding import prompt_ids
     from hydra_core.data.splits import load_split
 
     prompts = load_split(cfg.data, "prompts_train")
-    lengths = [len(ids) for ids in tokenizer([p.prompt for p in prompts])["input_ids"]]
+    lengths = [len(prompt_ids(tokenizer, p.prompt)) for p in prompts]
     ranked = [p for _, p in sorted(zip(lengths, prompts), key=lambda pair: -pair[0])]
     return [ranked[i % len(ranked)] for i in range(batch)]
 

@@ -85,7 +85,7 @@ class PolicyStack:
             trains_in_full = role in (self.actor, self.critic) and role.adapter == FULL
             dtype = torch.float32 if trains_in_full else frozen_dtype
             model = load_hydra(paths[SOURCES[role.model]], heads=heads, device=device, dtype=dtype,
-                               trust_remote_code=cfg.trust_remote_code)
+                               trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template)
             model.requires_grad_(trains_in_full)
             self.models[role.model] = model
         for role in dict.fromkeys(r for r in (self.actor, self.critic) if r):  # ordered: adapter init draws RNG

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from hydra_core import checkpoint
 from hydra_core.config import ALGORITHM_NAMES, PPOConfig, run_label, save_config, to_dict
 from hydra_core.data.batching import BatchStream
+from hydra_core.data.encoding import truncation, truncation_params
 from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.gold import gold_accuracy
@@ -304,10 +305,13 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     if budget_search:
         tracker.log_params({"budget/rollout_batch_size": cfg.rollout_batch_size})
 
-    prompts = BatchStream(load_split(cfg.data, "prompts_train"), cfg.rollout_batch_size, cfg.seed)
+    train_prompts = load_split(cfg.data, "prompts_train")
+    prompts = BatchStream(train_prompts, cfg.rollout_batch_size, cfg.seed)
     verifier = verifier_for(cfg.data)
     eval_prompts = load_split(cfg.data, "prompts_eval")[: cfg.greedy_eval_prompts] if verifier else []
     stack = PolicyStack(cfg, device)
+    # before any rollout: renders every prompt once (one the chat template cannot render stops here)
+    cut = {"prompts_train": truncation(stack.policy_model.tokenizer, train_prompts, cfg.max_prompt_length)}
     optimizer, scheduler = build_optimizer(cfg, stack)
     trainable = stack.named_trainable()
 
@@ -324,7 +328,7 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     label = run_label(cfg.variant, cfg.algorithm)
     summary: dict = {"variant": label, "layout": cfg.variant, "algorithm": cfg.algorithm, "steps": cfg.steps,
                      "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation,
-                     "mixed_precision": stack.precision}
+                     "mixed_precision": stack.precision, "truncation": cut}
     if budget_search:
         summary["memory_budget_search"] = budget_search
     if verifier:
@@ -367,7 +371,7 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     summary["train_seconds_this_run"] = time.perf_counter() - started
     # figures of the finished stage, one value each: params, not one-point charts
     tracker.log_params({**memory, "memory/stage_peak_bytes": stage_peak_bytes(history),
-                        "time/train_seconds": round(summary["train_seconds_this_run"], 1)})
+                        "time/train_seconds": round(summary["train_seconds_this_run"], 1), **truncation_params(cut)})
     with stack.generator():
         stack.policy_model.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model,
                                 data=cfg.data)

@@ -23,7 +23,7 @@ from transformers import get_cosine_schedule_with_warmup
 from hydra_core import checkpoint
 from hydra_core.config import SFTConfig, save_config, to_dict
 from hydra_core.data.batching import BatchStream
-from hydra_core.data.encoding import IGNORE_INDEX, lm_batch, pair_batch
+from hydra_core.data.encoding import IGNORE_INDEX, lm_batch, pair_batch, truncation, truncation_params
 from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.gold import gold_accuracy
@@ -39,6 +39,9 @@ from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 SUMMARY_FILE = "sft_summary.json"
 CURVES_FILE = "sft_curves.png"
 CURVES = ("train/loss", "train/lm_loss", "train/reward_loss", "eval/reward_accuracy", "eval/lm_loss", "train/lr")
+# the splits each mode trains and evaluates on
+READS = {"sft": ("demos_train", "demos_eval"), "rm": ("pairs_train", "pairs_eval"),
+         "hydra": ("demos_train", "pairs_train", "demos_eval", "pairs_eval")}
 # settings a resumed run may change without changing what it computes
 RESUMABLE = ("resume", "overwrite", "checkpoint_every", "log_every", "eval_every", "eval_batch_size",
              "greedy_eval_prompts", "output_dir", "trust_remote_code")
@@ -133,7 +136,10 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
     prompts_eval = load_split(cfg.data, "prompts_eval")[: cfg.greedy_eval_prompts] if verifier else []
 
     heads = () if cfg.mode == "sft" else ("reward",)
-    model = load_hydra(cfg.model, heads=heads, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    model = load_hydra(cfg.model, heads=heads, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code,
+                       chat_template=cfg.chat_template)
+    # before any training: renders every prompt once (a record the chat template cannot render stops here)
+    cut = {name: truncation(model.tokenizer, data[name], cfg.max_length) for name in READS[cfg.mode]}
     if cfg.lora_rank:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
     if cfg.gradient_checkpointing:
@@ -218,7 +224,7 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
     bar.close()
 
     summary = {"steps": cfg.steps, "train_seconds": time.perf_counter() - started, "processes": world,
-               "mixed_precision": precision}
+               "mixed_precision": precision, "truncation": cut}
     if main:
         memory = model_memory([model], [optimizer])
         model.eval()
@@ -227,7 +233,7 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
             record(gold, cfg.steps)
         # figures of the finished stage, one value each: params, not one-point charts
         tracker.log_params({**memory, "memory/stage_peak_bytes": stage_peak_bytes(history),
-                            "time/train_seconds": round(summary["train_seconds"], 1)})
+                            "time/train_seconds": round(summary["train_seconds"], 1), **truncation_params(cut)})
         for row in history:  # the latest value of every metric
             summary.update({k: v for k, v in row.items() if k != "step"})
         summary.update(memory)
