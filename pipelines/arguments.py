@@ -72,7 +72,7 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
     arguments: dict = {}
     wired: list[str] = []
     # the pipeline's own section last, whatever the file's order: a parameter set there wins
-    for section in sorted(data, key=lambda name: name == "pipeline"):
+    for section in sorted(set(data) - set(C.RECIPE_NOTES), key=lambda name: name == "pipeline"):
         for field, value in (data[section] or {}).items():
             if section == "pipeline":
                 arguments[field] = _typed(field, value)
@@ -97,6 +97,31 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
     return arguments, wired
 
 
+# `--stand-in`: every stage runs, on a handful of records (a quarter of their prompts held out, so that eval has
+# several), for a step or two
+STAND_IN_BUDGET = {"max_records": 0, "eval_fraction": 0.25, "sft_steps": 2, "sft_demo_batch_size": 4, "sft_pair_batch_size": 2,
+                   "ppo_steps": 2, "ppo_rollout_batch_size": 4, "ppo_mini_batch_size": 4, "eval_max_prompts": 4}
+
+
+def stand_in_arguments(path: str | Path) -> dict:
+    """The arguments that run a recipe on its stand-in (its `stand_in` section): a random-init model of the
+    recipe's architecture in place of its hub model, the dataset file in place of its hub dataset, and
+    STAND_IN_BUDGET, so that every step of the recipe runs on a laptop in a minute or two."""
+    data = C.read_config_file(path)
+    stand_in = data.get("stand_in") if C.is_recipe(data) else None
+    if not stand_in or "preset" not in stand_in:
+        raise ArgumentError(f"{path}: --stand-in needs the recipe's stand_in section, with its preset (a random-init "
+                            f"model of the recipe's architecture: {', '.join(C.MODEL_PRESETS)}) and, unless the task is "
+                            "the embedded one, a dataset file in its format")
+    # a path relative to the recipe's folder, wherever the run starts; a file's rows are read as they are, so the
+    # hub dataset's split, config and folder do not apply to it
+    file = (Path(path).parent / stand_in["dataset"]).resolve() if stand_in.get("dataset") else None
+    if file is not None and not file.is_file():
+        raise ArgumentError(f"{path}: stand_in.dataset: {file}: no such file")
+    dataset = {"dataset": str(file), "dataset_split": "train"} if file else {}
+    return {"base_model": "", "base_preset": stand_in["preset"], **STAND_IN_BUDGET, **dataset}
+
+
 def merge(*layers: dict) -> dict:
     """Later arguments win; a `*_config` dict is merged key by key (a per-label settings table replaces)."""
     out: dict = {}
@@ -116,10 +141,12 @@ def check(arguments: dict, pipeline=hydra_rlhf) -> None:
         raise C.ConfigError(f"pipeline parameter kfp_ui_url {ui!r}: expected the KFP UI's http(s) address")
 
 
-def pipeline_arguments(pairs: list[str], recipe: str | None = None) -> tuple[dict, list[str]]:
-    """The checked arguments of a recipe file (if any) with `NAME=VALUE` pairs on top, and the
-    recipe's settings the pipeline sets itself (left out)."""
+def pipeline_arguments(pairs: list[str], recipe: str | None = None, stand_in: bool = False) -> tuple[dict, list[str]]:
+    """The checked arguments of a recipe file (if any; on its stand-in with `stand_in`) with `NAME=VALUE` pairs
+    on top, and the recipe's settings the pipeline sets itself (left out)."""
+    if stand_in and not recipe:
+        raise ArgumentError("--stand-in runs a recipe on its stand-in: give the recipe with --config")
     from_recipe, wired = recipe_arguments(recipe) if recipe else ({}, [])
-    arguments = merge(from_recipe, parse_arguments(pairs))
+    arguments = merge(from_recipe, stand_in_arguments(recipe) if stand_in else {}, parse_arguments(pairs))
     check(arguments)
     return arguments, wired

@@ -82,7 +82,7 @@ def _add_params(p: argparse.ArgumentParser) -> None:
 def _arguments(args) -> dict:
     from pipelines.arguments import pipeline_arguments
 
-    arguments, wired = pipeline_arguments(args.param, args.config)
+    arguments, wired = pipeline_arguments(args.param, args.config, getattr(args, "stand_in", False))
     if wired:
         print(f"{args.config}: left to the pipeline, which connects the steps itself: {', '.join(wired)}")
     return arguments
@@ -142,6 +142,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="where each step runs: 'subprocess' (default), a process of this Python; 'docker', a "
                         "container of the project's CPU image (build it with containers/build.sh), with the "
                         "outputs and the MLflow store on this machine at the same paths")
+    p.add_argument("--stand-in", action="store_true",
+                   help="run the --config recipe on its stand-in (its stand_in section): a random-init model of "
+                        "its architecture, a few records in its data format, two steps a stage; every step of the "
+                        "recipe runs, with nothing downloaded")
     _add_params(p)
 
 

@@ -407,12 +407,20 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
     assert {v.tags["pipeline_run_id"] for v in versions} == {parent.info.run_id}
 
 
-def test_a_local_run_with_hydra_labels_only_trains_no_separate_models(tmp_path, monkeypatch, capsys):
-    """hydra and hydra-grpo both start from Hydra-SFT: no SFT model, no reward model, Hydra-SFT the baseline."""
+QWEN_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "qwen2.5-0.5b-instruct-ultrafeedback.yaml"
+
+
+def test_a_chat_recipe_runs_on_its_stand_in_and_hydra_labels_only_train_no_separate_models(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """`run --config RECIPE --stand-in`: the Qwen recipe's conversational data and ChatML template on a tiny
+    Qwen2, every step. hydra and hydra-grpo both start from Hydra-SFT: no SFT model, no reward model, Hydra-SFT
+    the baseline."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"
     group = 'ppo_variant_config={"grpo": {"samples_per_prompt": 2, "rollout_batch_size": 4}}'  # 8 responses
-    assert cli.main(["run", "--output-dir", str(out), *params(*TINY, "ppo_variants=hydra,hydra-grpo", group)]) == 0
+    argv = ["run", "--config", str(QWEN_RECIPE), "--stand-in", "--output-dir", str(out),
+            *params("ppo_variants=hydra,hydra-grpo", group)]
+    assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "# PPO variants against the Hydra-SFT baseline" in printed
     assert "| hydra | ppo |" in printed and "| hydra-grpo | grpo |" in printed and "| hydra-sft |" not in printed
@@ -422,11 +430,23 @@ def test_a_local_run_with_hydra_labels_only_trains_no_separate_models(tmp_path, 
     names = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
     assert names == ["data-prep", "grpo-hydra", "hydra-sft", "pairwise-eval", "pairwise-eval", "ppo-hydra",
                      "register-hydra", "register-hydra-grpo"]
-    grpo = next(r for r in runs if r.info.run_name == "grpo-hydra").data.params
+    by_name = {r.info.run_name: r.data.params for r in runs}
+    grpo = by_name["grpo-hydra"]
     assert (grpo["algorithm"], grpo["samples_per_prompt"], grpo["rollout_batch_size"]) == ("grpo", "2", "4")
     assert {r.data.tags["baseline"] for r in runs if r.info.run_name == "pairwise-eval"} == {"hydra-sft"}
     run_dir = next((out / "pipeline").iterdir())
     assert not [p for p in run_dir.iterdir() if p.name in ("hydra-sft-2", "hydra-sft-3")]  # never started
+    # the recipe on its stand-in: its settings, a tiny Qwen2, the sample's conversations, the judge it names
+    assert by_name["hydra-sft"]["model"] == "preset:tiny-qwen2" and by_name["hydra-sft"]["max_length"] == "1024"
+    assert by_name["data-prep"]["format"] == "conversational" and by_name["ppo-hydra"]["max_new_tokens"] == "256"
+    [prompts] = list(run_dir.glob("data-prep/data/prompts_train.jsonl"))
+    assert isinstance(json.loads(prompts.read_text().splitlines()[0])["prompt"], list)  # messages
+    assert {r.data.params["judge"] for r in runs if r.info.run_name == "pairwise-eval"} == {"reward-model"}
+    # the policy registered with its chat template, which MLflow's transformers flavour serves it with
+    policies = [m for m in client.search_logged_models([runs[0].info.experiment_id]) if m.name == "causal-lm"]
+    mlmodels = [yaml.safe_load((Path(m.artifact_location.removeprefix("file://")) / "MLmodel").read_text())
+                for m in policies]
+    assert len(mlmodels) == 2 and all("<|im_start|>assistant" in m["metadata"]["chat_template"] for m in mlmodels)
 
 
 def test_a_failed_local_run_says_so_and_leaves_no_mlflow_run_open(tmp_path, monkeypatch, capsys):
