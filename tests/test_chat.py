@@ -307,3 +307,15 @@ def test_the_manifest_and_the_sft_summary_count_what_the_limits_cut(tmp_path, qw
                                       demo_batch_size=4, pair_batch_size=2, greedy_eval_prompts=2), progress=False)
     assert summary["truncation"]["pairs_train"] == cut["pairs_train"]
     assert summary["truncation"]["demos_train"]["records"] == len(load_split(out, "demos_train"))
+
+
+def test_hh_rlhf_transcripts_are_rendered_as_messages_where_the_model_has_a_template(qwen_dir):
+    tok = load_hydra(qwen_dir, heads=()).tokenizer
+    hh = DataConfig(format="hh-rlhf", source=str(FIXTURES / "hh_rlhf.jsonl"))
+    pair = load_preferences(hh, progress=False).records[1]
+    text = tok.decode(encoding.prompt_ids(tok, pair.prompt))
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi there.<|im_end|>\n"
+                    "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>user\nTell me why ice float."
+                    "<|im_end|>\n<|im_start|>assistant\n")
+    assert "Human:" not in text and tok.decode(encoding.response_ids(tok, pair.prompt, pair.chosen)) == \
+        "Here is why ice float: a clear explanation.<|im_end|>"
