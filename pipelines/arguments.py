@@ -99,8 +99,9 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
 
 # `--stand-in`: every stage runs, on a handful of records (a quarter of their prompts held out, so that eval has
 # several), for a step or two
-STAND_IN_BUDGET = {"max_records": 0, "eval_fraction": 0.25, "sft_steps": 2, "sft_demo_batch_size": 4, "sft_pair_batch_size": 2,
-                   "ppo_steps": 2, "ppo_rollout_batch_size": 4, "ppo_mini_batch_size": 4, "eval_max_prompts": 4}
+STAND_IN_BUDGET = {"max_records": 0, "eval_fraction": 0.25, "sft_steps": 2, "sft_demo_batch_size": 4,
+                   "sft_pair_batch_size": 2, "ppo_steps": 2, "ppo_rollout_batch_size": 4, "ppo_mini_batch_size": 4,
+                   "eval_max_prompts": 4}
 
 
 def stand_in_arguments(path: str | Path) -> dict:
@@ -111,8 +112,8 @@ def stand_in_arguments(path: str | Path) -> dict:
     stand_in = data.get("stand_in") if C.is_recipe(data) else None
     if not stand_in or "preset" not in stand_in:
         raise ArgumentError(f"{path}: --stand-in needs the recipe's stand_in section, with its preset (a random-init "
-                            f"model of the recipe's architecture: {', '.join(C.MODEL_PRESETS)}) and, unless the task is "
-                            "the embedded one, a dataset file in its format")
+                            f"model of the recipe's architecture: {', '.join(C.MODEL_PRESETS)}) and, unless the task "
+                            "is the embedded one, a dataset file in its format")
     # a path relative to the recipe's folder, wherever the run starts; a file's rows are read as they are, so the
     # hub dataset's split, config and folder do not apply to it
     file = (Path(path).parent / stand_in["dataset"]).resolve() if stand_in.get("dataset") else None

@@ -73,7 +73,7 @@ def test_explicit_prompts_keep_their_messages_and_answers_become_text():
 
 def test_implicit_prompts_are_the_turns_both_conversations_share():
     pair = load(IMPLICIT).records[0]
-    assert pair.prompt == (Message("user", "Can you explain why the sky is blue?"),)  # the text `prompt` beside it unused
+    assert pair.prompt == (Message("user", "Can you explain why the sky is blue?"),)  # the text `prompt` is unused
     assert pair.chosen == "Sure. Here is a short, correct explanation of why the sky is blue."
     assert pair.rejected == "I don't know, look it up."
 
@@ -314,8 +314,8 @@ def test_hh_rlhf_transcripts_are_rendered_as_messages_where_the_model_has_a_temp
     hh = DataConfig(format="hh-rlhf", source=str(FIXTURES / "hh_rlhf.jsonl"))
     pair = load_preferences(hh, progress=False).records[1]
     text = tok.decode(encoding.prompt_ids(tok, pair.prompt))
-    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi there.<|im_end|>\n"
-                    "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>user\nTell me why ice float."
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                    "<|im_start|>user\nHi there.<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>user\nTell me why ice float."
                     "<|im_end|>\n<|im_start|>assistant\n")
     assert "Human:" not in text and tok.decode(encoding.response_ids(tok, pair.prompt, pair.chosen)) == \
         "Here is why ice float: a clear explanation.<|im_end|>"

@@ -65,14 +65,16 @@ def test_every_stage_runs_the_recipe_on_its_stand_in_for_two_steps(tmp_path, pat
                      "--steps", "2", "--demo-batch-size", "4", "--pair-batch-size", "2", "--eval-every", "2",
                      "--greedy-eval-prompts", "4", "--checkpoint-every", "0"]) == 0
     assert cli.main(["ppo", *run, "--model", str(sft), "--data", str(prepared), "--output-dir", str(ppo),
-                     "--steps", "2", "--rollout-batch-size", "4", "--mini-batch-size", "0", "--greedy-eval-prompts", "4"]) == 0
+                     "--steps", "2", "--rollout-batch-size", "4", "--mini-batch-size", "0",
+                     "--greedy-eval-prompts", "4"]) == 0
     assert cli.main(["eval", *run, "--candidate", str(ppo), "--baseline", str(sft), "--prompts", str(prepared),
                      "--max-prompts", "4", "--output-dir", str(evaluation)]) == 0
 
     # each stage ran with the recipe's settings, the flags above on top
     ran = json.loads((ppo / "ppo_config.json").read_text())
     flags = ("steps", "rollout_batch_size", "mini_batch_size")
-    assert {k: ran[k] for k in data["ppo"] if k not in flags} == {k: v for k, v in data["ppo"].items() if k not in flags}
+    recipe_settings = {k: v for k, v in data["ppo"].items() if k not in flags}
+    assert {k: ran[k] for k in recipe_settings} == recipe_settings
     assert json.loads((sft / "sft_config.json").read_text())["max_length"] == data["sft"].get("max_length", 512)
     rows = [json.loads(line) for line in (ppo / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "objective/kl" in r] == [1, 2]
