@@ -17,7 +17,7 @@ from hydra_core.data.prepare import prepare
 from hydra_core.data.schema import DataError, Message
 from hydra_core.data.splits import load_split, read_manifest
 from hydra_core.eval import runner
-from hydra_core.models.generation import generate, response_mask_after_eos
+from hydra_core.models.generation import response_mask_after_eos
 from hydra_core.models.hydra import load_hydra, reward_scores
 from hydra_core.models.presets import build_base_model
 from hydra_core.ppo import trainer as ppo_trainer
@@ -315,7 +315,7 @@ def test_hh_rlhf_transcripts_are_rendered_as_messages_where_the_model_has_a_temp
     pair = load_preferences(hh, progress=False).records[1]
     text = tok.decode(encoding.prompt_ids(tok, pair.prompt))
     assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                    "<|im_start|>user\nHi there.<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>user\nTell me why ice float."
-                    "<|im_end|>\n<|im_start|>assistant\n")
+                    "<|im_start|>user\nHi there.<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n"
+                    "<|im_start|>user\nTell me why ice float.<|im_end|>\n<|im_start|>assistant\n")
     assert "Human:" not in text and tok.decode(encoding.response_ids(tok, pair.prompt, pair.chosen)) == \
         "Here is why ice float: a clear explanation.<|im_end|>"
