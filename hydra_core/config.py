@@ -33,6 +33,7 @@ CRITIC_FREE = ("rloo", "grpo", "remax")
 ALGORITHM_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "remax": "ReMax"}  # as their papers write them
 JUDGES = ("openai", "reward-model", "gold")
 PRECISIONS = ("auto", "bf16", "no")
+ALL_LINEAR = "all-linear"  # LoRA on every linear layer of every decoder layer (the paper's setting)
 
 
 Namer = Callable[[str], str]  # how an error names a field: "--steps", "recipe.yaml: sft.steps", ...
@@ -64,6 +65,19 @@ def parse_bytes(text: str) -> int:
 def _resume_or_overwrite(cfg, name: Namer):
     if cfg.resume and cfg.overwrite:
         yield "overwrite", f"and {name('resume')} contradict each other: continue the run in output_dir, or start over"
+
+
+def lora_target_names(text: str) -> list[str]:
+    """`lora_target_modules` as a list: ["all-linear"], or the module names of a comma-separated list."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _lora_targets(cfg, name: Namer):
+    names = lora_target_names(cfg.lora_target_modules)
+    if not names:
+        yield "lora_target_modules", f"is empty; give {ALL_LINEAR} or module names such as q_proj,v_proj"
+    elif ALL_LINEAR in names and len(names) > 1:
+        yield "lora_target_modules", f"{ALL_LINEAR} already names every linear module; give it alone or a list of names"
 
 
 @dataclass
@@ -130,6 +144,8 @@ class SFTConfig:
     lora_rank: int = setting(0, ge=0)  # 0 = train the backbone in full
     lora_alpha: int = setting(16, ge=1)
     lora_dropout: float = setting(0.0, ge=0, lt=1)
+    # all-linear = every linear layer of every decoder layer (the output layer not), or names: q_proj,v_proj
+    lora_target_modules: str = ALL_LINEAR
     eval_every: int = setting(250, ge=1)
     eval_batch_size: int = setting(256, ge=1)
     checkpoint_every: int = setting(500, ge=0)  # 0 = no checkpoints
@@ -143,6 +159,7 @@ class SFTConfig:
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
+        yield from _lora_targets(self, name)
 
 
 @dataclass
@@ -179,6 +196,8 @@ class PPOConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     lora_rank: int = setting(8, ge=1)
     lora_alpha: int = setting(16, ge=1)
+    # all-linear = every linear layer of every decoder layer (the output layer not), or names: q_proj,v_proj
+    lora_target_modules: str = ALL_LINEAR
     kl_coef: float = setting(0.5, ge=0)
     kl_estimator: Literal["k1", "k3"] = "k1"
     kl_ceiling: float = setting(10.0, gt=0)  # warn when the mean sequence KL passes this
@@ -238,6 +257,7 @@ class PPOConfig:
                                          f"prompt; it needs at least 2 (got {self.samples_per_prompt})")
         if not re.fullmatch(r"|cpu|cuda(:\d+)?", self.device):
             yield "device", f"{self.device!r} is not cpu, cuda or cuda:N ('' picks CUDA when there is one)"
+        yield from _lora_targets(self, name)
 
 
 @dataclass
@@ -670,11 +690,13 @@ def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, An
 
 
 __all__ = [
-    "ALGORITHM_NAMES", "ALGORITHMS", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "LABEL_FIELDS", "MODEL_PRESETS",
-    "PPO_VARIANTS", "PRECISIONS", "RUN_LABELS", "SEPARATE_MODEL_VARIANTS", "SFT_MODES", "STAGE_CONFIGS",
+    "ALGORITHM_NAMES", "ALGORITHMS", "ALL_LINEAR", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "LABEL_FIELDS",
+    "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS", "RUN_LABELS",
+    "SEPARATE_MODEL_VARIANTS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
     "bounds", "build", "check_label_table", "check_parameters", "coerce", "coerce_value", "config_file_name",
     "describe_range", "field_names", "field_type", "file_namer", "flag", "from_parameters", "is_recipe",
-    "label_config", "label_layers", "load_config", "parse_run_label", "parse_text", "read_config_file", "run_label",
+    "label_config", "label_layers", "load_config", "lora_target_names", "parse_run_label", "parse_text",
+    "read_config_file", "run_label",
     "save_config", "setting", "stage_settings", "to_dict", "uses_separate_models", "validate",
 ]

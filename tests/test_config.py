@@ -309,6 +309,7 @@ def test_the_layouts_that_start_from_a_separate_sft_model_are_those_with_a_rewar
     assert [label for label in C.RUN_LABELS if C.uses_separate_models(label)] == [
         label for label in C.RUN_LABELS if not label.startswith(("hydra", "j-hydra"))]
 
+
 # --- every range and relation, from every source ---------------------------------------------------
 
 
@@ -334,6 +335,9 @@ RELATIONS = [
      "not an http(s) URL"),
     (["eval", "--max-prompts", "0"], "--max-prompts: 0 is out of range; it must be at least 1"),
     (["ppo", "--learning-rate", "nan"], "--learning-rate: nan is not a finite number"),
+    (["ppo", "--lora-target-modules", " , "], "--lora-target-modules: is empty; give all-linear or module names"),
+    (["sft", "--lora-target-modules", "all-linear,q_proj"], "--lora-target-modules: all-linear already names every "
+     "linear module"),
 ]
 
 

@@ -152,6 +152,19 @@ class HydraModel(nn.Module):
         return out
 
 
+def decoder_layers(causal_lm: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The decoder's layers by their names in `causal_lm` (a HF causal LM, LoRA injected or not): its decoder's
+    list of `num_hidden_layers` blocks, whatever the architecture names it (Llama's `model.layers`, GPT-2's
+    `transformer.h`)."""
+    count = causal_lm.config.get_text_config().num_hidden_layers
+    decoder = causal_lm.get_decoder()
+    prefix = next(name for name, module in causal_lm.named_modules() if module is decoder)
+    for name, module in decoder.named_modules(prefix=prefix):
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return [(f"{name}.{i}", layer) for i, layer in enumerate(module)]
+    raise ValueError(f"{type(causal_lm).__name__}: its decoder holds no list of its {count} layers")
+
+
 def _merged_copy(peft_model: nn.Module) -> nn.Module:
     """Merge the active LoRA weights into a copy, leaving the live (training) model untouched."""
     import copy

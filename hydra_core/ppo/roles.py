@@ -57,6 +57,18 @@ LAYOUTS = {
 SOURCES = {"policy": "policy", "reference": "policy", "reward": "reward", "critic": "reward", "hydra": "policy"}
 
 
+def _paths(cfg: PPOConfig) -> dict[str, str]:
+    return {"policy": cfg.model, "reward": cfg.reward_model or cfg.model}
+
+
+def adapter_sources(cfg: PPOConfig) -> list[str]:
+    """The models (directories or hub ids) this layout puts LoRA adapters on, so that their
+    `lora_target_modules` can be checked before any work."""
+    actor, critic, _, _ = LAYOUTS[cfg.variant]
+    trained = [actor] if cfg.algorithm in CRITIC_FREE else [actor, critic]
+    return list(dict.fromkeys(_paths(cfg)[SOURCES[role.model]] for role in trained if role.adapter not in (FULL, OFF)))
+
+
 class PolicyStack:
     """The models of one variant and the forward passes the RL loop asks of them."""
 
@@ -69,7 +81,7 @@ class PolicyStack:
         self.device = device
         self.precision = mixed_precision(cfg.mixed_precision, device)
         self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
-        paths = {"policy": cfg.model, "reward": cfg.reward_model or cfg.model}
+        paths = _paths(cfg)
         require_reward_head(paths[SOURCES[self.reward.model]], f"the reward model of --variant {cfg.variant}")
         # Each model carries the heads its roles read: the critic the value head, the reward model the reward head.
         reads = {"value": self.critic, "reward": self.reward}
@@ -90,7 +102,8 @@ class PolicyStack:
             self.models[role.model] = model
         for role in dict.fromkeys(r for r in (self.actor, self.critic) if r):  # ordered: adapter init draws RNG
             if role.adapter not in (FULL, OFF):
-                add_lora(self.models[role.model], cfg.lora_rank, cfg.lora_alpha, name=role.adapter)
+                add_lora(self.models[role.model], cfg.lora_rank, cfg.lora_alpha, name=role.adapter,
+                         target_modules=cfg.lora_target_modules)
                 self.models[role.model].to(device)
         value_head = []
         if self.critic:

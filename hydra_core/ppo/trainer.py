@@ -34,10 +34,11 @@ from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes, reset_peak, stage_peak_bytes
 from hydra_core.models.generation import Decoding, generate
+from hydra_core.models.lora import check_lora_targets, wrapped_modules
 from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_curves
 from hydra_core.ppo import algorithm as A
-from hydra_core.ppo.roles import PolicyStack
+from hydra_core.ppo.roles import PolicyStack, adapter_sources
 from hydra_core.runtime import keep_freed_memory, pick_device, seed_everything
 from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 
@@ -289,6 +290,8 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     check_model(cfg.model, "model")
     if cfg.reward_model:
         check_model(cfg.reward_model, "reward_model")
+    for path in adapter_sources(cfg):
+        check_lora_targets(path, cfg.lora_target_modules, cfg.trust_remote_code)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +327,7 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     label = run_label(cfg.variant, cfg.algorithm)
     summary: dict = {"variant": label, "layout": cfg.variant, "algorithm": cfg.algorithm, "steps": cfg.steps,
                      "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation,
-                     "mixed_precision": stack.precision}
+                     "mixed_precision": stack.precision, **wrapped_modules(stack.unique_modules())}
     if budget_search:
         summary["memory_budget_search"] = budget_search
     if verifier:

@@ -1,0 +1,80 @@
+"""The memory levers of a 1-8B run: which modules LoRA wraps (`--lora-target-modules`)."""
+
+import json
+
+import pytest
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from conftest import tiny_ppo_config, tiny_sft_config
+from hydra_core import cli
+from hydra_core.models.hydra import HydraModel, decoder_layers, load_hydra
+from hydra_core.models.lora import add_lora, check_lora_targets, wrapped_modules
+from hydra_core.models.presets import char_tokenizer
+from hydra_core.ppo.roles import PolicyStack
+from hydra_core.sft.trainer import SUMMARY_FILE as SFT_SUMMARY_FILE
+from hydra_core.sft.trainer import run_sft
+
+LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def refused(argv, capsys) -> str:
+    assert cli.main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+# --- LoRA target modules ---------------------------------------------------------------------------
+
+
+def test_lora_goes_on_the_named_modules_and_the_summaries_record_them(tmp_path, base_model_dir, hydra_sft_dir,
+                                                                      arithmetic_dir):
+    cfg = tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path, lora_target_modules="q_proj, v_proj")
+    stack = PolicyStack(cfg, torch.device("cpu"))
+    wrapped = [name for name, m in stack.policy_model.base_model.named_modules() if isinstance(m, BaseTunerLayer)]
+    assert sorted({name.rsplit(".", 1)[-1] for name in wrapped}) == ["q_proj", "v_proj"] and len(wrapped) == 8
+    assert wrapped_modules(stack.unique_modules()) == {"lora_modules": ["q_proj", "v_proj"], "lora_wrapped_modules": 8}
+
+    run_sft(tiny_sft_config(base_model_dir, arithmetic_dir, str(tmp_path / "sft"), steps=1, demo_batch_size=2,
+                            pair_batch_size=2, max_length=64, greedy_eval_prompts=4, lora_rank=4,
+                            lora_target_modules="self_attn.o_proj"), progress=False)
+    summary = json.loads((tmp_path / "sft" / SFT_SUMMARY_FILE).read_text())
+    assert (summary["lora_modules"], summary["lora_wrapped_modules"]) == (["o_proj"], 4)
+
+
+def test_a_target_that_matches_nothing_is_one_line_listing_the_models_linear_modules(tmp_path, capsys, hydra_sft_dir,
+                                                                                     arithmetic_dir):
+    out = tmp_path / "out"
+    err = refused(["ppo", "--lora-target-modules", "q_proj,qproj", "--model", hydra_sft_dir, "--data", arithmetic_dir,
+                   "--output-dir", str(out)], capsys)
+    assert (f"--lora-target-modules: 'qproj' matches no linear module of the decoder layers of {hydra_sft_dir}; "
+            f"they have: {', '.join(LLAMA_LINEAR)}") in err
+    assert not (out / "ppo_config.json").exists()  # refused before any work
+
+
+def test_all_linear_on_gpt2_wraps_its_conv1d_layers_and_not_the_output_layer(tmp_path):
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=len(char_tokenizer()))
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    char_tokenizer().save_pretrained(tmp_path)
+    check_lora_targets(str(tmp_path), "all-linear")
+    with pytest.raises(ValueError, match=r"'q_proj' matches no linear module .*; they have: c_attn, c_fc, c_proj$"):
+        check_lora_targets(str(tmp_path), "q_proj")
+
+    model = load_hydra(str(tmp_path), heads=("reward",), dtype=torch.float32)
+    assert [name for name, _ in decoder_layers(model.base_model)] == ["transformer.h.0", "transformer.h.1"]
+    add_lora(model, rank=4, alpha=8)
+    assert wrapped_modules([model]) == {"lora_modules": ["c_attn", "c_fc", "c_proj"], "lora_wrapped_modules": 8}
+    assert not isinstance(model.base_model.lm_head, BaseTunerLayer)
+    ids = torch.randint(4, 90, (2, 6))
+    out = model(ids, torch.ones_like(ids), reward=True)
+    (out.logits.sum() + out.rewards.sum()).backward()
+    lora_b = [p for name, p in model.backbone.named_parameters() if "lora_B" in name]
+    assert len(lora_b) == 8 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
+
+    only = HydraModel(GPT2LMHeadModel(config), char_tokenizer(), heads=())
+    add_lora(only, rank=4, alpha=8, target_modules="mlp.c_proj")  # a dotted suffix tells apart the two c_proj
+    wrapped = [name for name, m in only.base_model.named_modules() if isinstance(m, BaseTunerLayer)]
+    assert wrapped == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
