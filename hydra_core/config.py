@@ -235,6 +235,9 @@ class PPOConfig:
     # with one update per rollout (1 PPO epoch, the whole rollout one mini-batch) the old log-probs (and a
     # shared critic's values) are the first training forward's, not a separate no-grad pass's: same numbers
     reuse_training_forward: bool = True
+    # the training forwards (step 3) keep only each decoder layer's input and recompute the rest in backward:
+    # less activation memory for one more forward; rollouts and scoring (no gradients) are unchanged
+    gradient_checkpointing: bool = False
     # e.g. 20GiB: before training, probe rollout batches and train with the largest whose peak memory fits
     # (CUDA: max_memory_allocated; CPU: the process's peak RSS); rollout_batch_size is where the search starts
     memory_budget: str = ""

@@ -1,22 +1,27 @@
-"""The memory levers of a 1-8B run: which modules LoRA wraps (`--lora-target-modules`)."""
+"""The memory levers of a 1-8B run: which modules LoRA wraps (`--lora-target-modules`) and gradient checkpointing
+in PPO's training passes (`--gradient-checkpointing`)."""
 
 import json
 
 import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import tiny_ppo_config, tiny_sft_config
+from conftest import logged_rows, tiny_ppo_config, tiny_sft_config
 from hydra_core import cli
 from hydra_core.models.hydra import HydraModel, decoder_layers, load_hydra
 from hydra_core.models.lora import add_lora, check_lora_targets, wrapped_modules
 from hydra_core.models.presets import char_tokenizer
 from hydra_core.ppo.roles import PolicyStack
+from hydra_core.ppo.trainer import run_ppo
 from hydra_core.sft.trainer import SUMMARY_FILE as SFT_SUMMARY_FILE
 from hydra_core.sft.trainer import run_sft
 
 LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+QUICK = dict(steps=2, rollout_batch_size=4, mini_batch_size=2, max_new_tokens=4, eval_every=0, greedy_eval_prompts=4,
+             mixed_precision="no")
 
 
 def refused(argv, capsys) -> str:
@@ -78,3 +83,46 @@ def test_all_linear_on_gpt2_wraps_its_conv1d_layers_and_not_the_output_layer(tmp
     add_lora(only, rank=4, alpha=8, target_modules="mlp.c_proj")  # a dotted suffix tells apart the two c_proj
     wrapped = [name for name, m in only.base_model.named_modules() if isinstance(m, BaseTunerLayer)]
     assert wrapped == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
+
+
+# --- gradient checkpointing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["hydra", "full"])
+def test_gradient_checkpointing_changes_no_loss_and_no_trained_weight(tmp_path, hydra_sft_dir, arithmetic_dir,
+                                                                      variant):
+    runs = {}
+    for checkpointing in (False, True):
+        out = tmp_path / str(checkpointing)
+        run_ppo(tiny_ppo_config(hydra_sft_dir, arithmetic_dir, out, variant=variant,
+                                gradient_checkpointing=checkpointing, **QUICK), progress=False)
+        runs[checkpointing] = (logged_rows(out / "metrics.jsonl"), load_file(out / "model.safetensors"))
+    (rows, weights), (rows_checkpointed, weights_checkpointed) = runs[False], runs[True]
+    # Exactly: the recomputation is the same operations on the same inputs, in the same autocast and RNG state.
+    assert rows == rows_checkpointed
+    # (`full` in fp32 starts at a KL of ~3e-7 with or without checkpointing: its trained actor, whose weights
+    # require grad, rounds differently from its frozen reference copy; see test_ppo)
+    assert variant == "full" or rows[1]["objective/kl"] == 0.0
+    assert weights.keys() == weights_checkpointed.keys()
+    assert all(torch.equal(weights[k], weights_checkpointed[k]) for k in weights)
+
+
+def test_checkpointed_layers_recompute_in_backward_in_eval_mode_and_only_with_gradients(tmp_path, hydra_sft_dir,
+                                                                                        arithmetic_dir):
+    stack = PolicyStack(tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path, gradient_checkpointing=True),
+                        torch.device("cpu"))
+    model = stack.policy_model
+    assert not any(m.training for m in model.modules())  # dropout stays off
+    calls = []
+    for _, layer in decoder_layers(model.base_model):
+        layer.mlp.register_forward_pre_hook(lambda *_: calls.append(1))  # recomputation stops inside the mlp
+    ids = torch.randint(4, 90, (2, 6))
+    with torch.no_grad():
+        stack.actor_forward(ids, torch.ones_like(ids), None, with_values=False)
+    assert len(calls) == 4  # no gradients: each of the 4 layers runs once
+    calls.clear()
+    out = stack.actor_forward(ids, torch.ones_like(ids), None, with_values=False)
+    assert len(calls) == 4
+    out.logits.sum().backward()
+    assert len(calls) == 8  # backward ran each layer again
+    assert all(p.grad is not None for p in stack.actor_params)

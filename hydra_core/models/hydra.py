@@ -7,14 +7,17 @@ plain HF directory, `AutoModelForCausalLM.from_pretrained(dir)` loads its policy
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -163,6 +166,29 @@ def decoder_layers(causal_lm: nn.Module) -> list[tuple[str, nn.Module]]:
         if isinstance(module, nn.ModuleList) and len(module) == count:
             return [(f"{name}.{i}", layer) for i, layer in enumerate(module)]
     raise ValueError(f"{type(causal_lm).__name__}: its decoder holds no list of its {count} layers")
+
+
+def checkpoint_decoder_layers(model: HydraModel) -> None:
+    """Activation checkpointing of every decoder layer: a forward that records gradients keeps each layer's
+    inputs only, and backward recomputes the layer's activations.
+
+    transformers checkpoints a layer only in training mode, and RL keeps every model in eval mode, which is
+    what turns dropout off (and whatever else a layer does differently in training: attention dropout, MoE
+    jitter, ...); so this checkpoints in either mode. Non-reentrant checkpointing, because it lets gradients
+    reach the LoRA weights inside frozen layers whose inputs need none; the recomputation runs under the same
+    autocast and RNG state as the forward, so it gives the same numbers. Without gradients (rollouts,
+    scoring) a layer runs as it is, KV cache included.
+    """
+    for _, layer in decoder_layers(model.base_model):
+        # a method bound to the layer, so a deep copy of the model (`_merged_copy`) checkpoints its own layers
+        layer.forward = types.MethodType(_checkpointed_forward, layer)
+
+
+def _checkpointed_forward(layer: nn.Module, *args, **kwargs):
+    forward = functools.partial(type(layer).forward, layer)
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def _merged_copy(peft_model: nn.Module) -> nn.Module:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from hydra_core.config import CRITIC_FREE, PPOConfig
-from hydra_core.models.hydra import HEAD_NAMES, HydraModel, load_hydra, require_reward_head
+from hydra_core.models.hydra import HEAD_NAMES, HydraModel, checkpoint_decoder_layers, load_hydra, require_reward_head
 from hydra_core.models.lora import add_lora
 from hydra_core.runtime import mixed_precision
 
@@ -105,6 +105,9 @@ class PolicyStack:
                 add_lora(self.models[role.model], cfg.lora_rank, cfg.lora_alpha, name=role.adapter,
                          target_modules=cfg.lora_target_modules)
                 self.models[role.model].to(device)
+        if cfg.gradient_checkpointing:  # the models step 3 trains; the others never record gradients
+            for key in dict.fromkeys(role.model for role in (self.actor, self.critic) if role):
+                checkpoint_decoder_layers(self.models[key])
         value_head = []
         if self.critic:
             value_head = list(self.models[self.critic.model].heads["value"].float().requires_grad_(True).parameters())

@@ -46,7 +46,7 @@ SUMMARY_FILE = "ppo_summary.json"
 CURVES_FILE = "ppo_curves.png"
 # settings a resumed run may change without changing what it computes
 RESUMABLE = ("resume", "overwrite", "checkpoint_every", "eval_every", "greedy_eval_prompts", "kl_ceiling", "device",
-             "output_dir", "trust_remote_code")
+             "output_dir", "trust_remote_code", "gradient_checkpointing")
 CURVES = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value", "loss/kl",
           "policy/clipfrac", "objective/group_reward_std", "eval/gold_accuracy")
 
