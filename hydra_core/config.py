@@ -33,6 +33,11 @@ CRITIC_FREE = ("rloo", "grpo", "remax")
 ALGORITHM_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "remax": "ReMax"}  # as their papers write them
 JUDGES = ("openai", "reward-model", "gold")
 PRECISIONS = ("auto", "bf16", "no")
+QUANTIZATIONS = ("no", "8bit", "4bit")  # a frozen backbone's weights: as loaded, or bitsandbytes 8-bit or 4-bit
+# The layouts whose every backbone is frozen under LoRA adapters, their reference and reward being a backbone
+# with the adapters off (ppo/roles.py; a test checks the two agree): only there can the backbone be quantised
+# with the step-0 KL still 0. `full` trains its backbones; `lora` keeps unadapted reference and reward copies.
+QUANTIZABLE_VARIANTS = ("lora-dynamic", "j-hydra", "hydra")
 ALL_LINEAR = "all-linear"  # LoRA on every linear layer of every decoder layer (the paper's setting)
 
 
@@ -238,6 +243,10 @@ class PPOConfig:
     # the training forwards (step 3) keep only each decoder layer's input and recompute the rest in backward:
     # less activation memory for one more forward; rollouts and scoring (no gradients) are unchanged
     gradient_checkpointing: bool = False
+    # lora-dynamic, j-hydra, hydra: the frozen backbones in bitsandbytes 8-bit or 4-bit (NF4, as QLoRA) under
+    # the fp32 adapters, so the reference and the reward are the quantised backbone with the adapters off;
+    # heads stay fp32 and the saved policy is merged into a full-precision copy. Needs the quantization extra
+    quantize_backbone: Literal[QUANTIZATIONS] = "no"
     # e.g. 20GiB: before training, probe rollout batches and train with the largest whose peak memory fits
     # (CUDA: max_memory_allocated; CPU: the process's peak RSS); rollout_batch_size is where the search starts
     memory_budget: str = ""
@@ -261,6 +270,12 @@ class PPOConfig:
         if not re.fullmatch(r"|cpu|cuda(:\d+)?", self.device):
             yield "device", f"{self.device!r} is not cpu, cuda or cuda:N ('' picks CUDA when there is one)"
         yield from _lora_targets(self, name)
+        if self.quantize_backbone != "no" and self.variant not in QUANTIZABLE_VARIANTS:
+            why = ("trains its backbones in full" if self.variant == "full"
+                   else "holds unadapted reference and reward copies")
+            yield "quantize_backbone", (f"{self.quantize_backbone} needs a layout whose reference and reward are the "
+                                        f"frozen backbone with the adapters off ({', '.join(QUANTIZABLE_VARIANTS)}); "
+                                        f"{name('variant')} {self.variant} {why}")
 
 
 @dataclass
@@ -694,7 +709,7 @@ def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, An
 
 __all__ = [
     "ALGORITHM_NAMES", "ALGORITHMS", "ALL_LINEAR", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "LABEL_FIELDS",
-    "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS", "RUN_LABELS",
+    "MODEL_PRESETS", "PPO_VARIANTS", "PRECISIONS", "QUANTIZABLE_VARIANTS", "QUANTIZATIONS", "RUN_LABELS",
     "SEPARATE_MODEL_VARIANTS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
     "bounds", "build", "check_label_table", "check_parameters", "coerce", "coerce_value", "config_file_name",

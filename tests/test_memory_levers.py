@@ -1,7 +1,13 @@
-"""The memory levers of a 1-8B run: which modules LoRA wraps (`--lora-target-modules`) and gradient checkpointing
-in PPO's training passes (`--gradient-checkpointing`)."""
+"""The memory levers of a 1-8B run: which modules LoRA wraps (`--lora-target-modules`), gradient checkpointing in
+PPO's training passes (`--gradient-checkpointing`), and a frozen backbone quantised by bitsandbytes
+(`--quantize-backbone`). The quantisation tests skip where bitsandbytes is not installed (CI installs only the test
+extra); the errors a run without it gets are tested everywhere."""
 
+import importlib.util
 import json
+import shutil
+import sys
+import types
 
 import pytest
 import torch
@@ -9,16 +15,19 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import logged_rows, tiny_ppo_config, tiny_sft_config
-from hydra_core import cli
+from conftest import logged_rows, step_zero_logprobs, tiny_ppo_config, tiny_sft_config
+from hydra_core import checkpoint, cli
+from hydra_core.memory import model_memory
 from hydra_core.models.hydra import HydraModel, decoder_layers, load_hydra
 from hydra_core.models.lora import add_lora, check_lora_targets, wrapped_modules
 from hydra_core.models.presets import char_tokenizer
 from hydra_core.ppo.roles import PolicyStack
-from hydra_core.ppo.trainer import run_ppo
+from hydra_core.ppo.trainer import SUMMARY_FILE, run_ppo
 from hydra_core.sft.trainer import SUMMARY_FILE as SFT_SUMMARY_FILE
 from hydra_core.sft.trainer import run_sft
 
+needs_bitsandbytes = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                                        reason="bitsandbytes is not installed (pip install 'hydra-rlhf[quantization]')")
 LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 QUICK = dict(steps=2, rollout_batch_size=4, mini_batch_size=2, max_new_tokens=4, eval_every=0, greedy_eval_prompts=4,
              mixed_precision="no")
@@ -126,3 +135,110 @@ def test_checkpointed_layers_recompute_in_backward_in_eval_mode_and_only_with_gr
     out.logits.sum().backward()
     assert len(calls) == 8  # backward ran each layer again
     assert all(p.grad is not None for p in stack.actor_params)
+
+
+# --- a quantised backbone --------------------------------------------------------------------------
+
+
+def test_without_bitsandbytes_a_quantised_run_is_one_line_before_any_work(tmp_path, capsys, monkeypatch,
+                                                                          hydra_sft_dir, arithmetic_dir):
+    argv = ["ppo", "--quantize-backbone", "4bit", "--model", hydra_sft_dir, "--data", arithmetic_dir,
+            "--output-dir", str(tmp_path / "out")]
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what `import` finds where it is not installed
+    err = refused(argv, capsys)
+    assert ("--quantize-backbone 4bit: needs bitsandbytes, an optional extra: pip install 'hydra-rlhf[quantization]'"
+            in err)
+
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("no 4-bit kernel for this CPU")
+    broken = types.SimpleNamespace(__version__="0.0", nn=types.SimpleNamespace(Linear4bit=no_kernel))
+    monkeypatch.setitem(sys.modules, "bitsandbytes", broken)
+    err = refused(argv, capsys)
+    assert "--quantize-backbone 4bit: bitsandbytes 0.0 cannot run 4bit layers on cpu here (no 4-bit kernel" in err
+    assert not (tmp_path / "out" / "ppo_config.json").exists()
+
+
+@needs_bitsandbytes
+@pytest.mark.parametrize("variant,bits", [("hydra", "4bit"), ("j-hydra", "4bit"), ("lora-dynamic", "4bit"),
+                                          ("hydra", "8bit")])
+def test_a_quantised_backbone_starts_at_kl_zero_with_fp32_heads_adapters_and_rewards(tmp_path, hydra_sft_dir,
+                                                                                     arithmetic_dir, variant, bits):
+    import bitsandbytes as bnb
+
+    cfg = tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path, variant=variant, quantize_backbone=bits,
+                          mixed_precision="no")
+    stack = PolicyStack(cfg, torch.device("cpu"))
+    actor_lp, ref_lp, scores = step_zero_logprobs(stack, arithmetic_dir)
+    assert torch.equal(actor_lp, ref_lp)  # exactly: the reference is the same quantised weights, adapters off
+    assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
+    layer = bnb.nn.Linear4bit if bits == "4bit" else bnb.nn.Linear8bitLt
+    for model in stack.unique_modules():
+        assert model.base_model.get_decoder().layers[0].self_attn.q_proj.base_layer.__class__ is layer
+        for name, p in model.named_parameters():
+            if name.startswith("heads.") or "lora_" in name:
+                assert p.dtype == torch.float32, name
+
+
+@needs_bitsandbytes
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_gradients_through_a_quantised_backbone_are_the_same_after_a_no_grad_pass(tmp_path, hydra_sft_dir,
+                                                                                 arithmetic_dir, bits):
+    # A rollout (no grad, eval mode) comes before every training pass; on some CPUs bitsandbytes would then repack
+    # its 4-bit layers into a format without a backward (models.quantization.keep_differentiable)
+    ids = torch.randint(4, 90, (2, 6), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for sampled_first in (False, True):
+        torch.manual_seed(0)
+        cfg = tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path, quantize_backbone=bits, mixed_precision="no")
+        stack = PolicyStack(cfg, torch.device("cpu"))
+        if sampled_first:
+            with torch.no_grad():
+                stack.actor_forward(ids, torch.ones_like(ids), None, with_values=False)
+        (stack.actor_forward(ids, torch.ones_like(ids), None, with_values=False).logits ** 2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in stack.actor_params]))
+    assert grads[0].abs().max() > 0 and torch.equal(grads[0], grads[1])
+
+
+@needs_bitsandbytes
+def test_memory_figures_count_quantised_weights_as_parameters_with_their_scales(tmp_path, hydra_sft_dir,
+                                                                                arithmetic_dir):
+    figures = {}
+    for bits in ("no", "8bit", "4bit"):
+        cfg = tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path, quantize_backbone=bits, mixed_precision="no")
+        figures[bits] = model_memory(PolicyStack(cfg, torch.device("cpu")).unique_modules())
+    assert figures["no"]["memory/params"] == figures["8bit"]["memory/params"] == figures["4bit"]["memory/params"]
+    # 8-bit: a byte per weight of the 28 quantised layers instead of 4, plus a float32 scale per output row
+    stack = PolicyStack(tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path, mixed_precision="no"),
+                        torch.device("cpu"))
+    layers = [m.base_layer for m in stack.policy_model.base_model.modules() if isinstance(m, BaseTunerLayer)]
+    weights, rows = sum(m.weight.numel() for m in layers), sum(m.weight.shape[0] for m in layers)
+    assert figures["8bit"]["memory/param_bytes"] == figures["no"]["memory/param_bytes"] - 3 * weights + 4 * rows
+    assert figures["4bit"]["memory/param_bytes"] < figures["no"]["memory/param_bytes"] - 3.4 * weights
+
+
+@needs_bitsandbytes
+def test_a_quantised_run_saves_a_full_precision_policy_and_resumes_exactly(tmp_path, hydra_sft_dir, arithmetic_dir):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    settings = dict(quantize_backbone="4bit", checkpoint_every=1, **QUICK)
+    summary = run_ppo(tiny_ppo_config(hydra_sft_dir, arithmetic_dir, straight, **settings), progress=False)
+    assert summary["objective/kl"] != 0.0 and logged_rows(straight / "metrics.jsonl")[1]["objective/kl"] == 0.0
+    assert summary["memory/params"] == json.loads((straight / SUMMARY_FILE).read_text())["memory/params"]
+
+    # The policy is the SFT backbone's own fp32 weights plus the trained adapter, not a dequantised 4-bit copy.
+    saved, sft = load_file(straight / "model.safetensors"), load_file(f"{hydra_sft_dir}/model.safetensors")
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    assert "quantization_config" not in json.loads((straight / "config.json").read_text())
+    trained = load_file(checkpoint.latest(straight) / checkpoint.WEIGHTS)
+    prefix = "hydra.backbone.base_model.model.model.layers.0.self_attn.q_proj"
+    delta = trained[f"{prefix}.lora_B.actor.weight"] @ trained[f"{prefix}.lora_A.actor.weight"] * (16 / 4)
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert delta.abs().max() > 0 and torch.allclose(saved[key], sft[key] + delta, atol=1e-6)
+
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(checkpoint.latest(resumed))  # as if killed after step 1's checkpoint
+    (resumed / SUMMARY_FILE).unlink()
+    (resumed / "model.safetensors").unlink()
+    run_ppo(tiny_ppo_config(hydra_sft_dir, arithmetic_dir, resumed, resume=True, **settings), progress=False)
+    assert logged_rows(resumed / "metrics.jsonl") == logged_rows(straight / "metrics.jsonl")
+    again = load_file(resumed / "model.safetensors")
+    assert all(torch.equal(again[k], saved[k]) for k in saved)

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hydra_core.data.encoding import encode_pair_of, pad_right
+from hydra_core.models.quantization import keep_differentiable, loading_settings
 from hydra_core.runtime import default_dtype
 
 HEADS_FILE = "heads.safetensors"
@@ -223,18 +224,22 @@ def load_hydra(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
+    quantization: str = "no",
 ) -> HydraModel:
     """Load a Hydra directory, or wrap any causal LM (local path or hub id) with fresh heads.
 
     A head saved in the directory is restored; a requested head that is not saved starts fresh,
     except that a missing value head starts as a copy of the reward head (the PPO critic's
-    initialisation in the paper).
+    initialisation in the paper). `quantization` ("8bit", "4bit") loads the backbone's linear layers
+    quantised on `device` (models.quantization); the heads are never quantised.
     """
     dtype = dtype or default_dtype(device)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # common for Llama/GPT-style tokenizers
-    backbone = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    backbone = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                    **loading_settings(quantization, dtype, device))
+    keep_differentiable(backbone)
     meta = json.loads((Path(path) / CONFIG_FILE).read_text()) if is_hydra_dir(path) else {"base_model": str(path)}
     meta.pop("heads", None)
     model = HydraModel(backbone, tokenizer, heads=heads, meta=meta)

@@ -11,15 +11,17 @@ module names (`q_proj,v_proj`; a dotted suffix such as `mlp.c_proj` tells apart 
 
 from __future__ import annotations
 
+import copy
+
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from hydra_core.config import ALL_LINEAR, flag, lora_target_names
-from hydra_core.models.hydra import HydraModel, decoder_layers
+from hydra_core.models.hydra import HydraModel, decoder_layers, load_hydra
 
 SETTING = flag("lora_target_modules")
 
@@ -97,3 +99,14 @@ def wrapped_modules(models) -> dict:
              if isinstance(module, BaseTunerLayer)]
     return {"lora_modules": leaf_names(names), "lora_wrapped_modules": len(names)}
 
+
+def merged_full_precision(model: HydraModel, adapter: str, path: str, dtype: torch.dtype,
+                          trust_remote_code: bool = False) -> HydraModel:
+    """`model`'s policy with `adapter` active, merged into a full-precision copy of its backbone loaded from
+    `path` on the CPU: merged into a quantised backbone, the trained weights would be rounded to its 4-bit or
+    8-bit grid, and a GPU may have no room for a second, full copy. No heads."""
+    plain = load_hydra(path, heads=(), device="cpu", dtype=dtype, trust_remote_code=trust_remote_code).backbone
+    adapted = get_peft_model(plain, copy.deepcopy(model.backbone.peft_config[adapter]), adapter_name=adapter)
+    set_peft_model_state_dict(adapted, get_peft_model_state_dict(model.backbone, adapter_name=adapter),
+                              adapter_name=adapter)
+    return HydraModel(adapted.merge_and_unload(), model.tokenizer, heads=(), meta=model.meta)

@@ -20,6 +20,10 @@ and the reward head together; in j-hydra the actor's logits and the critic's val
 The critic-free algorithms (rloo, grpo, remax) use the same table without its critic column: no
 critic adapter, no value head, no critic model (lora-dynamic's reward is then the plain frozen
 reward model), and `hydra` is one backbone with ONE adapter, the actor's.
+
+Where no role trains a model in FULL and the reference and reward are models with their adapters OFF
+(lora-dynamic, j-hydra, hydra: `config.QUANTIZABLE_VARIANTS`), every backbone may be quantised
+(`quantize_backbone`): the roles then all read the same quantised weights, and the step-0 KL stays 0.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from torch import nn
 
 from hydra_core.config import CRITIC_FREE, PPOConfig
 from hydra_core.models.hydra import HEAD_NAMES, HydraModel, checkpoint_decoder_layers, load_hydra, require_reward_head
-from hydra_core.models.lora import add_lora
+from hydra_core.models.lora import add_lora, merged_full_precision
 from hydra_core.runtime import mixed_precision
 
 FULL, OFF = "<full>", "<off>"
@@ -81,13 +85,14 @@ class PolicyStack:
         self.device = device
         self.precision = mixed_precision(cfg.mixed_precision, device)
         self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
+        self.cfg = cfg
         paths = _paths(cfg)
         require_reward_head(paths[SOURCES[self.reward.model]], f"the reward model of --variant {cfg.variant}")
         # Each model carries the heads its roles read: the critic the value head, the reward model the reward head.
         reads = {"value": self.critic, "reward": self.reward}
         roles = [role for role in (self.actor, self.critic, self.reference, self.reward) if role is not None]
-        frozen_dtype = frozen_weights_dtype(self.precision, any(r.adapter == FULL for r in (self.actor, self.critic)
-                                                                if r is not None))
+        trains_a_model_in_full = any(r.adapter == FULL for r in (self.actor, self.critic) if r is not None)
+        self.frozen_dtype = frozen_weights_dtype(self.precision, trains_a_model_in_full)
 
         self.models: dict[str, HydraModel] = {}
         for role in roles:
@@ -95,9 +100,9 @@ class PolicyStack:
                 continue
             heads = tuple(head for head in HEAD_NAMES if reads.get(head) and reads[head].model == role.model)
             trains_in_full = role in (self.actor, self.critic) and role.adapter == FULL
-            dtype = torch.float32 if trains_in_full else frozen_dtype
+            dtype = torch.float32 if trains_in_full else self.frozen_dtype
             model = load_hydra(paths[SOURCES[role.model]], heads=heads, device=device, dtype=dtype,
-                               trust_remote_code=cfg.trust_remote_code)
+                               trust_remote_code=cfg.trust_remote_code, quantization=cfg.quantize_backbone)
             model.requires_grad_(trains_in_full)
             self.models[role.model] = model
         for role in dict.fromkeys(r for r in (self.actor, self.critic) if r):  # ordered: adapter init draws RNG
@@ -187,6 +192,17 @@ class PolicyStack:
         """The actor, ready to sample rollouts."""
         with self.active(self.actor) as model:
             yield model
+
+    @contextlib.contextmanager
+    def saved_policy(self):
+        """The actor as the policy to save: its model with the actor's adapter active (saving merges it into a
+        copy), or over a quantised backbone that adapter merged into a full-precision copy of the backbone."""
+        if self.cfg.quantize_backbone == "no":
+            with self.generator() as model:
+                yield model
+            return
+        yield merged_full_precision(self.policy_model, self.actor.adapter, _paths(self.cfg)[SOURCES[self.actor.model]],
+                                    self.frozen_dtype, self.cfg.trust_remote_code)
 
     def unique_modules(self) -> list[nn.Module]:
         return list(self.models.values())

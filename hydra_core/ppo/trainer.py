@@ -35,6 +35,7 @@ from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes, reset_peak, stage_peak_bytes
 from hydra_core.models.generation import Decoding, generate
 from hydra_core.models.lora import check_lora_targets, wrapped_modules
+from hydra_core.models.quantization import check_quantization
 from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_curves
 from hydra_core.ppo import algorithm as A
@@ -292,6 +293,7 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
         check_model(cfg.reward_model, "reward_model")
     for path in adapter_sources(cfg):
         check_lora_targets(path, cfg.lora_target_modules, cfg.trust_remote_code)
+    check_quantization(cfg.quantize_backbone, device)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -371,9 +373,8 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     # figures of the finished stage, one value each: params, not one-point charts
     tracker.log_params({**memory, "memory/stage_peak_bytes": stage_peak_bytes(history),
                         "time/train_seconds": round(summary["train_seconds_this_run"], 1)})
-    with stack.generator():
-        stack.policy_model.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model,
-                                data=cfg.data)
+    with stack.saved_policy() as policy:
+        policy.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model, data=cfg.data)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     if plot_curves(history, CURVES, out_dir / CURVES_FILE, title=name):
         tracker.log_artifact(out_dir / CURVES_FILE)
