@@ -27,6 +27,17 @@ MiB = 2**20
 # CPU worker's RSS follows its live tensors (as max_memory_allocated does on CUDA) instead of the
 # heap's high-water slack. Applied to every run alike; --no-tight-malloc turns it off.
 TIGHT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+# The memory levers a run's name may add to its label after a "+" (`hydra+4bit`, `hydra+4bit+gc`): the PPO
+# settings each one sets.
+LEVERS = {"gc": {"gradient_checkpointing": True}, "8bit": {"quantize_backbone": "8bit"},
+          "4bit": {"quantize_backbone": "4bit"}}
+
+
+def split_run(name: str) -> tuple[str, dict]:
+    """A run's name as its run label (or sft) and the PPO settings of its levers: `hydra+4bit+gc` ->
+    ('hydra', {'quantize_backbone': '4bit', 'gradient_checkpointing': True}); a KeyError for an unknown lever."""
+    label, *levers = name.split("+")
+    return label, {k: v for lever in levers for k, v in LEVERS[lever].items()}
 
 
 # --- in the worker process ----------------------------------------------------------------
@@ -113,7 +124,8 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
     from hydra_core.ppo.trainer import ppo_iteration
     from hydra_core.runtime import seed_everything
 
-    run = parse_run_label(spec["variant"])
+    label, levers = split_run(spec["variant"])
+    run = parse_run_label(label)
     # `batch` sampled responses per iteration whatever the algorithm: batch / k prompts, k responses each
     k = spec["samples_per_prompt"] if run["algorithm"] in ("rloo", "grpo") else 1
     prompts_per_batch = max(1, spec["batch"] // k)
@@ -123,7 +135,8 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
                     mini_batch_size=min(spec["mini_batch"] or batch, batch),
                     ppo_epochs=spec["ppo_epochs"], lora_rank=spec["lora_rank"], lora_alpha=2 * spec["lora_rank"],
                     max_new_tokens=spec["new_tokens"], max_prompt_length=spec["prompt_length"],
-                    lr_schedule="constant", seed=spec["seed"], device=str(device))
+                    lr_schedule="constant", seed=spec["seed"], device=str(device),
+                    mixed_precision=spec["mixed_precision"], **levers)
     seed_everything(cfg.seed)
     # Every response runs to the cap, so all variants do equal work; run_ppo's optimizer (the schedule is constant).
     stack, optimizer, scheduler = full_length_stack(cfg, device)
@@ -158,6 +171,7 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
         "iteration_peak_bytes": max(r["iteration_peak_bytes"] for r in rows),
         "memory": {**memory, "memory/grad_bytes": grads["grad_bytes"]},
         "backbones": len(stack.unique_modules()),
+        "mixed_precision": stack.precision,
         "responses": batch,
         "samples_per_prompt": k,
         "s_per_sample": summary["time/s_per_sample"],
@@ -165,8 +179,9 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
         "step_s": summary["time/iteration_s"],
         "phases_s": {p: summary[f"time/{p}_s"] for p in PHASES},
         "phase_peaks_bytes": {p: max(r[f"memory/peak_{p}_bytes"] for r in rows) for p in PHASES},
-        # what every decoding step reads: the actor's backbone (frozen weights and its adapters)
-        "decode_weight_bytes": sum(p.numel() * p.element_size() for p in stack.policy_model.backbone.parameters()),
+        # what every decoding step reads: the actor's backbone (frozen weights, quantised ones with their scales,
+        # and its adapters)
+        "decode_weight_bytes": model_memory([stack.policy_model.backbone])["memory/param_bytes"],
         "generations": 2 if run["algorithm"] == "remax" else 1,  # ReMax decodes the greedy baseline too
         "new_tokens": cfg.max_new_tokens,
         "response_length": summary["val/response_length"],
@@ -187,13 +202,14 @@ def _sft_worker(spec: dict, device, meter: _Meter) -> dict:
     from hydra_core.sft.metrics import lm_loss
 
     seed_everything(spec["seed"])
-    # As `hydra_core.sft.trainer` does it: fp32 weights, bf16 autocast where the hardware does bf16 natively
-    # (the PPO runs take the same `auto` precision).
+    # As `hydra_core.sft.trainer` does it: fp32 weights, bf16 autocast under --mixed-precision bf16, or auto where
+    # the hardware does bf16 natively (the PPO runs take the same precision).
     model = load_hydra(spec["base_dir"], heads=(), device=device, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
     grads = _grad_probe(optimizer)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision("auto", device) == "bf16")
+    precision = mixed_precision(spec["mixed_precision"], device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     load_peak = meter.peak()
 
     batch, P, R = spec["batch"], spec["prompt_length"], spec["new_tokens"]
@@ -229,6 +245,7 @@ def _sft_worker(spec: dict, device, meter: _Meter) -> dict:
         "iteration_peak_bytes": max(r["peak"] for r in rows),
         "memory": {**memory, "memory/grad_bytes": grads["grad_bytes"]},
         "backbones": 1,
+        "mixed_precision": precision,
         "s_per_sample": step_s / batch,
         "tokens_per_s": batch * (P + R) / step_s,
         "step_s": step_s,
@@ -339,7 +356,7 @@ def worker_spec(args, size: str, variant: str, batch: int, dirs, memory_limit=No
             "lora_rank": args.lora_rank, "samples_per_prompt": args.samples_per_prompt, "seed": args.seed,
             "device": args.device, "threads": args.threads,
             "base_dir": str(base), "model_dir": str(hydra), "memory_limit": memory_limit,
-            "tight_malloc": args.tight_malloc, "timing_stat": args.timing_stat}
+            "tight_malloc": args.tight_malloc, "timing_stat": args.timing_stat, "mixed_precision": args.mixed_precision}
 
 
 def describe_run(r: dict) -> str:

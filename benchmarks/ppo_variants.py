@@ -35,6 +35,7 @@ one is started, `budget.py` the budget search, `report.py` the table, targets, n
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -42,15 +43,16 @@ import time
 from pathlib import Path
 
 from hydra_core.config import MODEL_PRESETS as SIZES
-from hydra_core.config import PPO_VARIANTS, RUN_LABELS, parse_bytes, run_label
+from hydra_core.config import (PPO_VARIANTS, PRECISIONS, RUN_LABELS, ConfigError, PPOConfig, build, parse_bytes,
+                               parse_run_label, run_label)
 
 # The sibling modules are imported by name. Python puts a script's own directory first on sys.path,
 # but not under -P or PYTHONSAFEPATH, nor when this file is loaded from elsewhere (a test, runpy).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from budget import search_batch  # noqa: E402
-from measure import (BANDWIDTH, REPO, SFT, MiB, describe_run, ensure_models, run_worker, worker,  # noqa: E402
-                     worker_spec)
+from measure import (BANDWIDTH, LEVERS, REPO, SFT, MiB, describe_run, ensure_models, run_worker,  # noqa: E402
+                     split_run, worker, worker_spec)
 from report import (add_decode_floor, chart, describe_target, fmt_mib, fmt_num, run_notes, table,  # noqa: E402
                     targets)
 
@@ -79,13 +81,31 @@ def _csv(choices):
     return parse
 
 
+def _runs(text: str) -> list[str]:
+    """--variants: sft or run labels, a PPO one with memory levers after "+" if asked (`hydra+4bit+gc`)."""
+    items = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    for item in items or [text]:
+        label, *levers = item.split("+")
+        if label not in ALL_RUNS:
+            raise argparse.ArgumentTypeError(f"unknown {label!r}; choose from {', '.join(ALL_RUNS)}")
+        if not set(levers) <= set(LEVERS) or levers and label == SFT:
+            raise argparse.ArgumentTypeError(f"{item}: a PPO run's levers are {', '.join(LEVERS)} (hydra+4bit+gc)")
+        if levers:  # the levers' own checks: a quantised backbone only where its layout allows one
+            try:
+                build(PPOConfig, ({**parse_run_label(label), **split_run(item)[1]}, lambda name: name))
+            except ConfigError as e:
+                raise argparse.ArgumentTypeError(f"{item}: {e}") from None
+    return items
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=_csv(SIZES), default=list(DEFAULT_SIZES),
                    help=f"comma-separated presets (default: {','.join(DEFAULT_SIZES)})")
-    p.add_argument("--variants", type=_csv(ALL_RUNS), default=list(DEFAULT_RUNS),
-                   help="comma-separated runs: sft, a layout (PPO) or layout-algorithm such as hydra-grpo "
+    p.add_argument("--variants", type=_runs, default=list(DEFAULT_RUNS),
+                   help="comma-separated runs: sft, a layout (PPO) or layout-algorithm such as hydra-grpo, each PPO "
+                        f"run with memory levers after '+' if asked ({', '.join(LEVERS)}: hydra+4bit, hydra+gc) "
                         f"(default: {','.join(DEFAULT_RUNS)})")
     p.add_argument("--batch", type=int, default=8, help="sampled responses per iteration = SFT batch")
     p.add_argument("--samples-per-prompt", type=int, default=4,
@@ -99,6 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="how the measured iterations' timings combine (median/min resist a busy machine)")
     p.add_argument("--ppo-epochs", type=int, default=1, help="PPO epochs per iteration (the paper: 1)")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (alpha = 2 x rank)")
+    p.add_argument("--mixed-precision", choices=PRECISIONS, default="auto",
+                   help="as the trainers' setting: auto = bf16 where the hardware does bf16 maths natively; no = fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="", help="'' = CUDA when available, else CPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (0 = torch default)")
@@ -121,7 +143,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         for name in ("batch", "prompt_length", "new_tokens", "iterations", "min_batch", "max_batch"):
             if getattr(args, name) < 1:
                 p.error(f"--{name.replace('_', '-')} must be at least 1")
-        grouped = [v for v in args.variants if v.endswith(("-rloo", "-grpo"))]
+        quantised = [v for v in args.variants if split_run(v)[1].get("quantize_backbone")]
+        if quantised and importlib.util.find_spec("bitsandbytes") is None:
+            p.error(f"--variants {','.join(quantised)}: a quantised backbone needs bitsandbytes, an optional extra: "
+                    "pip install 'hydra-rlhf[quantization]'")
+        grouped = [v for v in args.variants if split_run(v)[0].endswith(("-rloo", "-grpo"))]
         if grouped and (args.samples_per_prompt < 2 or args.batch % args.samples_per_prompt):
             p.error(f"--samples-per-prompt: {args.samples_per_prompt} must be at least 2 and divide --batch "
                     f"({args.batch}) for {', '.join(grouped)}")

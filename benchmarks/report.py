@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hydra_core.config import ALGORITHM_NAMES, CRITIC_FREE, RUN_LABELS
 
-from measure import SFT, MiB
+from measure import SFT, MiB, split_run
 
 
 def fmt_mib(n) -> str:
@@ -27,9 +27,9 @@ def add_decode_floor(runs: list[dict], bandwidth: float | None) -> None:
 
 
 def table(runs: list[dict], cuda: bool) -> str:
-    head = ["size", "variant", "batch", "peak MiB", "net MiB" if not cuda else "", "params M", "train M",
-            "param MiB", "grad MiB", "optim MiB", "s/sample", "tok/s", "gen s", "floor s", "score s", "old s",
-            "train s"]
+    head = ["size", "variant", "batch", "peak MiB", "net MiB" if not cuda else "", "load MiB", "train peak MiB",
+            "params M", "train M", "param MiB", "grad MiB", "optim MiB", "s/sample", "tok/s", "gen s", "floor s",
+            "score s", "old s", "train s"]
     rows = []
     for r in runs:
         if r["status"] != "ok":
@@ -37,7 +37,8 @@ def table(runs: list[dict], cuda: bool) -> str:
             continue
         m, ph = r["memory"], r["phases_s"]
         rows.append([r["size"], r["variant"], str(r["batch"]), fmt_mib(r["peak_bytes"]),
-                     fmt_mib(r["net_peak_bytes"]) if not cuda else "",
+                     fmt_mib(r["net_peak_bytes"]) if not cuda else "", fmt_mib(r["load_peak_bytes"]),
+                     fmt_mib(r.get("phase_peaks_bytes", {}).get("training")),
                      f"{m['memory/params'] / 1e6:.2f}", f"{m['memory/trainable_params'] / 1e6:.3f}",
                      fmt_mib(m["memory/param_bytes"]), fmt_mib(m["memory/grad_bytes"]),
                      fmt_mib(m["memory/optimizer_bytes"]),
@@ -163,14 +164,15 @@ def chart(runs: list[dict], budget: list[dict], path: Path, cuda: bool) -> Path:
     # red for the variants that hold most memory, through to blue for Hydra, in the order of the list
     palette = ("#b2182b", "#ef8a62", "#fddbc7", "#67a9cf", "#2166ac")
     # a critic-free algorithm takes its layout's colour: it is that layout without the critic
-    colors = {SFT: "#4d4d4d", **{label: palette[i % len(palette)] for i, label in enumerate(RUN_LABELS)}}
+    by_label = {SFT: "#4d4d4d", **{label: palette[i % len(palette)] for i, label in enumerate(RUN_LABELS)}}
+    colors = {r["variant"]: by_label[split_run(r["variant"])[0]] for r in runs + budget}  # a lever keeps its label's
     for col, size in enumerate(sizes):
         if budget:
             _budget_panel(axes[-1][col], size, budget, colors)
         if not runs:
             continue
         mine = {r["variant"]: r for r in runs if r["size"] == size and r["status"] == "ok"}
-        ppo = [v for v in RUN_LABELS if v in mine]
+        ppo = [v for v in mine if v != SFT]
         x = range(len(ppo))
         ax = axes[0][col]
         ax.bar(x, [mine[v]["peak_bytes"] / MiB for v in ppo], color=[colors[v] for v in ppo])
@@ -213,8 +215,10 @@ def run_notes(args, runs: list[dict], cuda: bool, load_before: tuple[float, ...]
                    f"{load_before[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at the end of this run.")
     out.append("grad MiB: the gradients present at the optimizer step; optim MiB: AdamW state after the last step.")
     if not cuda:
-        out.append("JSON phase_peaks_bytes on CPU are cumulative within an iteration (hydra_core.memory.reset_peak "
-                   "does not reset the RSS mark on CPU); iteration peaks are reset per iteration by this script.")
+        out.append("load MiB: the peak RSS while the models load (a quantised backbone's checkpoint is read into "
+                   "memory to be quantised); train peak MiB (JSON phase_peaks_bytes): the peak RSS of the training "
+                   "phase alone, the kernel's mark being reset as each phase starts (hydra_core.memory.reset_peak; "
+                   "where Linux does not permit that, the mark since the iteration began).")
     out.append("gen s / floor s: the rollout's seconds, and the decode floor (the actor's weight bytes x tokens "
                "decoded / the streaming-read bandwidth measured in a worker of its own); score s: the reference "
                "and reward pass; old s: the old policy's own pass (0 where the first training forward gives it; "

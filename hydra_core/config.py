@@ -34,6 +34,12 @@ ALGORITHM_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "remax": "ReMax
 JUDGES = ("openai", "reward-model", "gold")
 PRECISIONS = ("auto", "bf16", "no")
 NO_CHAT_TEMPLATE = "none"  # a chat_template setting: plain text even where the tokenizer has a template
+QUANTIZATIONS = ("no", "8bit", "4bit")  # a frozen backbone's weights: as loaded, or bitsandbytes 8-bit or 4-bit
+# The layouts whose every backbone is frozen under LoRA adapters, their reference and reward being a backbone
+# with the adapters off (ppo/roles.py; a test checks the two agree): only there can the backbone be quantised
+# with the step-0 KL still 0. `full` trains its backbones; `lora` keeps unadapted reference and reward copies.
+QUANTIZABLE_VARIANTS = ("lora-dynamic", "j-hydra", "hydra")
+ALL_LINEAR = "all-linear"  # LoRA on every linear layer of every decoder layer (the paper's setting)
 
 
 Namer = Callable[[str], str]  # how an error names a field: "--steps", "recipe.yaml: sft.steps", ...
@@ -83,6 +89,19 @@ def _chat_template_file(cfg, name: Namer):
         jinja2.Environment().parse(path.read_text(encoding="utf-8"))
     except (jinja2.TemplateSyntaxError, UnicodeDecodeError) as e:
         yield "chat_template", f"{setting}: not a Jinja template ({e})"
+
+
+def lora_target_names(text: str) -> list[str]:
+    """`lora_target_modules` as a list: ["all-linear"], or the module names of a comma-separated list."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _lora_targets(cfg, name: Namer):
+    names = lora_target_names(cfg.lora_target_modules)
+    if not names:
+        yield "lora_target_modules", f"is empty; give {ALL_LINEAR} or module names such as q_proj,v_proj"
+    elif ALL_LINEAR in names and len(names) > 1:
+        yield "lora_target_modules", f"{ALL_LINEAR} already names every linear module; give it alone or a list of names"
 
 
 @dataclass
@@ -158,6 +177,8 @@ class SFTConfig:
     lora_rank: int = setting(0, ge=0)  # 0 = train the backbone in full
     lora_alpha: int = setting(16, ge=1)
     lora_dropout: float = setting(0.0, ge=0, lt=1)
+    # all-linear = every linear layer of every decoder layer (the output layer not), or names: q_proj,v_proj
+    lora_target_modules: str = ALL_LINEAR
     eval_every: int = setting(250, ge=1)
     eval_batch_size: int = setting(256, ge=1)
     checkpoint_every: int = setting(500, ge=0)  # 0 = no checkpoints
@@ -175,6 +196,7 @@ class SFTConfig:
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
         yield from _chat_template_file(self, name)
+        yield from _lora_targets(self, name)
 
 
 @dataclass
@@ -211,6 +233,8 @@ class PPOConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     lora_rank: int = setting(8, ge=1)
     lora_alpha: int = setting(16, ge=1)
+    # all-linear = every linear layer of every decoder layer (the output layer not), or names: q_proj,v_proj
+    lora_target_modules: str = ALL_LINEAR
     kl_coef: float = setting(0.5, ge=0)
     kl_estimator: Literal["k1", "k3"] = "k1"
     kl_ceiling: float = setting(10.0, gt=0)  # warn when the mean sequence KL passes this
@@ -248,6 +272,13 @@ class PPOConfig:
     # with one update per rollout (1 PPO epoch, the whole rollout one mini-batch) the old log-probs (and a
     # shared critic's values) are the first training forward's, not a separate no-grad pass's: same numbers
     reuse_training_forward: bool = True
+    # the training forwards (step 3) keep only each decoder layer's input and recompute the rest in backward:
+    # less activation memory for one more forward; rollouts and scoring (no gradients) are unchanged
+    gradient_checkpointing: bool = False
+    # lora-dynamic, j-hydra, hydra: the frozen backbones in bitsandbytes 8-bit or 4-bit (NF4, as QLoRA) under
+    # the fp32 adapters, so the reference and the reward are the quantised backbone with the adapters off;
+    # heads stay fp32 and the saved policy is merged into a full-precision copy. Needs the quantization extra
+    quantize_backbone: Literal[QUANTIZATIONS] = "no"
     # e.g. 20GiB: before training, probe rollout batches and train with the largest whose peak memory fits
     # (CUDA: max_memory_allocated; CPU: the process's peak RSS); rollout_batch_size is where the search starts
     memory_budget: str = ""
@@ -272,6 +303,13 @@ class PPOConfig:
                                          f"prompt; it needs at least 2 (got {self.samples_per_prompt})")
         if not re.fullmatch(r"|cpu|cuda(:\d+)?", self.device):
             yield "device", f"{self.device!r} is not cpu, cuda or cuda:N ('' picks CUDA when there is one)"
+        yield from _lora_targets(self, name)
+        if self.quantize_backbone != "no" and self.variant not in QUANTIZABLE_VARIANTS:
+            why = ("trains its backbones in full" if self.variant == "full"
+                   else "holds unadapted reference and reward copies")
+            yield "quantize_backbone", (f"{self.quantize_backbone} needs a layout whose reference and reward are the "
+                                        f"frozen backbone with the adapters off ({', '.join(QUANTIZABLE_VARIANTS)}); "
+                                        f"{name('variant')} {self.variant} {why}")
 
 
 @dataclass
@@ -730,12 +768,13 @@ def load_config(cls, path: str | Path, overrides: Iterable[tuple[Mapping[str, An
 
 
 __all__ = [
-    "ALGORITHM_NAMES", "ALGORITHMS", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "LABEL_FIELDS", "MODEL_PRESETS",
-    "NO_CHAT_TEMPLATE",
-    "PPO_VARIANTS", "PRECISIONS", "RUN_LABELS", "SEPARATE_MODEL_VARIANTS", "SFT_MODES", "STAGE_CONFIGS",
+    "ALGORITHM_NAMES", "ALGORITHMS", "ALL_LINEAR", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "LABEL_FIELDS",
+    "MODEL_PRESETS", "NO_CHAT_TEMPLATE", "PPO_VARIANTS", "PRECISIONS", "QUANTIZABLE_VARIANTS", "QUANTIZATIONS",
+    "RUN_LABELS", "SEPARATE_MODEL_VARIANTS", "SFT_MODES", "STAGE_CONFIGS",
     "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
     "bounds", "build", "check_label_table", "check_parameters", "coerce", "coerce_value", "config_file_name",
     "describe_range", "field_names", "field_type", "file_namer", "flag", "from_parameters", "is_recipe",
-    "label_config", "label_layers", "load_config", "parse_run_label", "parse_text", "read_config_file", "run_label",
+    "label_config", "label_layers", "load_config", "lora_target_names", "parse_run_label", "parse_text",
+    "read_config_file", "run_label",
     "save_config", "setting", "stage_settings", "to_dict", "uses_separate_models", "validate",
 ]

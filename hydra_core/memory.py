@@ -1,12 +1,13 @@
 """Memory accounting, measured rather than estimated.
 
 On CUDA the peak is `torch.cuda.max_memory_allocated`; on CPU it is the process peak RSS. Beside
-the peak we count the exact bytes of parameters, trainable parameters, gradients and optimizer
-state, which is what the paper's variants trade against each other.
+the peak we count the exact bytes of parameters (a quantised weight's with its scales), trainable
+parameters, gradients and optimizer state, which is what the paper's variants trade against each other.
 """
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 
@@ -53,6 +54,35 @@ def _tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _numel(p: torch.Tensor) -> int:
+    """The parameters a weight stands for: a bitsandbytes 4-bit weight packs two a byte, its `quant_state`
+    keeps the true shape."""
+    state = getattr(p, "quant_state", None)
+    return math.prod(state.shape) if state is not None else p.numel()
+
+
+def _quantisation_state(modules) -> list[torch.Tensor]:
+    """The tensors bitsandbytes keeps beside its quantised weights: a 4-bit weight's `quant_state` (block
+    scales; under double quantisation a nested state of their own), an 8-bit layer's per-row scales (`SCB`,
+    on the weight until the first forward, then on the layer's `state`). Read by attribute: this module
+    imports nothing optional."""
+    found = {}
+    for module in modules:
+        for layer in module.modules():
+            for holder in [*layer.parameters(recurse=False), getattr(layer, "state", None)]:
+                tensors = [*_state_tensors(getattr(holder, "quant_state", None)), getattr(holder, "SCB", None)]
+                found.update({id(t): t for t in tensors if torch.is_tensor(t)})
+    return list(found.values())
+
+
+def _state_tensors(state):
+    for value in vars(state).values() if state is not None else ():
+        if torch.is_tensor(value):
+            yield value
+        elif type(value) is type(state):  # the nested state of double quantisation
+            yield from _state_tensors(value)
+
+
 def _unique(params):
     seen = {}
     for p in params:
@@ -66,6 +96,7 @@ def model_memory(modules, optimizers=(), trainable=None) -> dict[str, int]:
     `trainable` names the trained parameters where `requires_grad` does not tell (PEFT switches it
     off on every adapter but the active one).
     """
+    modules = list(modules)
     params = list(_unique(p for m in modules for p in m.parameters()))
     trained = {id(p) for p in (trainable if trainable is not None else [p for p in params if p.requires_grad])}
     optimizer_state = sum(
@@ -76,9 +107,9 @@ def model_memory(modules, optimizers=(), trainable=None) -> dict[str, int]:
         if torch.is_tensor(v)
     )
     return {
-        "memory/params": sum(p.numel() for p in params),
+        "memory/params": sum(_numel(p) for p in params),
         "memory/trainable_params": sum(p.numel() for p in params if id(p) in trained),
-        "memory/param_bytes": sum(_tensor_bytes(p) for p in params),
+        "memory/param_bytes": sum(map(_tensor_bytes, [*params, *_quantisation_state(modules)])),
         "memory/trainable_param_bytes": sum(_tensor_bytes(p) for p in params if id(p) in trained),
         # every trained parameter holds a gradient of its own size during a step; counted from the
         # parameters because the gradients are freed (set to None) between steps

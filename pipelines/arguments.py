@@ -72,7 +72,7 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
     arguments: dict = {}
     wired: list[str] = []
     # the pipeline's own section last, whatever the file's order: a parameter set there wins
-    for section in sorted(set(data) - set(C.RECIPE_NOTES), key=lambda name: name == "pipeline"):
+    for section in sorted((s for s in data if s not in C.RECIPE_NOTES), key=lambda name: name == "pipeline"):
         for field, value in (data[section] or {}).items():
             if section == "pipeline":
                 arguments[field] = _typed(field, value)

@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from hydra_core import checkpoint
 from hydra_core.config import DataConfig, ModelInitConfig, PPOConfig, SFTConfig
 from hydra_core.data.prepare import prepare
+from hydra_core.data.splits import load_split
+from hydra_core.models.generation import Decoding, generate
 from hydra_core.models.presets import build_base_model
+from hydra_core.ppo import algorithm as A
 from hydra_core.sft.trainer import run_sft
 
 
@@ -37,6 +41,24 @@ def tiny_sft_config(base: str, data: str, out: str, **changes) -> SFTConfig:
     defaults = dict(model=base, data=data, output_dir=out, steps=6, demo_batch_size=16, pair_batch_size=8,
                     eval_every=3, log_every=2, checkpoint_every=0, greedy_eval_prompts=16, warmup_steps=1)
     return SFTConfig(**{**defaults, **changes})
+
+
+def step_zero_logprobs(stack, data_dir: str):
+    """Sample 8 rollouts from a fresh stack's actor, then the actor's and the reference's log-probs of them
+    (no grad) and the reward model's scores: (actor_logprobs, reference_logprobs, scores)."""
+    prompts = [p.prompt for p in load_split(data_dir, "prompts_train")[:8]]
+    torch.manual_seed(0)
+    with stack.generator() as actor:
+        g = generate(actor, prompts, Decoding(max_new_tokens=5, greedy=False))
+    ids = torch.cat([g.query_ids, g.response_ids], 1)
+    mask = torch.cat([g.query_mask, g.response_mask], 1)
+    P, R = g.query_ids.shape[1], g.response_ids.shape[1]
+    select = (slice(None), slice(P - 1, P + R - 1))
+    with torch.no_grad():
+        actor_logits = stack.actor_forward(ids, mask, select, with_values=False).logits
+        ref_logits, scores = stack.reference_and_scores(ids, mask, select)
+    return (A.token_logprobs(actor_logits, g.response_ids, 1.0), A.token_logprobs(ref_logits, g.response_ids, 1.0),
+            scores)
 
 
 def tiny_ppo_config(model: str, data: str, out, **changes) -> PPOConfig:

@@ -1,6 +1,7 @@
 """The PPO-variants benchmark runs end to end on the tiny preset and writes sane figures.
 
-One small run (tiny-llama, batch 2, one iteration, SFT + full + hydra, each in its own process);
+One small run (tiny-llama, batch 2, one iteration, SFT + full + hydra + a few others, hydra with gradient
+checkpointing among them, each in its own process);
 the assertions read the JSON it writes. The numbers themselves are the benchmark's business.
 """
 
@@ -26,8 +27,8 @@ def report(tmp_path_factory, base_model_dir):
     cache = out / "models" / "tiny-llama"
     shutil.copytree(base_model_dir, cache / "base")
     load_hydra(base_model_dir, heads=("reward",), dtype=torch.float32).save(cache / "hydra-sft", kind="hydra-sft")
-    cmd = [sys.executable, str(SCRIPT), "--sizes", "tiny-llama", "--variants", "sft,full,hydra,hydra-grpo,lora-remax",
-           "--batch", "2", "--samples-per-prompt", "2",
+    cmd = [sys.executable, str(SCRIPT), "--sizes", "tiny-llama", "--variants",
+           "sft,full,hydra,hydra-grpo,lora-remax,hydra+gc", "--batch", "2", "--samples-per-prompt", "2",
            "--prompt-length", "6", "--new-tokens", "3", "--iterations", "1", "--warmup", "0", "--lora-rank", "4",
            "--threads", "1", "--device", "cpu", "--out", str(out / "results"), "--cache-dir", str(out / "models")]
     # Outside the repo and with PYTHONSAFEPATH (inherited by the workers), the script's directory is
@@ -42,7 +43,7 @@ def report(tmp_path_factory, base_model_dir):
 def test_every_run_has_sane_figures(report):
     _, data, _ = report
     runs = {r["variant"]: r for r in data["runs"]}
-    assert set(runs) == {"sft", "full", "hydra", "hydra-grpo", "lora-remax"}
+    assert set(runs) == {"sft", "full", "hydra", "hydra-grpo", "lora-remax", "hydra+gc"}
     for name, r in runs.items():
         assert r["status"] == "ok", r
         assert r["size"] == "tiny-llama" and r["batch"] == 2
@@ -57,7 +58,7 @@ def test_every_run_has_sane_figures(report):
         # AdamW keeps two fp32 moments per trained weight; the gradients match the trained weights
         assert mem["memory/optimizer_bytes"] >= 2 * mem["memory/trainable_param_bytes"]
         assert mem["memory/grad_bytes"] == mem["memory/trainable_param_bytes"]
-    for name in ("full", "hydra", "hydra-grpo", "lora-remax"):  # every response ran to the cap: equal work
+    for name in ("full", "hydra", "hydra-grpo", "lora-remax", "hydra+gc"):  # every response ran to the cap: equal work
         assert runs[name]["response_length"] == 3 and runs[name]["eos_rate"] == 0
         assert runs[name]["responses"] == 2  # grpo: one prompt sampled twice; the others: two prompts
         assert set(runs[name]["phases_s"]) == {"generation", "scoring", "old_policy", "training"}
@@ -65,6 +66,9 @@ def test_every_run_has_sane_figures(report):
         floor = runs[name]["generations"] * runs[name]["decode_weight_bytes"] * 3 / data["memory_bandwidth_bytes_per_s"]
         assert runs[name]["decode_floor_s"] == pytest.approx(floor) and 0 < floor < runs[name]["phases_s"]["generation"]
     assert runs["lora-remax"]["generations"] == 2 and runs["hydra"]["generations"] == 1
+    # a lever changes how hydra runs, not what it holds
+    assert runs["hydra+gc"]["memory"] == runs["hydra"]["memory"] and runs["hydra+gc"]["backbones"] == 1
+    assert runs["hydra+gc"]["phase_peaks_bytes"]["training"] > runs["hydra+gc"]["baseline_bytes"]
 
 
 def test_hydra_trains_a_sliver_of_one_backbone_and_full_holds_four(report):

@@ -309,6 +309,13 @@ def test_the_layouts_that_start_from_a_separate_sft_model_are_those_with_a_rewar
     assert [label for label in C.RUN_LABELS if C.uses_separate_models(label)] == [
         label for label in C.RUN_LABELS if not label.startswith(("hydra", "j-hydra"))]
 
+
+def test_the_quantisable_layouts_are_those_whose_every_role_is_an_adapted_or_adapters_off_backbone():
+    from hydra_core.ppo.roles import FULL, LAYOUTS
+
+    adapted = {variant for variant, roles in LAYOUTS.items() if all(role.adapter != FULL for role in roles)}
+    assert adapted == set(C.QUANTIZABLE_VARIANTS)
+
 # --- every range and relation, from every source ---------------------------------------------------
 
 
@@ -334,6 +341,13 @@ RELATIONS = [
      "not an http(s) URL"),
     (["eval", "--max-prompts", "0"], "--max-prompts: 0 is out of range; it must be at least 1"),
     (["ppo", "--learning-rate", "nan"], "--learning-rate: nan is not a finite number"),
+    (["ppo", "--variant", "lora", "--quantize-backbone", "4bit"], "--quantize-backbone: 4bit needs a layout whose "
+     "reference and reward are the frozen backbone with the adapters off (lora-dynamic, j-hydra, hydra); --variant "
+     "lora holds unadapted reference and reward copies"),
+    (["ppo", "--variant", "full", "--quantize-backbone", "8bit"], "--variant full trains its backbones in full"),
+    (["ppo", "--lora-target-modules", " , "], "--lora-target-modules: is empty; give all-linear or module names"),
+    (["sft", "--lora-target-modules", "all-linear,q_proj"], "--lora-target-modules: all-linear already names every "
+     "linear module"),
 ]
 
 

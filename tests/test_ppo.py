@@ -3,10 +3,8 @@ import json
 import pytest
 import torch
 
-from conftest import kill_and_resume, logged_rows, tiny_ppo_config
+from conftest import kill_and_resume, logged_rows, step_zero_logprobs, tiny_ppo_config
 from hydra_core.config import ALGORITHMS, PPO_VARIANTS
-from hydra_core.data.splits import load_split
-from hydra_core.models.generation import Decoding, generate
 from hydra_core.models.hydra import CONFIG_FILE, load_hydra
 from hydra_core.ppo import algorithm as A
 from hydra_core import checkpoint
@@ -35,19 +33,7 @@ def test_step_zero_actor_equals_reference_and_kl_is_zero(tmp_path, hydra_sft_dir
     cfg = tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path, variant=variant, mixed_precision=precision,
                           **algorithm_settings(algorithm))
     stack = PolicyStack(cfg, torch.device("cpu"))
-    prompts = [p.prompt for p in load_split(arithmetic_dir, "prompts_train")[:8]]
-    torch.manual_seed(0)
-    with stack.generator() as actor:
-        g = generate(actor, prompts, Decoding(max_new_tokens=5, greedy=False))
-    ids = torch.cat([g.query_ids, g.response_ids], 1)
-    mask = torch.cat([g.query_mask, g.response_mask], 1)
-    P, R = g.query_ids.shape[1], g.response_ids.shape[1]
-    select = (slice(None), slice(P - 1, P + R - 1))
-    with torch.no_grad():
-        actor_logits = stack.actor_forward(ids, mask, select, with_values=False).logits
-        actor_lp = A.token_logprobs(actor_logits, g.response_ids, 1.0)
-        ref_logits, scores = stack.reference_and_scores(ids, mask, select)
-    ref_lp = A.token_logprobs(ref_logits, g.response_ids, 1.0)
+    actor_lp, ref_lp, scores = step_zero_logprobs(stack, arithmetic_dir)
     assert torch.equal(actor_lp, ref_lp)  # exactly: a fresh LoRA adapter is zero
     assert A.kl_penalty(actor_lp, ref_lp, "k1").abs().max().item() == 0.0
     assert scores.shape == (8,) and torch.isfinite(scores).all()

@@ -7,14 +7,17 @@ plain HF directory, `AutoModelForCausalLM.from_pretrained(dir)` loads its policy
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -22,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hydra_core.data.chat import apply_template_setting
 from hydra_core.data.encoding import encode_pair_of, pad_right
 from hydra_core.data.schema import Prompt
+from hydra_core.models.quantization import keep_differentiable, loading_settings
 from hydra_core.runtime import default_dtype
 
 HEADS_FILE = "heads.safetensors"
@@ -157,6 +161,42 @@ class HydraModel(nn.Module):
         return out
 
 
+def decoder_layers(causal_lm: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The decoder's layers by their names in `causal_lm` (a HF causal LM, LoRA injected or not): its decoder's
+    list of `num_hidden_layers` blocks, whatever the architecture names it (Llama's `model.layers`, GPT-2's
+    `transformer.h`)."""
+    count = causal_lm.config.get_text_config().num_hidden_layers
+    decoder = causal_lm.get_decoder()
+    prefix = next(name for name, module in causal_lm.named_modules() if module is decoder)
+    for name, module in decoder.named_modules(prefix=prefix):
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return [(f"{name}.{i}", layer) for i, layer in enumerate(module)]
+    raise ValueError(f"{type(causal_lm).__name__}: its decoder holds no list of its {count} layers")
+
+
+def checkpoint_decoder_layers(model: HydraModel) -> None:
+    """Activation checkpointing of every decoder layer: a forward that records gradients keeps each layer's
+    inputs only, and backward recomputes the layer's activations.
+
+    transformers checkpoints a layer only in training mode, and RL keeps every model in eval mode, which is
+    what turns dropout off (and whatever else a layer does differently in training: attention dropout, MoE
+    jitter, ...); so this checkpoints in either mode. Non-reentrant checkpointing, because it lets gradients
+    reach the LoRA weights inside frozen layers whose inputs need none; the recomputation runs under the same
+    autocast and RNG state as the forward, so it gives the same numbers. Without gradients (rollouts,
+    scoring) a layer runs as it is, KV cache included.
+    """
+    for _, layer in decoder_layers(model.base_model):
+        # a method bound to the layer, so a deep copy of the model (`_merged_copy`) checkpoints its own layers
+        layer.forward = types.MethodType(_checkpointed_forward, layer)
+
+
+def _checkpointed_forward(layer: nn.Module, *args, **kwargs):
+    forward = functools.partial(type(layer).forward, layer)
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
 def _merged_copy(peft_model: nn.Module) -> nn.Module:
     """Merge the active LoRA weights into a copy, leaving the live (training) model untouched."""
     import copy
@@ -190,20 +230,25 @@ def load_hydra(
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
     chat_template: str = "",
+    quantization: str = "no",
 ) -> HydraModel:
     """Load a Hydra directory, or wrap any causal LM (local path or hub id) with fresh heads.
 
     A head saved in the directory is restored; a requested head that is not saved starts fresh,
     except that a missing value head starts as a copy of the reward head (the PPO critic's
     initialisation in the paper). `chat_template` is a stage's setting of that name (data.chat); the
-    tokenizer keeps what it gives, and a model saved from this one carries it on.
+    tokenizer keeps what it gives, and a model saved from this one carries it on. `quantization` ("8bit",
+    "4bit") loads the backbone's linear layers quantised on `device` (models.quantization); the heads are
+    never quantised.
     """
     dtype = dtype or default_dtype(device)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     apply_template_setting(tokenizer, chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # common for Llama/GPT-style tokenizers
-    backbone = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    backbone = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                    **loading_settings(quantization, dtype, device))
+    keep_differentiable(backbone)
     meta = json.loads((Path(path) / CONFIG_FILE).read_text()) if is_hydra_dir(path) else {"base_model": str(path)}
     meta.pop("heads", None)
     model = HydraModel(backbone, tokenizer, heads=heads, meta=meta)

@@ -20,6 +20,10 @@ and the reward head together; in j-hydra the actor's logits and the critic's val
 The critic-free algorithms (rloo, grpo, remax) use the same table without its critic column: no
 critic adapter, no value head, no critic model (lora-dynamic's reward is then the plain frozen
 reward model), and `hydra` is one backbone with ONE adapter, the actor's.
+
+Where no role trains a model in FULL and the reference and reward are models with their adapters OFF
+(lora-dynamic, j-hydra, hydra: `config.QUANTIZABLE_VARIANTS`), every backbone may be quantised
+(`quantize_backbone`): the roles then all read the same quantised weights, and the step-0 KL stays 0.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ import torch
 from torch import nn
 
 from hydra_core.config import CRITIC_FREE, PPOConfig
-from hydra_core.models.hydra import HEAD_NAMES, HydraModel, load_hydra, require_reward_head
-from hydra_core.models.lora import add_lora
+from hydra_core.models.hydra import HEAD_NAMES, HydraModel, checkpoint_decoder_layers, load_hydra, require_reward_head
+from hydra_core.models.lora import add_lora, merged_full_precision
 from hydra_core.runtime import mixed_precision
 
 FULL, OFF = "<full>", "<off>"
@@ -57,6 +61,18 @@ LAYOUTS = {
 SOURCES = {"policy": "policy", "reference": "policy", "reward": "reward", "critic": "reward", "hydra": "policy"}
 
 
+def _paths(cfg: PPOConfig) -> dict[str, str]:
+    return {"policy": cfg.model, "reward": cfg.reward_model or cfg.model}
+
+
+def adapter_sources(cfg: PPOConfig) -> list[str]:
+    """The models (directories or hub ids) this layout puts LoRA adapters on, so that their
+    `lora_target_modules` can be checked before any work."""
+    actor, critic, _, _ = LAYOUTS[cfg.variant]
+    trained = [actor] if cfg.algorithm in CRITIC_FREE else [actor, critic]
+    return list(dict.fromkeys(_paths(cfg)[SOURCES[role.model]] for role in trained if role.adapter not in (FULL, OFF)))
+
+
 class PolicyStack:
     """The models of one variant and the forward passes the RL loop asks of them."""
 
@@ -69,13 +85,14 @@ class PolicyStack:
         self.device = device
         self.precision = mixed_precision(cfg.mixed_precision, device)
         self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
-        paths = {"policy": cfg.model, "reward": cfg.reward_model or cfg.model}
+        self.cfg = cfg
+        paths = _paths(cfg)
         require_reward_head(paths[SOURCES[self.reward.model]], f"the reward model of --variant {cfg.variant}")
         # Each model carries the heads its roles read: the critic the value head, the reward model the reward head.
         reads = {"value": self.critic, "reward": self.reward}
         roles = [role for role in (self.actor, self.critic, self.reference, self.reward) if role is not None]
-        frozen_dtype = frozen_weights_dtype(self.precision, any(r.adapter == FULL for r in (self.actor, self.critic)
-                                                                if r is not None))
+        trains_a_model_in_full = any(r.adapter == FULL for r in (self.actor, self.critic) if r is not None)
+        self.frozen_dtype = frozen_weights_dtype(self.precision, trains_a_model_in_full)
 
         self.models: dict[str, HydraModel] = {}
         for role in roles:
@@ -83,15 +100,20 @@ class PolicyStack:
                 continue
             heads = tuple(head for head in HEAD_NAMES if reads.get(head) and reads[head].model == role.model)
             trains_in_full = role in (self.actor, self.critic) and role.adapter == FULL
-            dtype = torch.float32 if trains_in_full else frozen_dtype
+            dtype = torch.float32 if trains_in_full else self.frozen_dtype
             model = load_hydra(paths[SOURCES[role.model]], heads=heads, device=device, dtype=dtype,
-                               trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template)
+                               trust_remote_code=cfg.trust_remote_code, chat_template=cfg.chat_template,
+                               quantization=cfg.quantize_backbone)
             model.requires_grad_(trains_in_full)
             self.models[role.model] = model
         for role in dict.fromkeys(r for r in (self.actor, self.critic) if r):  # ordered: adapter init draws RNG
             if role.adapter not in (FULL, OFF):
-                add_lora(self.models[role.model], cfg.lora_rank, cfg.lora_alpha, name=role.adapter)
+                add_lora(self.models[role.model], cfg.lora_rank, cfg.lora_alpha, name=role.adapter,
+                         target_modules=cfg.lora_target_modules)
                 self.models[role.model].to(device)
+        if cfg.gradient_checkpointing:  # the models step 3 trains; the others never record gradients
+            for key in dict.fromkeys(role.model for role in (self.actor, self.critic) if role):
+                checkpoint_decoder_layers(self.models[key])
         value_head = []
         if self.critic:
             value_head = list(self.models[self.critic.model].heads["value"].float().requires_grad_(True).parameters())
@@ -171,6 +193,17 @@ class PolicyStack:
         """The actor, ready to sample rollouts."""
         with self.active(self.actor) as model:
             yield model
+
+    @contextlib.contextmanager
+    def saved_policy(self):
+        """The actor as the policy to save: its model with the actor's adapter active (saving merges it into a
+        copy), or over a quantised backbone that adapter merged into a full-precision copy of the backbone."""
+        if self.cfg.quantize_backbone == "no":
+            with self.generator() as model:
+                yield model
+            return
+        yield merged_full_precision(self.policy_model, self.actor.adapter, _paths(self.cfg)[SOURCES[self.actor.model]],
+                                    self.frozen_dtype, self.cfg.trust_remote_code)
 
     def unique_modules(self) -> list[nn.Module]:
         return list(self.models.values())

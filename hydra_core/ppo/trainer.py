@@ -35,10 +35,12 @@ from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes, reset_peak, stage_peak_bytes
 from hydra_core.models.generation import Decoding, generate
+from hydra_core.models.lora import check_lora_targets, wrapped_modules
+from hydra_core.models.quantization import check_quantization
 from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_curves
 from hydra_core.ppo import algorithm as A
-from hydra_core.ppo.roles import PolicyStack
+from hydra_core.ppo.roles import PolicyStack, adapter_sources
 from hydra_core.runtime import keep_freed_memory, pick_device, seed_everything
 from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 
@@ -46,7 +48,7 @@ SUMMARY_FILE = "ppo_summary.json"
 CURVES_FILE = "ppo_curves.png"
 # settings a resumed run may change without changing what it computes
 RESUMABLE = ("resume", "overwrite", "checkpoint_every", "eval_every", "greedy_eval_prompts", "kl_ceiling", "device",
-             "output_dir", "trust_remote_code")
+             "output_dir", "trust_remote_code", "gradient_checkpointing")
 CURVES = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value", "loss/kl",
           "policy/clipfrac", "objective/group_reward_std", "eval/gold_accuracy")
 
@@ -290,6 +292,9 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     check_model(cfg.model, "model")
     if cfg.reward_model:
         check_model(cfg.reward_model, "reward_model")
+    for path in adapter_sources(cfg):
+        check_lora_targets(path, cfg.lora_target_modules, cfg.trust_remote_code)
+    check_quantization(cfg.quantize_backbone, device)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -328,7 +333,7 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     label = run_label(cfg.variant, cfg.algorithm)
     summary: dict = {"variant": label, "layout": cfg.variant, "algorithm": cfg.algorithm, "steps": cfg.steps,
                      "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation,
-                     "mixed_precision": stack.precision, "truncation": cut}
+                     "mixed_precision": stack.precision, "truncation": cut, **wrapped_modules(stack.unique_modules())}
     if budget_search:
         summary["memory_budget_search"] = budget_search
     if verifier:
@@ -372,9 +377,8 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     # figures of the finished stage, one value each: params, not one-point charts
     tracker.log_params({**memory, "memory/stage_peak_bytes": stage_peak_bytes(history),
                         "time/train_seconds": round(summary["train_seconds_this_run"], 1), **truncation_params(cut)})
-    with stack.generator():
-        stack.policy_model.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model,
-                                data=cfg.data)
+    with stack.saved_policy() as policy:
+        policy.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model, data=cfg.data)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     if plot_curves(history, CURVES, out_dir / CURVES_FILE, title=name):
         tracker.log_artifact(out_dir / CURVES_FILE)

@@ -29,7 +29,7 @@ from hydra_core.data.tasks import verifier_for
 from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes, stage_peak_bytes
 from hydra_core.models.hydra import HydraModel, load_hydra
-from hydra_core.models.lora import add_lora
+from hydra_core.models.lora import add_lora, check_lora_targets, wrapped_modules
 from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_curves
 from hydra_core.runtime import keep_freed_memory, mixed_precision, seed_everything
@@ -111,6 +111,8 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
     distributed run.
     """
     check_model(cfg.model, "model")
+    if cfg.lora_rank:
+        check_lora_targets(cfg.model, cfg.lora_target_modules, cfg.trust_remote_code)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.mode == "rm" else []
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
@@ -141,7 +143,7 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
     # before any training: renders every prompt once (a record the chat template cannot render stops here)
     cut = {name: truncation(model.tokenizer, data[name], cfg.max_length) for name in READS[cfg.mode]}
     if cfg.lora_rank:
-        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, target_modules=cfg.lora_target_modules)
     if cfg.gradient_checkpointing:
         model.base_model.gradient_checkpointing_enable()
     model.to(accelerator.device)
@@ -224,7 +226,7 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
     bar.close()
 
     summary = {"steps": cfg.steps, "train_seconds": time.perf_counter() - started, "processes": world,
-               "mixed_precision": precision, "truncation": cut}
+               "mixed_precision": precision, "truncation": cut, **wrapped_modules([model])}
     if main:
         memory = model_memory([model], [optimizer])
         model.eval()
