@@ -11,7 +11,8 @@ import yaml
 from mlflow import MlflowClient
 
 from hydra_core import cli
-from hydra_core.config import STAGE_CONFIGS, SFTConfig, field_names
+from hydra_core.config import STAGE_CONFIGS, ModelInitConfig, SFTConfig, field_names
+from hydra_core.models.presets import build_base_model
 from pipelines.hydra_rlhf import CHECKED, PPO_VARIANT_CONFIG, STAGE_PARAMETERS, compile_pipeline, hydra_rlhf
 
 TINY = [
@@ -452,8 +453,11 @@ def test_a_chat_recipe_runs_on_its_stand_in_and_hydra_labels_only_train_no_separ
 def test_a_failed_local_run_says_so_and_leaves_no_mlflow_run_open(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"
-    # a setting no check before the run can refuse: the base model is looked up when the SFT step runs
-    argv = ["run", "--output-dir", str(out), *params(*TINY[:2], f"base_model={tmp_path / 'no-such-model'}")]
+    # what no check before the run can refuse: a base model whose weights are damaged (data prep reads only its
+    # tokenizer; the SFT step fails loading the weights)
+    damaged = build_base_model(ModelInitConfig(output_dir=str(tmp_path / "damaged-model")))
+    (damaged / "model.safetensors").write_bytes(b"not safetensors")
+    argv = ["run", "--output-dir", str(out), *params(*TINY[:2], f"base_model={damaged}")]
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 1
@@ -461,7 +465,7 @@ def test_a_failed_local_run_says_so_and_leaves_no_mlflow_run_open(tmp_path, monk
     err = captured.err
     assert "Inner task failed: 'hydra-sft'" in err and "\x1b[" not in err
     # the end of the failed step's log, where the error is, and where the whole log is
-    assert f"The end of the failed step's log, {out / 'logs' / 'hydra-sft.log'}:" in err and "no-such-model" in err
+    assert f"The end of the failed step's log, {out / 'logs' / 'hydra-sft.log'}:" in err and "safetensors" in err
     assert "FAILED after" in captured.out and len(captured.out.splitlines()) < 20
     assert f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in err
 
