@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers import AutoTokenizer
 
 from hydra_core import cli
 from hydra_core.config import ConfigError, read_config_file
+from hydra_core.data import chat
 from pipelines.arguments import ArgumentError, STAND_IN_BUDGET, pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +84,10 @@ def test_every_stage_runs_the_recipe_on_its_stand_in_for_two_steps(tmp_path, pat
     summary = json.loads((evaluation / "eval_summary.json").read_text())
     assert summary["pairs"] == min(4, manifest["counts"]["prompts_eval"]) and summary["errors"] == 0
     # the stand-in's template went with the model: the policy's tokenizer still ends a turn the same way
-    tokenizer = json.loads((ppo / "tokenizer_config.json").read_text())
-    turn_end = TURN_ENDS.get(stand_in["preset"])
-    assert bool(tokenizer.get("chat_template") or (ppo / "chat_template.jinja").exists()) == bool(turn_end)
+    tokenizer = AutoTokenizer.from_pretrained(ppo)
+    turn_end = TURN_ENDS.get(stand_in["preset"], tokenizer.eos_token)
+    assert chat.uses_template(tokenizer) == (stand_in["preset"] in TURN_ENDS)
+    assert tokenizer.convert_ids_to_tokens(chat.end_of_turn_id(tokenizer)) == turn_end
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)

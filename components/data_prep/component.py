@@ -28,8 +28,8 @@ def data_prep(
 ) -> NamedTuple("DataPrepOutputs", [("parent_run_id", str), ("run_id", str)]):
     """Prepare preference data into a directory of splits (hydra_core DataConfig: a parameter left
     None, an integer -1, keeps the config default, `config` sets any other field). Given a `tokenizer` (the
-    model the stages will train: a directory or hub id), the manifest counts the records the length limits cut. Nests its MLflow run under
-    `parent_run_id`, else the run the cluster opened (MLFLOW_RUN_ID), else a parent run it opens (named
+    model the stages will train: a directory or hub id), the manifest counts the records the length limits
+    cut. Nests its MLflow run under `parent_run_id`, else the run the cluster opened (MLFLOW_RUN_ID), else a parent run it opens (named
     `pipeline_run_name`) and ends; returns that parent and this step's run id. The data's metadata carries
     the parent run id, so the steps that read the data nest under it too. `open_parent_run` False: no parent
     opened, a top-level run unless `parent_run_id` is given (in a DAG with a step of its own for the parent

@@ -112,4 +112,3 @@ def end_of_turn_id(tokenizer) -> int:
 def stop_ids(tokenizer) -> list[int]:
     """Every token that ends a generated response: the end of turn, and EOS."""
     return list(dict.fromkeys([end_of_turn_id(tokenizer), tokenizer.eos_token_id]))
-
