@@ -210,7 +210,8 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "", sources:
 def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None) -> dict:
     """`run_ppo` in an `<algorithm>-<variant>` run (`ppo-hydra`, `grpo-hydra`); the policy directory is
     logged as the `model` artifact. `sources`: what the run records in place of local paths (`_stage_run`).
-    The summary it returns says how long the stage took (`stage_seconds`)."""
+    The summary it returns says how long the stage took (`stage_seconds`); {} on the other processes of a
+    data-parallel run."""
     started = time.perf_counter()
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
@@ -218,8 +219,9 @@ def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None) -> dict
                        tags={"variant": cfg.variant, "algorithm": cfg.algorithm}, sources=sources) as run:
         _log_splits(run, cfg.data, ("prompts_train",))
         summary = run_ppo(cfg, run)
-        _log_output_dir(run, cfg.output_dir)
-    return {**summary, "stage_seconds": time.perf_counter() - started, "tracking": run.status()}
+        if summary:
+            _log_output_dir(run, cfg.output_dir)
+    return {**summary, "stage_seconds": time.perf_counter() - started, "tracking": run.status()} if summary else {}
 
 
 def ppo_models(label: str, hydra_sft: str, sft: str = "", reward_model: str = "") -> dict[str, str | None]:
