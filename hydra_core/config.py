@@ -27,7 +27,7 @@ from hydra_core.distributed import launched_world
 
 # The choices of the fields below: each list is written here once, and everything else reads it.
 DATA_FORMATS = ("arithmetic", "generic", "conversational", "hh-rlhf", "stack-exchange-paired", "tldr")
-MODEL_PRESETS = ("tiny-llama", "llama-30m", "llama-120m", "tiny-gpt-neox", "tiny-qwen2", "tiny-llama3", "tiny-gpt2")
+MODEL_PRESETS = ("tiny-llama", "llama-30m", "llama-120m", "llama-1b", "tiny-gpt-neox", "tiny-qwen2", "tiny-llama3", "tiny-gpt2")
 SFT_MODES = ("sft", "rm", "hydra")
 PPO_VARIANTS = ("full", "lora", "lora-dynamic", "j-hydra", "hydra")  # memory layouts (the paper's Table 2)
 ALGORITHMS = ("ppo", "rloo", "grpo", "remax")  # policy-gradient methods; all but ppo are critic-free

@@ -135,6 +135,20 @@ def test_a_two_process_run_resumes_after_a_kill(tmp_path, hydra_sft_dir, arithme
     assert "written by 2 data-parallel process(es) and this run has 1; resume with 2" in one.stderr
 
 
+def test_accelerate_launch_runs_the_same_processes(tmp_path, hydra_sft_dir, arithmetic_dir):
+    """`accelerate launch` starts the processes as torchrun does; PPO joins them as one group on CPU."""
+    out = tmp_path / "ppo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
+         "--main_process_port", str(_free_port()), "-m", "hydra_core.cli", "ppo", "--model", hydra_sft_dir,
+         "--data", arithmetic_dir, "--output-dir", str(out), "--steps", "1", "--rollout-batch-size", "8",
+         "--mini-batch-size", "4", "--lora-rank", "4", "--greedy-eval-prompts", "4", "--max-new-tokens", "4"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("policy written to") == 1
+    assert json.loads((out / SUMMARY_FILE).read_text())["processes"] == 2
+
+
 @pytest.mark.parametrize("setting,value,field", [("rollout_batch_size", 7, "rollout_batch_size"),
                                                  ("mini_batch_size", 3, "mini_batch_size"),
                                                  ("memory_budget", "4GiB", "memory_budget"),
@@ -146,3 +160,35 @@ def test_settings_that_do_not_split_over_the_processes_are_refused(monkeypatch, 
     assert flag(field) in str(e.value) and "2 data-parallel processes" in str(e.value)
     monkeypatch.setenv("WORLD_SIZE", "1")
     build(PPOConfig, ({"rollout_batch_size": 8, "mini_batch_size": 4, setting: value}, flag))
+
+
+@pytest.mark.embedded
+def test_two_processes_raise_gold_accuracy_on_the_embedded_default_as_one_does(tmp_path):
+    """The embedded default's Hydra-SFT (1,500 steps, minutes), then its Hydra-PPO in one process and in two
+    at the same global batch: both raise the greedy gold accuracy."""
+    recipe = ["--config", str(Path(__file__).parents[1] / "configs" / "embedded-default.yaml")]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+    def stage(*args, launcher=(sys.executable,)):
+        proc = subprocess.run([*launcher, "-m", "hydra_core.cli", *args, *recipe], env=env, capture_output=True,
+                              text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    stage("init-model", "--output-dir", str(tmp_path / "base"))
+    stage("prepare", "--output-dir", str(tmp_path / "data"))
+    stage("sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "data"), "--output-dir",
+          str(tmp_path / "sft"))
+    gold = {}
+    for processes, launcher in ((1, (sys.executable,)), (2, TORCHRUN)):
+        out = tmp_path / f"ppo-{processes}"
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // processes))
+        stage("ppo", "--model", str(tmp_path / "sft"), "--data", str(tmp_path / "data"), "--output-dir", str(out),
+              launcher=launcher)
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+        assert summary["processes"] == processes
+        gold[processes] = (summary["eval/gold_accuracy_before"], summary["eval/gold_accuracy"])
+        print(f"{processes} process(es): greedy gold accuracy {gold[processes][0]:.4f} -> {gold[processes][1]:.4f}, "
+              f"{summary['train_seconds_this_run']:.0f} s")
+    assert gold[1][0] == gold[2][0]  # one SFT model, one eval set
+    for before, after in gold.values():
+        assert after > before + 0.1

@@ -16,7 +16,7 @@ from hydra_core import cli
 from hydra_core.config import MODEL_PRESETS, ModelInitConfig
 from hydra_core.models.hydra import load_hydra
 from hydra_core.models.lora import add_lora
-from hydra_core.models.presets import build_base_model
+from hydra_core.models.presets import build_base_model, char_tokenizer, model_config, preset
 
 EOT = "<|endoftext|>"
 # The real families' tokens: which play bos / eos / unk (None: the family has none), the other special
@@ -35,6 +35,8 @@ LLAMA_WEIGHTS = {
     "llama-30m": "33d5eff721114219ede81782ae526b90aa66dbfcf6123d491f6e9c4176474709",
     "llama-120m": "ae6ec72f422210b782c3fd00fda04cca28a0d841f4565e5d0d60b196114e67f6",
 }
+# Too large to build in the suite (3.7 GiB of fp32 weights): its size is checked on the meta device.
+GPU_SIZES = {"llama-1b": 1.0e9}
 # NFC, as Qwen2's tokenizer normalizes text to it: other texts come back composed.
 TEXT = "Grüße, 世界! naïve café 😀\n\tdef f(x):\n        return x ** 2  # ½\r\n\n23+48=71  "
 CHAT = [{"role": "user", "content": "What is 23+48?"}, {"role": "assistant", "content": "71"},
@@ -45,7 +47,8 @@ SYSTEM = {"role": "system", "content": "Answer with a number."}
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("presets")
-    return {name: build_base_model(ModelInitConfig(output_dir=str(root / name), preset=name)) for name in MODEL_PRESETS}
+    return {name: build_base_model(ModelInitConfig(output_dir=str(root / name), preset=name)) for name in MODEL_PRESETS
+            if name not in GPU_SIZES}
 
 
 def weights_digest(model) -> str:
@@ -57,10 +60,18 @@ def weights_digest(model) -> str:
 
 
 def test_the_table_names_every_preset_here():
-    assert set(STAND_INS) | set(LLAMA_WEIGHTS) == set(MODEL_PRESETS)
+    assert set(STAND_INS) | set(LLAMA_WEIGHTS) | set(GPU_SIZES) == set(MODEL_PRESETS)
 
 
-@pytest.mark.parametrize("name", MODEL_PRESETS)
+@pytest.mark.parametrize("name", GPU_SIZES)
+def test_the_gpu_sizes_have_the_parameters_they_are_named_for(name):
+    spec = preset(name)
+    with torch.device("meta"):
+        model = spec.architecture(model_config(spec, char_tokenizer()))
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(GPU_SIZES[name], rel=0.05)
+
+
+@pytest.mark.parametrize("name", [n for n in MODEL_PRESETS if n not in GPU_SIZES])
 def test_every_preset_is_an_ordinary_hf_directory(built, name):
     model = AutoModelForCausalLM.from_pretrained(built[name])
     tokenizer = AutoTokenizer.from_pretrained(built[name])

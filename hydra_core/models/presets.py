@@ -87,8 +87,9 @@ class Preset:
 # The tiny-<architecture> stand-ins' shape: ~1M parameters, and room for a recipe's 1,024-token sequences.
 _TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
              max_position_embeddings=1024)
-# tiny-llama is the embedded default (~1M params); llama-30m and llama-120m exist for the memory
-# benchmark (~30M and ~120M with a 32k vocabulary).
+# tiny-llama is the embedded default (~1M params); llama-30m, llama-120m and llama-1b exist for the memory
+# benchmark (~30M, ~120M and ~1.0B with a 32k vocabulary; llama-1b is for a GPU: its fp32 weights alone are
+# 3.7 GiB, and the GPU check measures at that size).
 # tiny-llama starts from a wider init than Llama's 0.02: from 0.02 its Hydra-SFT sat on a loss
 # plateau for 500 to 1,200 steps (when it left it depended on the seed and float rounding), from
 # 0.08 it leaves it within 200 to 400 steps.
@@ -102,6 +103,9 @@ PRESETS = {
     "llama-120m": Preset(LlamaForCausalLM, "char", True, dict(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12, intermediate_size=2048,
         vocab_size=32000, max_position_embeddings=1024)),
+    "llama-1b": Preset(LlamaForCausalLM, "char", True, dict(
+        hidden_size=2048, num_hidden_layers=18, num_attention_heads=16, num_key_value_heads=16, intermediate_size=5632,
+        vocab_size=32000, max_position_embeddings=2048)),
     # Pythia: rotary on a quarter of each head and parallel residuals, GPTNeoXConfig's defaults.
     "tiny-gpt-neox": Preset(GPTNeoXForCausalLM, "gpt2", False, _TINY),
     # grouped-query attention, 2 key-value heads for 4 query heads (Qwen2.5-0.5B: 2 for 14)
