@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, get_args, get_origin
 
-from hydra_core.distributed import launched_world
+from hydra_core.distributed import accelerate_fsdp_launch, launched_world
 
 # The choices of the fields below: each list is written here once, and everything else reads it.
 DATA_FORMATS = ("arithmetic", "generic", "conversational", "hh-rlhf", "stack-exchange-paired", "tldr")
@@ -287,10 +287,15 @@ class PPOConfig:
     memory_budget: str = ""
     trust_remote_code: bool = False
     chat_template: str = ""  # as SFT's: "" the model's own, none for plain text, or a Jinja template file
+    # data-parallel processes only: each model sharded over them by FSDP2 (decoder layers and the rest), for
+    # backbones that do not fit one device; the adapters and heads train as without it. No `full`, no quantised
+    # backbone, no checkpoints (the end policy is saved)
+    shard_backbone: bool = False
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
         yield from _chat_template_file(self, name)
+        yield from _sharding(self, name, launched_world())
         if self.memory_budget:
             try:
                 parse_bytes(self.memory_budget)
@@ -314,6 +319,28 @@ class PPOConfig:
             yield "quantize_backbone", (f"{self.quantize_backbone} needs a layout whose reference and reward are the "
                                         f"frozen backbone with the adapters off ({', '.join(QUANTIZABLE_VARIANTS)}); "
                                         f"{name('variant')} {self.variant} {why}")
+
+
+def _sharding(cfg: PPOConfig, name: Namer, world: int):
+    """What `shard_backbone` supports, refused up front rather than failing inside FSDP."""
+    if accelerate_fsdp_launch():  # an accelerate config with distributed_type FSDP: its fsdp_config is not read
+        yield "shard_backbone", ("PPO does not read accelerate's fsdp_config (it runs no Accelerator.prepare): "
+                                 "launch with configs/accelerate-fsdp.yaml (MULTI_GPU) and give --shard-backbone")
+    if not cfg.shard_backbone:
+        return
+    if world == 1:
+        yield "shard_backbone", ("shards over data-parallel processes and this is 1; launch 2 or more (torchrun "
+                                 "--nproc_per_node N or accelerate launch --config_file configs/accelerate-fsdp.yaml)")
+    if cfg.variant == "full":
+        yield "shard_backbone", (f"needs a layout that trains adapters; {name('variant')} full trains whole "
+                                 "backbones (use lora, lora-dynamic, j-hydra or hydra)")
+    if cfg.quantize_backbone != "no":
+        yield "shard_backbone", f"and {name('quantize_backbone')} {cfg.quantize_backbone}: FSDP does not shard " \
+                                "bitsandbytes' quantised weights; choose one"
+    if cfg.checkpoint_every or cfg.resume:
+        field = "checkpoint_every" if cfg.checkpoint_every else "resume"
+        yield field, f"is not supported with {name('shard_backbone')}: checkpoints of sharded models are not " \
+                     "written (the policy is saved at the end); set it to 0 / false"
 
 
 def _data_parallel(cfg: PPOConfig, name: Namer, world: int):

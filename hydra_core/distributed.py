@@ -6,6 +6,10 @@ head; every weight in `full`) have their gradients averaged, by an all-reduce af
 backward passes. DDP would do the same for one module with one forward per backward; the Hydra layouts
 run several roles through one model (actor and critic adapters, each with its own backward), which DDP's
 hooks do not follow. With one process every collective is the identity and nothing is initialised.
+
+With `--shard-backbone` each model is sharded by FSDP2 (`models.hydra.shard_across_processes`): its
+parameters become DTensors, each process holding one shard. FSDP itself averages their gradients (a
+reduce-scatter in backward) and a shard exists once, so the collectives below leave DTensors alone.
 """
 
 from __future__ import annotations
@@ -15,15 +19,32 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 # gradients are averaged in flat buffers of at most this many elements: one buffer for a few LoRA sets,
 # a handful for a `full` 1B model, without a second copy of every gradient at once
 BUCKET_ELEMENTS = 1 << 24
 
 
+def is_sharded(t: torch.Tensor) -> bool:
+    """Whether `t` is a DTensor: a parameter FSDP shards over the processes."""
+    return isinstance(t, DTensor)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """`t` whole: a sharded parameter gathered from every process (a collective: every process must ask, in the
+    same order), any other tensor as it is."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
 def launched_world() -> int:
     """How many processes the launcher started (1 outside torchrun / accelerate launch)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def accelerate_fsdp_launch() -> bool:
+    """Whether `accelerate launch` ran with a config of distributed_type FSDP (it exports ACCELERATE_USE_FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
 
 
 @dataclass(frozen=True)
@@ -60,20 +81,24 @@ class Processes:
 
     def broadcast_parameters(self, params: list[torch.nn.Parameter]) -> None:
         """Give every process the main process's values, so that they start equal however each
-        initialised them."""
+        initialised them. A sharded parameter is skipped: each of its shards lives on one process only, so
+        there is nothing to make equal (and broadcasting rank 0's shard would overwrite the others')."""
         if self.world == 1:
             return
         with torch.no_grad():
             for p in params:
-                dist.broadcast(p.data, src=0)
+                if not is_sharded(p):
+                    dist.broadcast(p.data, src=0)
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace each parameter's gradient by its mean over the processes (a missing one counts as 0)."""
+        """Replace each parameter's gradient by its mean over the processes (a missing one counts as 0).
+        Sharded parameters are skipped: FSDP averaged theirs in backward, and their gradients are shards, a
+        different part of the tensor on each process, which an all-reduce would mix."""
         if self.world == 1:
             return
         bucket: list[torch.nn.Parameter] = []
         size = 0
-        for p in params:
+        for p in (p for p in params if not is_sharded(p)):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             if bucket and size + p.numel() > BUCKET_ELEMENTS:

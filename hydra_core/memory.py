@@ -13,6 +13,8 @@ import sys
 
 import torch
 
+from hydra_core.distributed import is_sharded
+
 
 def peak_rss_bytes() -> int:
     """Peak RSS since the last `reset_peak` (Linux VmHWM), else since the process started."""
@@ -51,6 +53,8 @@ def stage_peak_bytes(rows) -> int:
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:
+    """The bytes this process holds: of a sharded (FSDP) parameter, its own shard."""
+    t = t.to_local() if is_sharded(t) else t
     return t.numel() * t.element_size()
 
 

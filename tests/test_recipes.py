@@ -16,7 +16,8 @@ from hydra_core.data import chat
 from pipelines.arguments import ArgumentError, STAND_IN_BUDGET, pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
+# accelerate-*.yaml are launcher configs (`accelerate launch --config_file`), not recipes
+RECIPES = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("accelerate-"))
 # what stands in for each recipe's hub model: the model class of the real one
 ARCHITECTURES = {"EleutherAI/pythia-410m": "GPTNeoXForCausalLM", "Qwen/Qwen2.5-0.5B-Instruct": "Qwen2ForCausalLM",
                  "meta-llama/Llama-3.2-1B": "LlamaForCausalLM"}

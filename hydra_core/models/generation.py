@@ -58,7 +58,7 @@ def generate(model, prompts: list[Prompt], decoding: Decoding, *, max_prompt_len
             "top_k": decoding.top_k or None,
             "top_p": decoding.top_p,
         }
-        out = model.backbone.generate(
+        out = model.generate(
             **batch,
             max_new_tokens=decoding.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,

@@ -122,6 +122,12 @@ class HydraModel(nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):
             return head(hidden.to(head.weight.dtype)).squeeze(-1)
 
+    def generate(self, **kwargs) -> torch.Tensor:
+        """The backbone's Hugging Face `generate` (its active adapters used). A method of this model so that,
+        sharded (`shard_across_processes`), FSDP gathers this model's own weights (embeddings, final norm,
+        output layer, heads) around the whole of a generation, as it does around `forward`."""
+        return self.backbone.generate(**kwargs)
+
     # --- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path, heads=None, **meta) -> Path:
         """Write the backbone (active LoRA merged), tokenizer, heads and config as one directory.
@@ -188,6 +194,25 @@ def checkpoint_decoder_layers(model: HydraModel) -> None:
     for _, layer in decoder_layers(model.base_model):
         # a method bound to the layer, so a deep copy of the model (`_merged_copy`) checkpoints its own layers
         layer.forward = types.MethodType(_checkpointed_forward, layer)
+
+
+def shard_across_processes(model: HydraModel) -> None:
+    """Shard `model` over the data-parallel processes with FSDP2 (`fully_shard`; the process group is joined):
+    each decoder layer is one unit, gathered for its forward (and backward) and freed after, and the model itself
+    the root unit (embeddings, final norm, output layer, heads). Frozen weights and the adapters and heads that
+    train share a unit; FSDP averages the trained ones' gradients.
+
+    `fully_shard` replaces every parameter by a DTensor shard: lists of parameters (an optimizer's) must be
+    taken after this call, or they hold tensors that no forward reads. Every process must run the same
+    forwards, backwards and generation steps, since each gathers a unit's weights from all of them; HF
+    `generate` keeps stepping a process whose responses have all ended while another's are still going
+    (`synced_gpus`, which transformers turns on for an FSDP-managed model)."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    for _, layer in decoder_layers(model.base_model):
+        fully_shard(layer)
+    fully_shard(model)
+    register_fsdp_forward_method(model, "generate")  # else generate reads the root's weights still sharded
 
 
 def _checkpointed_forward(layer: nn.Module, *args, **kwargs):

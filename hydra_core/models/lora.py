@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from hydra_core.config import ALL_LINEAR, flag, lora_target_names
+from hydra_core.distributed import full_tensor
 from hydra_core.models.hydra import HydraModel, decoder_layers, load_hydra
 
 SETTING = flag("lora_target_modules")
@@ -100,13 +101,21 @@ def wrapped_modules(models) -> dict:
     return {"lora_modules": leaf_names(names), "lora_wrapped_modules": len(names)}
 
 
+def adapter_weights(model: HydraModel, adapter: str) -> dict[str, torch.Tensor]:
+    """The weights of `model`'s adapter `adapter`, whole: sharded (FSDP) ones gathered, so every process of a
+    sharded model must ask."""
+    return {k: full_tensor(v) for k, v in get_peft_model_state_dict(model.backbone, adapter_name=adapter).items()}
+
+
 def merged_full_precision(model: HydraModel, adapter: str, path: str, dtype: torch.dtype,
-                          trust_remote_code: bool = False) -> HydraModel:
+                          trust_remote_code: bool = False, weights: dict[str, torch.Tensor] | None = None
+                          ) -> HydraModel:
     """`model`'s policy with `adapter` active, merged into a full-precision copy of its backbone loaded from
     `path` on the CPU: merged into a quantised backbone, the trained weights would be rounded to its 4-bit or
-    8-bit grid, and a GPU may have no room for a second, full copy. No heads."""
+    8-bit grid, and a GPU may have no room for a second, full copy (a sharded backbone has no whole copy at
+    all). No heads. `weights`: the adapter's, from `adapter_weights` (default: read from `model` here)."""
+    weights = adapter_weights(model, adapter) if weights is None else weights
     plain = load_hydra(path, heads=(), device="cpu", dtype=dtype, trust_remote_code=trust_remote_code).backbone
     adapted = get_peft_model(plain, copy.deepcopy(model.backbone.peft_config[adapter]), adapter_name=adapter)
-    set_peft_model_state_dict(adapted, get_peft_model_state_dict(model.backbone, adapter_name=adapter),
-                              adapter_name=adapter)
+    set_peft_model_state_dict(adapted, {k: v.cpu() for k, v in weights.items()}, adapter_name=adapter)
     return HydraModel(adapted.merge_and_unload(), model.tokenizer, heads=(), meta=model.meta)

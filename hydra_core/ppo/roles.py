@@ -24,6 +24,10 @@ reward model), and `hydra` is one backbone with ONE adapter, the actor's.
 Where no role trains a model in FULL and the reference and reward are models with their adapters OFF
 (lora-dynamic, j-hydra, hydra: `config.QUANTIZABLE_VARIANTS`), every backbone may be quantised
 (`quantize_backbone`): the roles then all read the same quantised weights, and the step-0 KL stays 0.
+
+With `shard_backbone` (data-parallel processes, every layout but `full`) each model is sharded over the
+processes by FSDP2 once its adapters are on (`models.hydra.shard_across_processes`); the roles, adapter
+switches and passes above are unchanged, and the saved policy is merged into a copy loaded afresh.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ import torch
 from torch import nn
 
 from hydra_core.config import CRITIC_FREE, PPOConfig
-from hydra_core.models.hydra import HEAD_NAMES, HydraModel, checkpoint_decoder_layers, load_hydra, require_reward_head
-from hydra_core.models.lora import add_lora, merged_full_precision
+from hydra_core.models.hydra import (HEAD_NAMES, HydraModel, checkpoint_decoder_layers, load_hydra, require_reward_head,
+                                     shard_across_processes)
+from hydra_core.models.lora import adapter_weights, add_lora, merged_full_precision
 from hydra_core.runtime import mixed_precision
 
 FULL, OFF = "<full>", "<off>"
@@ -114,11 +119,13 @@ class PolicyStack:
         if cfg.gradient_checkpointing:  # the models step 3 trains; the others never record gradients
             for key in dict.fromkeys(role.model for role in (self.actor, self.critic) if role):
                 checkpoint_decoder_layers(self.models[key])
-        value_head = []
         if self.critic:
-            value_head = list(self.models[self.critic.model].heads["value"].float().requires_grad_(True).parameters())
+            self.models[self.critic.model].heads["value"].float().requires_grad_(True)
         for model in self.models.values():
             model.eval()  # dropout off in every model during RL
+            if cfg.shard_backbone:  # replaces every parameter: the lists below must be taken after it
+                shard_across_processes(model)
+        value_head = list(self.models[self.critic.model].heads["value"].parameters()) if self.critic else []
 
         self.actor_params = self._params_of(self.actor)
         self.critic_params = self._params_of(self.critic, extra=value_head) if self.critic else []
@@ -195,15 +202,18 @@ class PolicyStack:
             yield model
 
     @contextlib.contextmanager
-    def saved_policy(self):
+    def saved_policy(self, main: bool = True):
         """The actor as the policy to save: its model with the actor's adapter active (saving merges it into a
-        copy), or over a quantised backbone that adapter merged into a full-precision copy of the backbone."""
-        if self.cfg.quantize_backbone == "no":
+        copy), or over a quantised or sharded backbone that adapter merged into a full-precision copy of the
+        backbone, built on the main process alone (None on the others). Every process of a sharded model must
+        enter: gathering the adapter is a collective."""
+        if self.cfg.quantize_backbone == "no" and not self.cfg.shard_backbone:
             with self.generator() as model:
                 yield model
             return
+        weights = adapter_weights(self.policy_model, self.actor.adapter)
         yield merged_full_precision(self.policy_model, self.actor.adapter, _paths(self.cfg)[SOURCES[self.actor.model]],
-                                    self.frozen_dtype, self.cfg.trust_remote_code)
+                                    self.frozen_dtype, self.cfg.trust_remote_code, weights) if main else None
 
     def unique_modules(self) -> list[nn.Module]:
         return list(self.models.values())

@@ -17,6 +17,8 @@ Data-parallel (`torchrun` / `accelerate launch`, N processes): `rollout_batch_si
 are global; each process samples, scores and trains on its 1/N of the prompts (a prompt's k responses
 stay together), the trained parameters' gradients are averaged after each mini-batch's backward, advantage
 whitening and the reported metrics use statistics over all processes, and only the main process writes.
+With `shard_backbone` each model is also sharded over the processes (FSDP2, `roles.PolicyStack`): every
+process then runs the same passes in the same order, the greedy evaluation included.
 """
 
 from __future__ import annotations
@@ -330,7 +332,10 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     prompts = BatchStream(train_prompts, cfg.rollout_batch_size // processes.world, cfg.seed, processes.rank,
                           processes.world)
     verifier = verifier_for(cfg.data)
-    eval_prompts = load_split(cfg.data, "prompts_eval")[: cfg.greedy_eval_prompts] if verifier and main else []
+    # greedy gold accuracy: the main process alone, on the whole eval set; with sharded models every process
+    # runs the same generations beside it (each step gathers weights from all of them), the main one reports
+    evaluates = verifier is not None and (main or cfg.shard_backbone)
+    eval_prompts = load_split(cfg.data, "prompts_eval")[: cfg.greedy_eval_prompts] if evaluates else []
     stack = PolicyStack(cfg, device)
     processes.broadcast_parameters(stack.actor_params + stack.critic_params)
     if not main:  # its own rollouts: a random stream of its own from here (the adapters' init drew the same)
@@ -359,7 +364,7 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
                      **wrapped_modules(stack.unique_modules())}
     if budget_search:
         summary["memory_budget_search"] = budget_search
-    if verifier and main:  # greedy gold accuracy: the main process alone, on the whole eval set
+    if evaluates:
         before = history[0]["eval/gold_accuracy_before"] if history else gold()
         summary["eval/gold_accuracy_before"] = before
         if not history:
@@ -374,7 +379,7 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
         if metrics["objective/kl"] > cfg.kl_ceiling and main:
             warnings.warn(f"PPO step {step}: KL {metrics['objective/kl']:.3f} is past the ceiling {cfg.kl_ceiling}; "
                           "the policy is drifting from the reference (raise --kl-coef?)", stacklevel=1)
-        if verifier and main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if evaluates and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics["eval/gold_accuracy"] = gold()
         tracker.log_metrics(metrics, step)
         history.append({"step": step, **metrics})
@@ -390,23 +395,25 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
                 last_checkpoint = checkpoint.save(out_dir, step, trainable, optimizer, scheduler,
                                                   {"prompts": prompts}, history, to_dict(cfg), rng)
     bar.close()
+    if evaluates and "eval/gold_accuracy" not in history[-1]:
+        history[-1]["eval/gold_accuracy"] = gold()
+        tracker.log_metrics({"eval/gold_accuracy": history[-1]["eval/gold_accuracy"]}, cfg.steps)
+    train_seconds = time.perf_counter() - started
+    with stack.saved_policy(main) as policy:  # every process enters: a sharded adapter is gathered from all
+        if main:
+            policy.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model, data=cfg.data)
     if not main:
         return {}
 
-    if verifier and "eval/gold_accuracy" not in history[-1]:
-        history[-1]["eval/gold_accuracy"] = gold()
-        tracker.log_metrics({"eval/gold_accuracy": history[-1]["eval/gold_accuracy"]}, cfg.steps)
     if verifier:
         summary["eval/gold_accuracy"] = history[-1]["eval/gold_accuracy"]
     memory = model_memory(stack.unique_modules(), [optimizer], trainable=list(trainable.values()))
     summary.update({k: v for k, v in history[-1].items() if k != "step"})
     summary.update(memory)
-    summary["train_seconds_this_run"] = time.perf_counter() - started
+    summary["train_seconds_this_run"] = train_seconds
     # figures of the finished stage, one value each: params, not one-point charts
     tracker.log_params({**memory, "memory/stage_peak_bytes": stage_peak_bytes(history),
                         "time/train_seconds": round(summary["train_seconds_this_run"], 1), **truncation_params(cut)})
-    with stack.saved_policy() as policy:
-        policy.save(out_dir, heads=(), kind="ppo-policy", variant=label, sft_model=cfg.model, data=cfg.data)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     if plot_curves(history, CURVES, out_dir / CURVES_FILE, title=name):
         tracker.log_artifact(out_dir / CURVES_FILE)
