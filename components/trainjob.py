@@ -16,6 +16,7 @@ backend object: the same TrainerClient calls, the same function on the nodes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -184,6 +185,8 @@ def _shared_config(stage: str, cfg, host: Path, remote: str):
             shutil.copytree(source, target, ignore=shutil.ignore_patterns(*LEFT_OUT))  # no part of a model
         else:
             shutil.copy2(source, target)
+        for path in (target, *target.rglob("*")):  # copies keep their modes, a private temporary folder's too
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
         changes[name] = f"{remote}/inputs/{name}"
     output = host / "output"
     output.mkdir(parents=True)
@@ -191,18 +194,25 @@ def _shared_config(stage: str, cfg, host: Path, remote: str):
     return replace(cfg, **changes, output_dir=f"{remote}/output")
 
 
+# a line that says why a process stopped: the CLI's one-line error, or a Python exception's last line (not torchrun's
+# own ChildFailedError, which only says that a process failed)
+ERROR_LINE = re.compile(r"^(hydra-rlhf \S+: error|(?!.*ChildFailedError)[A-Za-z_][\w.]*(Error|Exception)): \S")
+
+
 def _stream(client: TrainerClient, job: str) -> str:
-    """Node 0's log (the container backend: each node's in turn) into this step's as it comes; returns its last
-    line."""
-    last = ""
+    """Node 0's log (the container backend: each node's in turn) into this step's as it comes; returns the last
+    line that says why a process stopped, else the last line."""
+    last = error = ""
     try:
         for text in client.get_job_logs(job, follow=True):
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
             sys.stdout.flush()
-            last = next((line for line in reversed(text.splitlines()) if line.strip()), last)
+            for line in filter(str.strip, text.splitlines()):
+                last = line.strip()
+                error = last if ERROR_LINE.match(last) else error
     except RuntimeError as e:  # a log cut short says nothing about the job: its status does
         print(f"TrainJob {job}: the log stream stopped ({e}); waiting for the job's status")
-    return last
+    return error or last
 
 
 class Launcher:
@@ -242,7 +252,7 @@ class Launcher:
         ended = self.client.wait_for_job_status(job, ENDED, timeout=WAIT_SECONDS, polling_interval=POLL_SECONDS)
         if ended.status == constants.TRAINJOB_FAILED:
             why = " ".join((self.backend.failure(self.client, job) or "a node exited with an error").split())
-            raise TrainJobFailed(f"TrainJob {job} failed: {why}" + (f" (its log's last line: {last})" if last else ""))
+            raise TrainJobFailed(f"TrainJob {job} failed: {why}" + (f" (its log: {last})" if last else ""))
         shutil.copytree(host / "output", cfg.output_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*LEFT_OUT))
         save_config(cfg, cfg.output_dir)  # the settings as this step has them, not with the nodes' paths
 

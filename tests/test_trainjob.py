@@ -3,9 +3,9 @@
 SDK's container backend in the project's image."""
 
 import json
-import os
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -15,9 +15,12 @@ from kfp import dsl
 from kubeflow.trainer import KubernetesBackendConfig
 from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 from kubernetes.client import Configuration
+from mlflow import MlflowClient
 
 from components import trainjob
+from components.build import load
 from components.image import IMAGE
+from conftest import KfpArtifact
 from hydra_core.config import ConfigError, Placement, SFTConfig
 
 TRAINER = "/apis/trainer.kubeflow.org/v1alpha1"
@@ -194,7 +197,8 @@ def test_the_kubernetes_backend_is_handed_the_trainjob_of_the_stages_command_on_
 
 def test_a_failed_trainjob_fails_the_step_in_one_line_naming_the_job_and_why(step, capsys):
     cfg, workspace, task_config = step
-    api = StandInAPI(["loading", "hydra-rlhf sft: error: /data: no prepared split demos_train"],
+    api = StandInAPI(["loading", "hydra-rlhf sft: error: /data: no prepared split demos_train",
+                      "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ", "=" * 60],
                      ends={"type": "Failed", "reason": "JobSetFailed", "message": "jobset failed:\n node-1 exited 2"})
     try:
         with pytest.raises(trainjob.TrainJobFailed) as failed:
@@ -203,8 +207,9 @@ def test_a_failed_trainjob_fails_the_step_in_one_line_naming_the_job_and_why(ste
         api.close()
     [body] = api.created
     name = body["metadata"]["name"]
-    assert str(failed.value) == (f"TrainJob {name} failed: JobSetFailed: jobset failed: node-1 exited 2 (its log's "
-                                 "last line: hydra-rlhf sft: error: /data: no prepared split demos_train)")
+    # the line that says why, not torchrun's report after it
+    assert str(failed.value) == (f"TrainJob {name} failed: JobSetFailed: jobset failed: node-1 exited 2 (its log: "
+                                 "hydra-rlhf sft: error: /data: no prepared split demos_train)")
     assert "resourcesPerNode" not in body["spec"]["trainer"]  # CPU nodes: the runtime's own resources
     assert api.deleted == [name] and not Path(cfg.output_dir).exists()
     assert "loading\n" in capsys.readouterr().out
@@ -229,3 +234,48 @@ def test_a_trainjob_on_kubernetes_needs_storage_the_step_shares_with_its_nodes(s
     monkeypatch.setenv(trainjob.BACKEND_VARIABLE, "slurm")
     with pytest.raises(ValueError, match="HYDRA_RLHF_TRAINJOB_BACKEND='slurm': expected kubernetes or container"):
         trainjob.stage_trainer("sft", 2, 1)
+
+
+def _no_jobs_left() -> bool:
+    import docker
+
+    client = docker.from_env()
+    try:
+        return not client.containers.list(all=True, filters={"label": "trainer.kubeflow.org/trainjob-name"})
+    finally:
+        client.close()
+
+
+@pytest.mark.docker
+def test_a_two_node_hydra_sft_step_trains_through_the_container_backend_in_the_project_image(
+        image, arithmetic_dir, base_model_dir, tmp_path, monkeypatch, capsys):
+    """The Hydra-SFT step as a pipeline runs it, its TrainJob on Docker instead of Kubernetes: the SDK's container
+    backend starts a container of the image per node on a private network and torchrun --nnodes 2 across them;
+    the step records the training in its MLflow run and hands the model on."""
+    monkeypatch.setenv(trainjob.BACKEND_VARIABLE, "container")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model, metrics = KfpArtifact(tmp_path / "kfp" / "model"), KfpArtifact(tmp_path / "kfp" / "metrics")
+    started = time.perf_counter()
+    run_id = load("hydra_sft").python_func(
+        data=KfpArtifact(arithmetic_dir), model=model, metrics=metrics, base_model=base_model_dir, steps=4,
+        demo_batch_size=16, pair_batch_size=8, seed=0, tracking_uri=uri, experiment="trainjob", num_nodes=2,
+        gpus_per_node=0, config={"eval_every": 2, "log_every": 2, "greedy_eval_prompts": 16, "warmup_steps": 1,
+                                 "checkpoint_every": 0})
+    seconds = time.perf_counter() - started
+
+    out = Path(model.path)
+    summary = json.loads((out / "sft_summary.json").read_text())
+    assert summary["processes"] == 2  # one process group across the two nodes' containers
+    assert (out / "config.json").exists()
+    assert json.loads((out / "sft_config.json").read_text())["data"] == arithmetic_dir  # the step's paths
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["steps"] == "4"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 4]
+    assert "sft_curves.png" in {a.path for a in client.list_artifacts(run_id)}
+    assert model.metadata["mlflow"]["run_id"] == run_id and "eval/gold_accuracy" in metrics.metadata
+    printed = capsys.readouterr().out
+    assert "on 2 node(s), CPU each" in printed and "hydra training" in printed  # the nodes' log, in the step's
+    assert _no_jobs_left()
+    print(f"2-node Hydra-SFT step through the container backend: {seconds:.0f} s")
