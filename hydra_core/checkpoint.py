@@ -1,8 +1,8 @@
 """Checkpoints that resume a training run exactly, for SFT and PPO alike.
 
 A checkpoint holds the trained tensors, the optimizer and scheduler, the positions of the batch
-streams, the RNG states, the step, the history of logged rows and the config of the run that
-wrote it. A run killed after a checkpoint and resumed produces the same later metrics as an
+streams, the RNG states (each process's, in a data-parallel run), the step, the history of logged rows
+and the config of the run that wrote it. A run killed after a checkpoint and resumed produces the same later metrics as an
 uninterrupted run with the same settings.
 
 Nothing in a checkpoint is unpickled as arbitrary objects: tensors are in safetensors files, the
@@ -42,8 +42,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
-    """The RNG states as JSON and as tensors."""
+def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    """This process's RNG states as JSON and as tensors."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     python_version, python_state, python_gauss = random.getstate()
     state = {"python": [python_version, list(python_state), python_gauss],
@@ -65,22 +65,29 @@ def _set_rng_state(state: dict, tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _rank_prefix(rank: int) -> str:
+    return f"rank{rank}." if rank else ""  # the first process's names are those of a one-process run
+
+
 def save(directory: str | Path, step: int, trainable: dict[str, torch.Tensor], optimizer, scheduler,
-         streams: dict, history: list, config: dict) -> Path:
-    """Write checkpoint `step` under `directory/checkpoints/`; keep the newest KEEP."""
+         streams: dict, history: list, config: dict, rng: list | None = None) -> Path:
+    """Write checkpoint `step` under `directory/checkpoints/`; keep the newest KEEP. `rng`: every process's
+    `rng_state()` in rank order (the main process writes for all of them); default this process's alone."""
     root = Path(directory) / DIRECTORY
     path = root / f"step-{step:06d}"
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    rng, rng_tensors = _rng_state()
+    rng = rng or [rng_state()]
     save_file({name: p.detach().cpu().contiguous() for name, p in trainable.items()}, path / WEIGHTS)
-    save_file({k: v.contiguous() for k, v in rng_tensors.items()}, path / RNG_TENSORS)
+    save_file({_rank_prefix(rank) + k: v.contiguous() for rank, (_, tensors) in enumerate(rng)
+               for k, v in tensors.items()}, path / RNG_TENSORS)
     torch.save(optimizer.state_dict(), path / OPTIMIZER)
     files = {name: _sha256(path / name) for name in (WEIGHTS, RNG_TENSORS, OPTIMIZER)}
     state = {"step": step, "scheduler": scheduler.state_dict(),
              "streams": {name: stream.state_dict() for name, stream in streams.items()},
-             "rng": rng, "history": history, "config": config, "files": files}
+             "rng": rng[0][0], "rng_other_processes": [json_state for json_state, _ in rng[1:]],
+             "processes": len(rng), "history": history, "config": config, "files": files}
     tmp = path / (STATE + ".tmp")
     tmp.write_text(json.dumps(state), encoding="utf-8")
     os.replace(tmp, path / STATE)  # a save killed before this line leaves no complete checkpoint
@@ -125,14 +132,18 @@ def differences(saved: dict, current: dict, may_differ) -> list[str]:
 
 
 def load(path: str | Path, trainable: dict[str, torch.Tensor], optimizer, scheduler, streams: dict, config: dict,
-         may_differ=()) -> tuple[int, list]:
-    """Restore checkpoint `path` into the run; returns (step, history).
+         may_differ=(), rank: int = 0, world: int = 1) -> tuple[int, list]:
+    """Restore checkpoint `path` into process `rank` of `world`; returns (step, history).
 
     The resuming run's `config` must match the one the checkpoint was written with, except the
-    fields in `may_differ`: a ValueError names the ones that differ.
+    fields in `may_differ`, and it must run as many processes: a ValueError names what differs.
     """
     path = Path(path)
     state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    written_by = state.get("processes", 1)
+    if written_by != world:
+        raise ValueError(f"{path} was written by {written_by} data-parallel process(es) and this run has {world}; "
+                         f"resume with {written_by} (each process's data and random state are in the checkpoint)")
     changed = differences(state["config"], config, may_differ)
     if changed:
         raise ValueError(f"{path} was written with other settings; resume with the same ones or start a new run "
@@ -156,5 +167,8 @@ def load(path: str | Path, trainable: dict[str, torch.Tensor], optimizer, schedu
     scheduler.load_state_dict(state["scheduler"])
     for name, stream in streams.items():
         stream.load_state_dict(state["streams"][name])
-    _set_rng_state(state["rng"], load_file(path / RNG_TENSORS))
+    prefix = _rank_prefix(rank)
+    tensors = {k[len(prefix):]: v for k, v in load_file(path / RNG_TENSORS).items()
+               if k.startswith(prefix) and (prefix or not k.startswith("rank"))}
+    _set_rng_state(state["rng_other_processes"][rank - 1] if rank else state["rng"], tensors)
     return state["step"], state["history"]

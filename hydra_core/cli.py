@@ -108,6 +108,8 @@ def _ppo(cfg: C.PPOConfig, tracking: Tracking) -> None:
     from hydra_core import stages
 
     summary = stages.ppo(cfg, tracking)
+    if not summary:  # not the main process of a data-parallel run
+        return
     for key in ("eval/gold_accuracy_before", "eval/gold_accuracy"):
         if key in summary:
             print(f"{key}: {summary[key]:.4f}")

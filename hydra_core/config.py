@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, get_args, get_origin
 
+from hydra_core.distributed import launched_world
+
 # The choices of the fields below: each list is written here once, and everything else reads it.
 DATA_FORMATS = ("arithmetic", "generic", "conversational", "hh-rlhf", "stack-exchange-paired", "tldr")
 MODEL_PRESETS = ("tiny-llama", "llama-30m", "llama-120m", "tiny-gpt-neox", "tiny-qwen2", "tiny-llama3", "tiny-gpt2")
@@ -224,9 +226,10 @@ class PPOConfig:
     variant: Literal[PPO_VARIANTS] = "hydra"  # the memory layout
     algorithm: Literal[ALGORITHMS] = "ppo"  # how advantages are estimated; rloo, grpo and remax need no critic
     steps: int = setting(12, ge=1)  # iterations: rollout, score, optimise
-    rollout_batch_size: int = setting(256, ge=1)  # prompts sampled per iteration
+    rollout_batch_size: int = setting(256, ge=1)  # prompts sampled per iteration, over all data-parallel processes
     samples_per_prompt: int = setting(1, ge=1)  # responses sampled per prompt (a group); at least 2 for rloo, grpo
-    mini_batch_size: int = setting(64, ge=0)  # responses per optimizer step; 0 = the whole rollout (the paper's)
+    # responses per optimizer step, over all processes; 0 = the whole rollout (the paper's)
+    mini_batch_size: int = setting(64, ge=0)
     ppo_epochs: int = setting(4, ge=1)
     learning_rate: float = setting(1e-3, gt=0)  # actor
     critic_learning_rate: float = setting(1e-3, gt=0)
@@ -303,6 +306,7 @@ class PPOConfig:
                                          f"prompt; it needs at least 2 (got {self.samples_per_prompt})")
         if not re.fullmatch(r"|cpu|cuda(:\d+)?", self.device):
             yield "device", f"{self.device!r} is not cpu, cuda or cuda:N ('' picks CUDA when there is one)"
+        yield from _data_parallel(self, name, launched_world())
         yield from _lora_targets(self, name)
         if self.quantize_backbone != "no" and self.variant not in QUANTIZABLE_VARIANTS:
             why = ("trains its backbones in full" if self.variant == "full"
@@ -310,6 +314,24 @@ class PPOConfig:
             yield "quantize_backbone", (f"{self.quantize_backbone} needs a layout whose reference and reward are the "
                                         f"frozen backbone with the adapters off ({', '.join(QUANTIZABLE_VARIANTS)}); "
                                         f"{name('variant')} {self.variant} {why}")
+
+
+def _data_parallel(cfg: PPOConfig, name: Namer, world: int):
+    """What N data-parallel processes (WORLD_SIZE, set by torchrun or accelerate launch) need: each takes an
+    equal share of a rollout's prompts (a prompt's responses stay in one process) and of each mini-batch."""
+    if world == 1:
+        return
+    launched = f"the {world} data-parallel processes (WORLD_SIZE)"
+    if cfg.rollout_batch_size % world:
+        yield "rollout_batch_size", f"{cfg.rollout_batch_size} prompts do not split evenly over {launched}"
+    responses = cfg.rollout_batch_size * cfg.samples_per_prompt
+    if 0 < cfg.mini_batch_size < responses and cfg.mini_batch_size % world:
+        yield "mini_batch_size", f"{cfg.mini_batch_size} responses do not split evenly over {launched}"
+    if cfg.memory_budget:
+        yield "memory_budget", (f"the budget search probes one process, not {launched}; find the batch in one "
+                                f"process and pass it as {name('rollout_batch_size')}")
+    if re.fullmatch(r"cuda:\d+", cfg.device):
+        yield "device", f"{cfg.device} names one GPU, but each of {launched} takes its local rank's: use cuda"
 
 
 @dataclass

@@ -239,7 +239,7 @@ def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None,
     """`run_ppo` in an `<algorithm>-<variant>` run (`ppo-hydra`, `grpo-hydra`); the policy directory is
     logged as the `model` artifact. `sources`: what the run records in place of local paths (`_stage_run`);
     `train`: trains elsewhere in place of `run_ppo` here (`_trained_elsewhere`). The summary it returns says
-    how long the stage took (`stage_seconds`)."""
+    how long the stage took (`stage_seconds`); {} on the other processes of a data-parallel run."""
     started = time.perf_counter()
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
@@ -247,8 +247,9 @@ def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None,
                        tags={"variant": cfg.variant, "algorithm": cfg.algorithm}, sources=sources) as run:
         _log_splits(run, cfg.data, ("prompts_train",))
         summary = run_ppo(cfg, run) if train is None else _trained_elsewhere(train, cfg, run, PPO_SUMMARY, PPO_CURVES)
-        _log_output_dir(run, cfg.output_dir)
-    return {**summary, "stage_seconds": time.perf_counter() - started, "tracking": run.status()}
+        if summary:
+            _log_output_dir(run, cfg.output_dir)
+    return {**summary, "stage_seconds": time.perf_counter() - started, "tracking": run.status()} if summary else {}
 
 
 def ppo_models(label: str, hydra_sft: str, sft: str = "", reward_model: str = "") -> dict[str, str | None]:

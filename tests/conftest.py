@@ -128,20 +128,22 @@ def logged_rows(path: Path) -> dict[int, dict]:
     return rows
 
 
-def kill_and_resume(command: list[str], tmp_path: Path, summary_file: str) -> tuple[Path, Path, str]:
-    """Run `hydra-rlhf <command>` to its end in tmp_path/straight; run it again in tmp_path/killed,
-    SIGKILL it as soon as its first checkpoint is complete, and resume it there with --resume.
-    Returns both output directories and what the resumed run printed."""
+def kill_and_resume(command: list[str], tmp_path: Path, summary_file: str,
+                    launcher: tuple[str, ...] = (sys.executable,)) -> tuple[Path, Path, str]:
+    """Run `hydra-rlhf <command>` (through `launcher`, e.g. torchrun) to its end in tmp_path/straight; run it
+    again in tmp_path/killed, SIGKILL it (every process it started) as soon as its first checkpoint is
+    complete, and resume it there with --resume. Returns both output directories and what the resumed run
+    printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cli = [sys.executable, "-m", "hydra_core.cli", *command]
+    cli = [*launcher, "-m", "hydra_core.cli", *command]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run([*cli, "--output-dir", str(straight)], env=env, check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen([*cli, "--output-dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while checkpoint.latest(killed) is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert checkpoint.latest(killed) is not None
     assert not (killed / summary_file).exists()  # it really died before the end

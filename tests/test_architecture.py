@@ -14,6 +14,7 @@ LIBRARY = ROOT / "hydra_core"
 
 # bottom first; a module may import its own package and anything in a lower layer
 LAYERS = (
+    ("distributed",),  # infrastructure: the data-parallel processes, which config's checks ask about
     ("config", "runtime", "memory", "plots", "checkpoint", "tracking"),  # infrastructure
     ("data",),
     ("models",),

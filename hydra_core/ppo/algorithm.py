@@ -3,6 +3,8 @@
 Tensors are [batch, response_length] over response tokens, with `mask` 1 on tokens up to and
 including EOS; sequence quantities are [batch]. The k responses to one prompt (a group) are
 adjacent rows: prompt i's are rows i*k .. i*k+k-1. Nothing here knows about models or variants.
+Statistics over the whole batch take `total`, the sum over data-parallel processes of a local sum
+(the identity in one process), so that N processes whiten as one process with all their rows would.
 
 Advantages: PPO estimates them per token with a critic (GAE); the critic-free algorithms give every
 token of a response its sequence's advantage, its reward minus a baseline that needs no critic:
@@ -13,23 +15,31 @@ token of a response its sequence's advantage, its reward minus a baseline that n
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
+Total = Callable[[torch.Tensor], torch.Tensor]
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+
+def one_process(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, total: Total = one_process) -> torch.Tensor:
     mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    return total((x * mask).sum()) / total(mask.sum()).clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
+def masked_var(x: torch.Tensor, mask: torch.Tensor, total: Total = one_process) -> torch.Tensor:
+    mean = masked_mean(x, mask, total)
+    var = masked_mean((x - mean) ** 2, mask, total)
+    n = total(mask.sum())
     return var * n / (n - 1) if n > 1 else var  # unbiased, as whitening in the reference PPO code
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, total: Total = one_process) -> torch.Tensor:
+    mean, var = masked_mean(x, mask, total), masked_var(x, mask, total)
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
@@ -78,9 +88,14 @@ def remax_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor) -> tor
     return rewards - greedy_rewards.repeat_interleave(k)
 
 
-def whiten(x: torch.Tensor) -> torch.Tensor:
-    """Sequence advantages to mean 0 and std 1 over the batch."""
-    return (x - x.mean()) / (x.std() + 1e-8) if x.numel() > 1 else x - x.mean()
+def whiten(x: torch.Tensor, total: Total = one_process) -> torch.Tensor:
+    """Sequence advantages to mean 0 and std 1 over the batch (unbiased std)."""
+    n = total(torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device))
+    mean = total(x.sum()) / n
+    if n <= 1:
+        return x - mean
+    std = (total(((x - mean) ** 2).sum()) / (n - 1)).sqrt()
+    return (x - mean) / (std + 1e-8)
 
 
 def group_stats(rewards: torch.Tensor, k: int) -> dict[str, torch.Tensor]:

@@ -12,6 +12,11 @@ Each iteration, in order:
                 the old log-probs are the first training forward's: no pass of their own
   3. optimise - `ppo_epochs` passes of the clipped policy loss (plus the value loss with a critic,
                 the k3 KL term for GRPO with `grpo_kl loss`) over shuffled mini-batches
+
+Data-parallel (`torchrun` / `accelerate launch`, N processes): `rollout_batch_size` and `mini_batch_size`
+are global; each process samples, scores and trains on its 1/N of the prompts (a prompt's k responses
+stay together), the trained parameters' gradients are averaged after each mini-batch's backward, advantage
+whitening and the reported metrics use statistics over all processes, and only the main process writes.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from hydra_core.data.batching import BatchStream
 from hydra_core.data.encoding import truncation, truncation_params
 from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
+from hydra_core.distributed import Processes
 from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes, reset_peak, stage_peak_bytes
 from hydra_core.models.generation import Decoding, generate
@@ -86,12 +92,13 @@ def _mean(rows: list[dict]) -> dict[str, float]:
     return {k: sum(float(r[k]) for r in rows) / len(rows) for k in rows[0]}
 
 
-def estimate_advantages(cfg: PPOConfig, scores, kl, mask, values=None, greedy_scores=None):
-    """Step 2's advantages for `cfg.algorithm`, per response token; and PPO's returns (None otherwise)."""
+def estimate_advantages(cfg: PPOConfig, scores, kl, mask, values=None, greedy_scores=None, total=A.one_process):
+    """Step 2's advantages for `cfg.algorithm`, per response token; and PPO's returns (None otherwise).
+    `total` sums over the data-parallel processes, for whitening over the whole batch."""
     if cfg.algorithm == "ppo":
         rewards = A.shaped_rewards(scores, kl, mask, cfg.kl_coef)
         advantages, returns = A.gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        return (A.masked_whiten(advantages, mask) if cfg.whiten_advantages else advantages), returns
+        return (A.masked_whiten(advantages, mask, total) if cfg.whiten_advantages else advantages), returns
     kl_in_reward = not (cfg.algorithm == "grpo" and cfg.grpo_kl == "loss")
     rewards = A.sequence_rewards(scores, kl, mask, cfg.kl_coef if kl_in_reward else 0.0)
     if cfg.algorithm == "rloo":
@@ -103,7 +110,7 @@ def estimate_advantages(cfg: PPOConfig, scores, kl, mask, values=None, greedy_sc
     else:
         raise ValueError(f"unknown algorithm {cfg.algorithm!r}")
     if cfg.whiten_advantages and cfg.algorithm != "grpo":  # GRPO's advantages are normalised in their group
-        advantages = A.whiten(advantages)
+        advantages = A.whiten(advantages, total)
     return advantages[:, None] * mask, None
 
 
@@ -143,7 +150,9 @@ def _policy_outputs(cfg: PPOConfig, stack: PolicyStack, ids, mask, response, res
 
 
 def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, scheduler, step: int,
-                  last_checkpoint) -> dict[str, float]:
+                  last_checkpoint, processes: Processes | None = None) -> dict[str, float]:
+    """One iteration on this process's `prompts`; the metrics are over all processes."""
+    processes = processes or Processes(device=stack.device)
     device = stack.device
     k = cfg.samples_per_prompt
     kl_in_loss = cfg.algorithm == "grpo" and cfg.grpo_kl == "loss"
@@ -181,8 +190,8 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
     #     would keep the actor's and the critic's graphs alive together.
     reset_peak(device)
     t0 = time.perf_counter()
-    batch_size = len(texts)
-    mini_batch = mini_batch_responses(cfg, batch_size)
+    batch_size = len(texts)  # this process's share of the rollout
+    mini_batch = mini_batch_responses(cfg, batch_size * processes.world) // processes.world
     reuse = cfg.reuse_training_forward and cfg.ppo_epochs == 1 and mini_batch == batch_size
     old_logprobs = old_values = None
     with torch.no_grad():
@@ -196,7 +205,7 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
         """The end of step 2, once the old log-probs are known: the KL and the advantages."""
         kl = A.kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * fmask
         _check_finite(step, "scoring", last_checkpoint, reward=scores, kl=kl)
-        return kl, *estimate_advantages(cfg, scores, kl, fmask, old_values, greedy_scores)
+        return kl, *estimate_advantages(cfg, scores, kl, fmask, old_values, greedy_scores, processes.sum)
 
     if not reuse:
         kl, advantages, returns = advantages_from(old_logprobs)
@@ -240,6 +249,7 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
                 vf_loss.backward()
             if stack.critic:
                 mb_stats.update({"loss/value": vf_loss.detach(), **vf_stats})
+            processes.average_gradients(stack.actor_params + stack.critic_params)
             for group in optimizer.param_groups:
                 torch.nn.utils.clip_grad_norm_(group["params"], cfg.max_grad_norm)
             optimizer.step()
@@ -260,8 +270,6 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
         **_mean(stats),
         "lr/actor": optimizer.param_groups[0]["lr"],
         "time/step_s": step_s,
-        "time/s_per_sample": step_s / batch_size,
-        "time/tokens_per_s": mask.sum().item() / step_s,
         "memory/peak_bytes": max(peaks.values()),
     }
     if stack.critic:
@@ -273,6 +281,11 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
         metrics["objective/greedy_scores"] = greedy_scores.mean().item()
     metrics.update({f"time/{phase}_s": s for phase, s in timings.items()})
     metrics.update({f"memory/peak_{phase}_bytes": b for phase, b in peaks.items()})
+    # the means over the processes; the slowest one sets the pace and the fullest one the peak
+    metrics = processes.reduce_metrics(metrics, maximum=("time/", "memory/"))
+    tokens = processes.sum(mask.sum()).item()
+    metrics["time/s_per_sample"] = metrics["time/step_s"] / (batch_size * processes.world)
+    metrics["time/tokens_per_s"] = tokens / metrics["time/step_s"]
     return metrics
 
 
@@ -285,8 +298,10 @@ def _describe(step: int, steps: int, m: dict) -> str:
 
 
 def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = True) -> dict:
-    """Run PPO per `cfg`; writes the policy, `ppo_summary.json`, metrics and curves to `output_dir`."""
-    device = pick_device(cfg.device or None)
+    """Run PPO per `cfg`; writes the policy, `ppo_summary.json`, metrics and curves to `output_dir`.
+    Returns the summary on the main process and {} on the others of a data-parallel run."""
+    processes = Processes.join(pick_device(cfg.device or None))
+    device, main = processes.device, processes.main
     if device.type == "cpu":
         keep_freed_memory()  # as SFT: every pass's activations would otherwise page-fault back in
     check_model(cfg.model, "model")
@@ -303,18 +318,23 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
         from hydra_core.ppo.budget import fit_rollout_batch  # its probes run this module's loop: a cycle at the top
 
         cfg, budget_search = fit_rollout_batch(cfg, out_dir, progress=progress)
-    local = JsonlTracker(out_dir)
-    tracker = MultiTracker(local, tracker)
-    save_config(cfg, out_dir)
-    tracker.log_params(to_dict(cfg))
+    local = JsonlTracker(out_dir) if main else None
+    tracker = MultiTracker(local, tracker) if main else Tracker()
+    if main:
+        save_config(cfg, out_dir)
+    tracker.log_params({**to_dict(cfg), "processes": processes.world})
     if budget_search:
         tracker.log_params({"budget/rollout_batch_size": cfg.rollout_batch_size})
 
     train_prompts = load_split(cfg.data, "prompts_train")
-    prompts = BatchStream(train_prompts, cfg.rollout_batch_size, cfg.seed)
+    prompts = BatchStream(train_prompts, cfg.rollout_batch_size // processes.world, cfg.seed, processes.rank,
+                          processes.world)
     verifier = verifier_for(cfg.data)
-    eval_prompts = load_split(cfg.data, "prompts_eval")[: cfg.greedy_eval_prompts] if verifier else []
+    eval_prompts = load_split(cfg.data, "prompts_eval")[: cfg.greedy_eval_prompts] if verifier and main else []
     stack = PolicyStack(cfg, device)
+    processes.broadcast_parameters(stack.actor_params + stack.critic_params)
+    if not main:  # its own rollouts: a random stream of its own from here (the adapters' init drew the same)
+        seed_everything(cfg.seed + 7919 * processes.rank)
     # before any rollout: renders every prompt once (one the chat template cannot render stops here)
     cut = {"prompts_train": truncation(stack.policy_model.tokenizer, train_prompts, cfg.max_prompt_length)}
     optimizer, scheduler = build_optimizer(cfg, stack)
@@ -327,16 +347,19 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     start, history, last_checkpoint = 0, [], None
     if cfg.resume and (last_checkpoint := checkpoint.latest(out_dir)):
         start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, {"prompts": prompts},
-                                         to_dict(cfg), RESUMABLE)
-        print(f"resumed from {last_checkpoint} (step {start})")
-    local.keep_until(start if last_checkpoint else None)  # as SFT: the rows from here on are this run's
+                                         to_dict(cfg), RESUMABLE, processes.rank, processes.world)
+        if main:
+            print(f"resumed from {last_checkpoint} (step {start})")
+    if main:  # as SFT: the rows from here on are this run's
+        local.keep_until(start if last_checkpoint else None)
     label = run_label(cfg.variant, cfg.algorithm)
     summary: dict = {"variant": label, "layout": cfg.variant, "algorithm": cfg.algorithm, "steps": cfg.steps,
                      "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation,
-                     "mixed_precision": stack.precision, "truncation": cut, **wrapped_modules(stack.unique_modules())}
+                     "mixed_precision": stack.precision, "processes": processes.world, "truncation": cut,
+                     **wrapped_modules(stack.unique_modules())}
     if budget_search:
         summary["memory_budget_search"] = budget_search
-    if verifier:
+    if verifier and main:  # greedy gold accuracy: the main process alone, on the whole eval set
         before = history[0]["eval/gold_accuracy_before"] if history else gold()
         summary["eval/gold_accuracy_before"] = before
         if not history:
@@ -344,26 +367,31 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
             history.append({"step": 0, "eval/gold_accuracy_before": before, "eval/gold_accuracy": before})
 
     name = f"{ALGORITHM_NAMES[cfg.algorithm]} ({cfg.variant})"
-    bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not (progress and main))
     started = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
-        metrics = ppo_iteration(cfg, stack, prompts.next(), optimizer, scheduler, step, last_checkpoint)
-        if metrics["objective/kl"] > cfg.kl_ceiling:
+        metrics = ppo_iteration(cfg, stack, prompts.next(), optimizer, scheduler, step, last_checkpoint, processes)
+        if metrics["objective/kl"] > cfg.kl_ceiling and main:
             warnings.warn(f"PPO step {step}: KL {metrics['objective/kl']:.3f} is past the ceiling {cfg.kl_ceiling}; "
                           "the policy is drifting from the reference (raise --kl-coef?)", stacklevel=1)
-        if verifier and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if verifier and main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics["eval/gold_accuracy"] = gold()
         tracker.log_metrics(metrics, step)
         history.append({"step": step, **metrics})
         bar.update(1)
-        bar.write(_describe(step, cfg.steps, metrics))
+        if main:
+            bar.write(_describe(step, cfg.steps, metrics))
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             # never let a poisoned state replace the last good checkpoint
             _check_finite(step, "checkpoint", last_checkpoint,
                           weights=torch.stack([p.detach().float().abs().max() for p in trainable.values()]))
-            last_checkpoint = checkpoint.save(out_dir, step, trainable, optimizer, scheduler, {"prompts": prompts},
-                                              history, to_dict(cfg))
+            rng = processes.gather(checkpoint.rng_state())  # every process's, for an exact resume
+            if main:
+                last_checkpoint = checkpoint.save(out_dir, step, trainable, optimizer, scheduler,
+                                                  {"prompts": prompts}, history, to_dict(cfg), rng)
     bar.close()
+    if not main:
+        return {}
 
     if verifier and "eval/gold_accuracy" not in history[-1]:
         history[-1]["eval/gold_accuracy"] = gold()

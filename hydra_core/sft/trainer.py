@@ -26,6 +26,7 @@ from hydra_core.data.batching import BatchStream
 from hydra_core.data.encoding import IGNORE_INDEX, lm_batch, pair_batch, truncation, truncation_params
 from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
+from hydra_core.distributed import Processes
 from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes, stage_peak_bytes
 from hydra_core.models.hydra import HydraModel, load_hydra
@@ -154,7 +155,8 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
                                   betas=(0.9, cfg.adam_beta2))
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    processes = Processes.join(accelerator.device)  # the group accelerate joined
+    rank, world = processes.rank, processes.world
     streams = {"demos": BatchStream(data["demos_train"], cfg.demo_batch_size, cfg.seed, rank, world),
                "pairs": BatchStream(data["pairs_train"], cfg.pair_batch_size, cfg.seed + 1, rank, world)}
     meta = {"kind": f"{cfg.mode}-model" if cfg.mode != "hydra" else "hydra-sft", "base_model": cfg.model,
@@ -163,7 +165,7 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
     start, history, last_checkpoint = 0, [], None
     if cfg.resume and (last_checkpoint := checkpoint.latest(output_dir)):
         start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, streams, to_dict(cfg),
-                                         RESUMABLE)
+                                         RESUMABLE, rank, world)
         if main:
             print(f"resumed from {last_checkpoint} (step {start})")
     if main:  # the rows after the checkpoint are redone below; a fresh run keeps none of an earlier one's
@@ -219,9 +221,10 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
         if main and (step % cfg.eval_every == 0 or step == cfg.steps):
             record(_evaluate(cfg, model, data), step)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            rng = processes.gather(checkpoint.rng_state())  # every process's, for an exact resume
             if main:
                 last_checkpoint = checkpoint.save(output_dir, step, trainable, optimizer, scheduler, streams,
-                                                  history, to_dict(cfg))
+                                                  history, to_dict(cfg), rng)
             accelerator.wait_for_everyone()
     bar.close()
 
