@@ -246,36 +246,61 @@ def _no_jobs_left() -> bool:
         client.close()
 
 
-@pytest.mark.docker
-def test_a_two_node_hydra_sft_step_trains_through_the_container_backend_in_the_project_image(
-        image, arithmetic_dir, base_model_dir, tmp_path, monkeypatch, capsys):
-    """The Hydra-SFT step as a pipeline runs it, its TrainJob on Docker instead of Kubernetes: the SDK's container
-    backend starts a container of the image per node on a private network and torchrun --nnodes 2 across them;
-    the step records the training in its MLflow run and hands the model on."""
+def _two_node_step(name: str, tmp_path: Path, monkeypatch, **inputs) -> tuple[Path, str, MlflowClient, float]:
+    """Component `name` as a pipeline runs it, on two CPU nodes, its TrainJob on Docker instead of Kubernetes: the
+    SDK's container backend starts a container of the project's image per node on a private network and torchrun
+    --nnodes 2 across them. Returns the step's output folder, its MLflow run, the client and the seconds taken."""
     monkeypatch.setenv(trainjob.BACKEND_VARIABLE, "container")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    model, metrics = KfpArtifact(tmp_path / "kfp" / "model"), KfpArtifact(tmp_path / "kfp" / "metrics")
+    output = KfpArtifact(tmp_path / "kfp" / "output")
     started = time.perf_counter()
-    run_id = load("hydra_sft").python_func(
-        data=KfpArtifact(arithmetic_dir), model=model, metrics=metrics, base_model=base_model_dir, steps=4,
-        demo_batch_size=16, pair_batch_size=8, seed=0, tracking_uri=uri, experiment="trainjob", num_nodes=2,
-        gpus_per_node=0, config={"eval_every": 2, "log_every": 2, "greedy_eval_prompts": 16, "warmup_steps": 1,
-                                 "checkpoint_every": 0})
+    outputs = {"hydra_sft": "model", "hydra_ppo": "policy"}
+    run_id = load(name).python_func(**{outputs[name]: output}, metrics=KfpArtifact(tmp_path / "kfp" / "metrics"),
+                                    seed=0, tracking_uri=uri, experiment="trainjob", num_nodes=2, gpus_per_node=0,
+                                    **inputs)
     seconds = time.perf_counter() - started
+    assert output.metadata["mlflow"]["run_id"] == run_id
+    assert _no_jobs_left()
+    return Path(output.path), run_id, MlflowClient(uri), seconds
 
-    out = Path(model.path)
+
+@pytest.mark.docker
+def test_a_two_node_hydra_sft_step_trains_through_the_container_backend_in_the_project_image(
+        image, arithmetic_dir, base_model_dir, tmp_path, monkeypatch, capsys):
+    """The step records the job's training in its MLflow run and hands the model on."""
+    out, run_id, client, seconds = _two_node_step(
+        "hydra_sft", tmp_path, monkeypatch, data=KfpArtifact(arithmetic_dir), base_model=base_model_dir, steps=4,
+        demo_batch_size=16, pair_batch_size=8,
+        config={"eval_every": 2, "log_every": 2, "greedy_eval_prompts": 16, "warmup_steps": 1, "checkpoint_every": 0})
     summary = json.loads((out / "sft_summary.json").read_text())
     assert summary["processes"] == 2  # one process group across the two nodes' containers
     assert (out / "config.json").exists()
     assert json.loads((out / "sft_config.json").read_text())["data"] == arithmetic_dir  # the step's paths
-    client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["steps"] == "4"
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 4]
     assert "sft_curves.png" in {a.path for a in client.list_artifacts(run_id)}
-    assert model.metadata["mlflow"]["run_id"] == run_id and "eval/gold_accuracy" in metrics.metadata
     printed = capsys.readouterr().out
     assert "on 2 node(s), CPU each" in printed and "hydra training" in printed  # the nodes' log, in the step's
-    assert _no_jobs_left()
     print(f"2-node Hydra-SFT step through the container backend: {seconds:.0f} s")
+
+
+@pytest.mark.docker
+def test_a_two_node_hydra_ppo_step_trains_through_the_container_backend_in_the_project_image(
+        image, arithmetic_dir, hydra_sft_dir, tmp_path, monkeypatch, capsys):
+    """Data-parallel Hydra-PPO across two nodes: each samples and trains on half the rollout; the policy and the
+    run come back to the step."""
+    out, run_id, client, seconds = _two_node_step(
+        "hydra_ppo", tmp_path, monkeypatch, data=KfpArtifact(arithmetic_dir), sft_model=KfpArtifact(hydra_sft_dir),
+        variant="hydra", steps=2, rollout_batch_size=8, mini_batch_size=4,
+        config={"greedy_eval_prompts": 8, "ppo_epochs": 1, "max_new_tokens": 3})
+    summary = json.loads((out / "ppo_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["layout"] == "hydra"
+    assert (out / "config.json").exists()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "ppo-hydra"
+    assert [m.step for m in client.get_metric_history(run_id, "objective/kl")] == [1, 2]
+    assert client.get_metric_history(run_id, "objective/kl")[0].value == 0  # a fresh adapter is the reference
+    assert "on 2 node(s), CPU each" in capsys.readouterr().out
+    print(f"2-node Hydra-PPO step through the container backend: {seconds:.0f} s")
