@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from kfp import dsl
+from kfp.dsl.component_task_config import TaskConfigField, TaskConfigPassthrough
 from kubeflow.trainer import (ContainerBackendConfig, CustomTrainer, KubernetesBackendConfig, TrainerClient,
                               TrainingRuntimeSource)
 from kubeflow.trainer.backends.container.utils import create_workdir
@@ -49,8 +49,9 @@ POLL_SECONDS = 5
 ENDED = {constants.TRAINJOB_COMPLETE, constants.TRAINJOB_FAILED}
 # What kfp hands the step's body of its pod's settings (`task_config`), each still applied to the pod itself: all
 # of them, as kfp's compiler refuses a task setting (resources, env, tolerations, ...) that a component with
-# passthroughs does not list. The job's nodes get the volumes, tolerations and node selector (Cluster).
-PASSTHROUGHS = [dsl.TaskConfigPassthrough(field=kind, apply_to_task=True) for kind in dsl.TaskConfigField]
+# passthroughs does not list. The job's nodes get the volumes, tolerations and node selector (Cluster). From their
+# own module: in a step (_KFP_RUNTIME) kfp.dsl leaves these compile-time names out.
+PASSTHROUGHS = [TaskConfigPassthrough(field=kind, apply_to_task=True) for kind in TaskConfigField]
 
 
 class TrainJobFailed(RuntimeError):

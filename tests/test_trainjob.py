@@ -3,7 +3,10 @@
 SDK's container backend in the project's image."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -221,6 +224,11 @@ def test_one_node_with_at_most_one_gpu_trains_in_the_steps_own_process_and_bad_c
         trainjob.stage_trainer("sft", 0, 1)
     with pytest.raises(ConfigError, match=r"^parameter gpus_per_node: -1 is out of range; it must be at least 0$"):
         trainjob.stage_trainer("ppo", 2, -1)
+
+
+def test_the_launcher_loads_in_a_step_where_kfp_leaves_out_its_compile_time_names():
+    subprocess.run([sys.executable, "-c", "import components.trainjob"], check=True, timeout=120,
+                   env={**os.environ, "_KFP_RUNTIME": "true"})
 
 
 def test_a_trainjob_on_kubernetes_needs_storage_the_step_shares_with_its_nodes(step, monkeypatch):
