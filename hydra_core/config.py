@@ -420,6 +420,21 @@ STAGE_CONFIGS = {cls.STAGE: cls for cls in (DataConfig, ModelInitConfig, SFTConf
                                             ExportConfig)}
 
 
+@dataclass
+class Placement:
+    """Where a pipeline's training step (SFT, PPO) runs: on `num_nodes` nodes of `gpus_per_node` GPUs each (0: CPU
+    nodes). One node with at most one GPU is the step's own pod; more of either is a Kubeflow Trainer job that
+    runs the stage's command under torchrun (components/trainjob.py). Not a stage: its command has no flags for
+    these, torchrun and accelerate say how many processes there are."""
+
+    num_nodes: int = setting(1, ge=1)
+    gpus_per_node: int = setting(1, ge=0)
+
+    @property
+    def distributed(self) -> bool:
+        return self.num_nodes > 1 or self.gpus_per_node > 1
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -656,9 +671,10 @@ def check_parameters(values: Mapping[str, Any], rules: Mapping[str, Any]) -> Non
 
     `rules` says how (plain JSON, so a pipeline step can receive it): `fields` maps a parameter to
     the (stage, field) it sets, `configs` a `*_config` parameter to its stage, `wired` each stage's
-    fields the pipeline sets itself, `seeded` the stages the `seed` parameter seeds, and `labels` a
+    fields the pipeline sets itself, `seeded` the stages the `seed` parameter seeds, `labels` a
     list parameter of run labels (`hydra`, `hydra-grpo`; it sets the stage's variant and algorithm)
-    to the per-label settings table that goes with it (`check_label_table`). A stage's config is
+    to the per-label settings table that goes with it (`check_label_table`), and `placements` each
+    training stage's `Placement` fields to the parameters that set them. A stage's config is
     built from its own parameters, then a label's table entries, then its `*_config` parameter.
     """
     fields = {name: tuple(target) for name, target in rules["fields"].items()}
@@ -716,6 +732,8 @@ def check_parameters(values: Mapping[str, Any], rules: Mapping[str, Any]) -> Non
     for name, (stage, field) in fields.items():
         if stage not in configs.values():  # a stage whose config the pipeline builds from this one parameter
             coerce(STAGE_CONFIGS[stage], field, values[name], named(name))
+    for parameters in rules.get("placements", {}).values():  # {field: parameter} of each training step
+        build(Placement, *(({field: values[name]}, named(name)) for field, name in parameters.items()))
 
 
 # --- config files ------------------------------------------------------------------------------
@@ -820,7 +838,8 @@ __all__ = [
     "ALGORITHM_NAMES", "ALGORITHMS", "ALL_LINEAR", "CRITIC_FREE", "DATA_FORMATS", "JUDGES", "LABEL_FIELDS",
     "MODEL_PRESETS", "NO_CHAT_TEMPLATE", "PPO_VARIANTS", "PRECISIONS", "QUANTIZABLE_VARIANTS", "QUANTIZATIONS",
     "RUN_LABELS", "SEPARATE_MODEL_VARIANTS", "SFT_MODES", "STAGE_CONFIGS",
-    "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "SFTConfig",
+    "ConfigError", "DataConfig", "EvalConfig", "ExportConfig", "ModelInitConfig", "PPOConfig", "Placement",
+    "SFTConfig",
     "bounds", "build", "check_label_table", "check_parameters", "coerce", "coerce_value", "config_file_name",
     "describe_range", "field_names", "field_type", "file_namer", "flag", "from_parameters", "is_recipe",
     "label_config", "label_layers", "load_config", "lora_target_names", "parse_run_label", "parse_text",

@@ -20,6 +20,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from hydra_core import checkpoint, registry
 from hydra_core.config import (DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig, SFTConfig, build,
@@ -34,8 +35,10 @@ from hydra_core.models.hydra import load_hydra, saved_heads
 from hydra_core.models.presets import build_base_model
 from hydra_core.models.reference import check_model
 from hydra_core.plots import plot_comparison
+from hydra_core.ppo.trainer import CURVES_FILE as PPO_CURVES
 from hydra_core.ppo.trainer import SUMMARY_FILE as PPO_SUMMARY
 from hydra_core.ppo.trainer import run_ppo
+from hydra_core.sft.trainer import CURVES_FILE as SFT_CURVES
 from hydra_core.sft.trainer import SUMMARY_FILE as SFT_SUMMARY
 from hydra_core.sft.trainer import run_sft
 from hydra_core.tracking.base import numeric_entries
@@ -142,6 +145,29 @@ def _log_output_dir(run: MlflowTracker, directory: str | Path) -> str:
     return registry.LM_MODEL
 
 
+def _trained_elsewhere(train: Callable, cfg: SFTConfig | PPOConfig, run: MlflowTracker, summary_file: str,
+                       curves_file: str) -> dict:
+    """`train(cfg)` trains the stage somewhere else (a Kubeflow Trainer job of several nodes) and leaves its
+    output in `cfg.output_dir`, untracked there; this run then records what the trainer records in a run of its
+    own: the settings, every metric row of `metrics.jsonl` at its step, the finished stage's figures (params, one
+    value each) and the curves. Returns the stage's summary."""
+    train(cfg)
+    out = Path(cfg.output_dir)
+    params = to_dict(cfg)
+    run.log_params(params)
+    logged = set(params)  # MLflow refuses a param logged again with another value; a metric is no param
+    for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        metrics = {k: v for k, v in row.items() if k not in ("step", "time") and v is not None}
+        run.log_metrics(metrics, row["step"])
+        logged |= set(metrics)
+    summary = json.loads((out / summary_file).read_text(encoding="utf-8"))
+    run.log_params({k: v for k, v in summary.items() if k not in logged and isinstance(v, (int, float, str))})
+    if (out / curves_file).exists():
+        run.log_artifact(out / curves_file)
+    return summary
+
+
 # --- the stages ------------------------------------------------------------------------------
 
 
@@ -186,17 +212,18 @@ def prepare_data(cfg: DataConfig, tracking: Tracking, sources: dict | None = Non
     return {**manifest, **counts, "tracking": run.status()}
 
 
-def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "", sources: dict | None = None) -> dict:
+def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "", sources: dict | None = None,
+        train: Callable[[SFTConfig], None] | None = None) -> dict:
     """`run_sft` in a run named by its mode; the model directory is logged and, given a name, registered.
-    `sources`: what the run records in place of local paths (`_stage_run`). Returns {} on the other
-    processes of a distributed run."""
+    `sources`: what the run records in place of local paths (`_stage_run`). `train`: trains elsewhere in
+    place of `run_sft` here (`_trained_elsewhere`). Returns {} on the other processes of a distributed run."""
     run_name = SFT_RUN_NAMES[cfg.mode]
     registered = {}
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
             _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY, sources=sources) as run:
         _log_splits(run, cfg.data, ("demos_train", "pairs_train"))
-        summary = run_sft(cfg, run)
+        summary = run_sft(cfg, run) if train is None else _trained_elsewhere(train, cfg, run, SFT_SUMMARY, SFT_CURVES)
         if summary:
             logged = _log_output_dir(run, cfg.output_dir)
             if registered_model:
@@ -207,18 +234,19 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "", sources:
     return {**summary, "tracking": {**run.status(), **registered}} if summary else {}
 
 
-def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None) -> dict:
+def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None,
+        train: Callable[[PPOConfig], None] | None = None) -> dict:
     """`run_ppo` in an `<algorithm>-<variant>` run (`ppo-hydra`, `grpo-hydra`); the policy directory is
-    logged as the `model` artifact. `sources`: what the run records in place of local paths (`_stage_run`).
-    The summary it returns says how long the stage took (`stage_seconds`); {} on the other processes of a
-    data-parallel run."""
+    logged as the `model` artifact. `sources`: what the run records in place of local paths (`_stage_run`);
+    `train`: trains elsewhere in place of `run_ppo` here (`_trained_elsewhere`). The summary it returns says
+    how long the stage took (`stage_seconds`); {} on the other processes of a data-parallel run."""
     started = time.perf_counter()
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
             _stage_run(tracking, f"{cfg.algorithm}-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
                        tags={"variant": cfg.variant, "algorithm": cfg.algorithm}, sources=sources) as run:
         _log_splits(run, cfg.data, ("prompts_train",))
-        summary = run_ppo(cfg, run)
+        summary = run_ppo(cfg, run) if train is None else _trained_elsewhere(train, cfg, run, PPO_SUMMARY, PPO_CURVES)
         if summary:
             _log_output_dir(run, cfg.output_dir)
     return {**summary, "stage_seconds": time.perf_counter() - started, "tracking": run.status()} if summary else {}

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra_core import config as C
-from pipelines.hydra_rlhf import CONFIG_PARAMETERS, LABEL_PARAMETERS, RULES, SEEDED, STAGE_PARAMETERS, WIRED, hydra_rlhf
+from pipelines.hydra_rlhf import (CONFIG_PARAMETERS, LABEL_PARAMETERS, PLACEMENTS, RULES, SEEDED, STAGE_PARAMETERS,
+                                  WIRED, hydra_rlhf)
 
 TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list, "Dict": dict}
 
@@ -140,6 +141,21 @@ def check(arguments: dict, pipeline=hydra_rlhf) -> None:
     ui = values.get("kfp_ui_url", "")
     if ui and not ui.startswith(("http://", "https://")):  # the parent run's link to the KFP run is built from it
         raise C.ConfigError(f"pipeline parameter kfp_ui_url {ui!r}: expected the KFP UI's http(s) address")
+
+
+def check_shared_storage(arguments: dict, shared: bool, remedy: str, pipeline=hydra_rlhf) -> None:
+    """A training step on more than one node or GPU trains in a Kubeflow Trainer TrainJob, whose nodes need storage
+    they share with the step (`shared`: whether the run has it); without it, a one-line error naming the parameter
+    and `remedy`, before anything runs."""
+    if shared:
+        return
+    for stage, fields in PLACEMENTS.items():
+        values = {field: arguments.get(name, _inputs(pipeline)[name].default) for field, name in fields.items()}
+        if C.Placement(**values).distributed:
+            field = "num_nodes" if values["num_nodes"] > 1 else "gpus_per_node"
+            raise ArgumentError(f"pipeline parameter {fields[field]}={values[field]}: the {stage} steps on more than "
+                                f"one node or GPU train in a Kubeflow Trainer TrainJob, whose nodes need storage "
+                                f"they share with the step; {remedy}")
 
 
 def pipeline_arguments(pairs: list[str], recipe: str | None = None, stand_in: bool = False) -> tuple[dict, list[str]]:

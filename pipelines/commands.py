@@ -26,6 +26,12 @@ def _add_task_settings(p: argparse.ArgumentParser) -> None:
                         "nvidia.com/gpu:NoSchedule, or dedicated=ml:NoSchedule")
     p.add_argument("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
                    help="every task runs on a node with this label, repeatable: e.g. pool=training")
+    p.add_argument("--workspace", default="", metavar="SIZE",
+                   help="give the run a workspace of SIZE (e.g. 200Gi: a ReadWriteMany PVC per run, kfp's), which "
+                        "the SFT and PPO steps share with the nodes of the Kubeflow Trainer TrainJobs they create "
+                        "when *_num_nodes or *_gpus_per_node ask for more than one")
+    p.add_argument("--workspace-storage-class", default="", metavar="NAME",
+                   help="the workspace's storage class, one that provides ReadWriteMany (default: the cluster's)")
 
 
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -51,8 +57,16 @@ def _node_selector(pairs: list[str]) -> dict:
 
 def _task_settings(args) -> dict:
     """build()'s settings from the flags of _add_task_settings."""
+    if args.workspace:
+        from kfp import dsl
+
+        try:
+            dsl.WorkspaceConfig(size=args.workspace)
+        except ValueError as e:
+            raise ValueError(f"--workspace {args.workspace!r}: {e}") from None
     return dict(use_gpu=args.gpu, accelerator=args.accelerator, tolerations=[_toleration(t) for t in args.toleration],
-                node_selector=_node_selector(args.node_selector))
+                node_selector=_node_selector(args.node_selector), workspace=args.workspace,
+                workspace_storage_class=args.workspace_storage_class)
 
 
 def _parameter_table() -> str:
@@ -103,9 +117,12 @@ def _compile(args) -> None:
         for path in build():
             print(f"component spec written to {path}")
         return
+    from pipelines.arguments import check_shared_storage
     from pipelines.hydra_rlhf import compile_pipeline
 
-    path = compile_pipeline(args.output, defaults=_arguments(args), **_task_settings(args))
+    defaults, settings = _arguments(args), _task_settings(args)
+    check_shared_storage(defaults, bool(settings["workspace"]), "compile with --workspace SIZE")
+    path = compile_pipeline(args.output, defaults=defaults, **settings)
     print(f"pipeline spec written to {path}")
 
 
@@ -115,6 +132,8 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-name")
     p.add_argument("--experiment-name")
     p.add_argument("--namespace")
+    p.add_argument("--service-account", help="the Kubernetes service account the run's pods run as (default: the "
+                   "KFP profile's); a step on several nodes needs one allowed to create TrainJobs (README)")
     p.add_argument("--no-tracking", action="store_true",
                    help="submit without an MLflow tracking URI: the run records nothing and registers no model")
     _add_task_settings(p)
@@ -126,7 +145,7 @@ def _submit(args) -> None:
 
     run_id = submit(args.host, _arguments(args), package=args.package, run_name=args.run_name,
                     experiment_name=args.experiment_name, namespace=args.namespace, tracked=not args.no_tracking,
-                    settings=_task_settings(args))
+                    settings=_task_settings(args), service_account=args.service_account)
     print(f"submitted: run {run_id} on {args.host}")
 
 

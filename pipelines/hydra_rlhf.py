@@ -60,11 +60,12 @@ from components.hydra_sft.component import hydra_sft
 from components.image import ACCELERATOR, CUDA_IMAGE, IMAGE
 from components.pairwise_eval.component import pairwise_eval
 from components.register_model.component import register_model
-from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig, PPOConfig, SFTConfig, run_label
+from hydra_core.config import (DataConfig, EvalConfig, ModelInitConfig, Placement, PPOConfig, SFTConfig, field_names,
+                               run_label)
 from hydra_core.registry import CHAMPION_THRESHOLD, POLICY_MODEL, SFT_MODEL
 from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
 
-_D, _M, _T, _P, _E = DataConfig(), ModelInitConfig(), SFTConfig(), PPOConfig(), EvalConfig()
+_D, _M, _T, _P, _E, _N = DataConfig(), ModelInitConfig(), SFTConfig(), PPOConfig(), EvalConfig(), Placement()
 
 NAME = "hydra-rlhf"
 RESOURCES = {  # component name: (CPU request, CPU limit, memory request and limit, scratch volume size)
@@ -135,12 +136,17 @@ PPO_VARIANT_CONFIG = {
     "rloo": {"samples_per_prompt": 4, "rollout_batch_size": 64},
     "grpo": {"samples_per_prompt": 4, "rollout_batch_size": 64},
 }
+# Where each training step runs (hydra_core.config.Placement): {its field: the pipeline parameter}. More than one
+# node or GPU makes the step a Kubeflow Trainer TrainJob's launcher (components/trainjob.py), whose nodes share
+# the step's files through the pipeline's workspace (build's `workspace`).
+PLACEMENTS = {stage: {field: f"{stage}_{field}" for field in field_names(Placement)} for stage in ("sft", "ppo")}
 # the above as hydra_core.config.check_parameters reads them, here and in the pipeline's first step
 RULES = {"fields": {name: list(target) for name, target in STAGE_PARAMETERS.items()}, "configs": CONFIG_PARAMETERS,
          "wired": {stage: sorted(fields) for stage, fields in WIRED.items()}, "seeded": list(SEEDED),
-         "labels": LABEL_PARAMETERS}
+         "labels": LABEL_PARAMETERS, "placements": PLACEMENTS}
 # the parameters the first step checks
-CHECKED = (*STAGE_PARAMETERS, "seed", *CONFIG_PARAMETERS, *LABEL_PARAMETERS.values())
+CHECKED = (*STAGE_PARAMETERS, "seed", *CONFIG_PARAMETERS, *LABEL_PARAMETERS.values(),
+           *(name for fields in PLACEMENTS.values() for name in fields.values()))
 
 
 # what each pipeline parameter that sets no single stage field means (`run --help`, `submit --help`)
@@ -155,6 +161,11 @@ MEANINGS = {
     "registered_policy_model": "registered model name of the PPO policies",
     "champion_threshold": "the judged win-rate's lower bound above which a policy becomes champion",
     "ppo_variants": "run labels, each a PPO variant: a layout, or layout-algorithm (hydra, lora, hydra-grpo, ...)",
+    **{parameters["num_nodes"]: f"nodes the {stage} steps train on; more than one (or more than one GPU) runs "
+       "them as a Kubeflow Trainer TrainJob, whose nodes need the workspace (compile --workspace)"
+       for stage, parameters in PLACEMENTS.items()},
+    **{parameters["gpus_per_node"]: f"GPUs on each node of a {stage} step's TrainJob (0: CPU nodes)"
+       for stage, parameters in PLACEMENTS.items()},
     **{name: "optional Kubernetes secret; its keys become variables of the steps that need them: "
        + ", ".join(key if key == variable else f"{key} as {variable}" for key, variable in keys.items())
        for name, (_, keys, _) in SECRETS.items()},
@@ -163,15 +174,23 @@ MEANINGS = {
 
 def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: int = 0,
           tolerations: Sequence[Mapping[str, str]] = (), node_selector: Mapping[str, str] | None = None,
-          cluster: bool = True):
+          cluster: bool = True, workspace: str = "", workspace_storage_class: str = ""):
     """The pipeline, its task settings fixed (a task's resources are not pipeline parameters).
     `parallelism`: how many variants run at once (0: all; kfp fixes it when compiling, not per run).
     `tolerations`: add_toleration's arguments, each; `node_selector`: {label: value} every task's node has.
     `cluster`: the scratch volumes, the variables that point there and the retries. Off for a local run: the
     local runner sets a task's variables in this machine's processes, where the volume's path does not exist,
-    and it honours retries, which on one machine only delay a failure's report by minutes."""
+    and it honours retries, which on one machine only delay a failure's report by minutes.
+    `workspace`: the size of the pipeline's workspace (kfp's, a PVC per run; ReadWriteMany, of
+    `workspace_storage_class` when given), which the SFT and PPO steps share with the nodes of the TrainJobs they
+    create when their `*_num_nodes` or `*_gpus_per_node` ask for more than one; "" for none (one node each)."""
+    shared = {"workspace": dsl.WORKSPACE_PATH_PLACEHOLDER} if workspace else {}
+    volume = {"accessModes": ["ReadWriteMany"], **({"storageClassName": workspace_storage_class}
+                                                  if workspace_storage_class else {})}
+    config = dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(
+        size=workspace, kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=volume))) if workspace else None
 
-    @dsl.pipeline(name=NAME, description=__doc__.split("\n\n")[0].replace("\n", " "))
+    @dsl.pipeline(name=NAME, description=__doc__.split("\n\n")[0].replace("\n", " "), pipeline_config=config)
     def hydra_rlhf(
         base_model: str = "",
         base_preset: str = _M.preset,
@@ -185,6 +204,8 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
         sft_learning_rate: float = _T.learning_rate,
         sft_demo_batch_size: int = _T.demo_batch_size,
         sft_pair_batch_size: int = _T.pair_batch_size,
+        sft_num_nodes: int = _N.num_nodes,
+        sft_gpus_per_node: int = _N.gpus_per_node,
         ppo_variants: List[str] = [run_label(_P.variant, _P.algorithm)],
         ppo_steps: int = _P.steps,
         ppo_rollout_batch_size: int = _P.rollout_batch_size,
@@ -194,6 +215,8 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
         ppo_kl_coef: float = _P.kl_coef,
         ppo_lora_rank: int = _P.lora_rank,
         ppo_memory_budget: str = _P.memory_budget,
+        ppo_num_nodes: int = _N.num_nodes,
+        ppo_gpus_per_node: int = _N.gpus_per_node,
         judge: str = _E.judge,
         judge_model: str = _E.judge_model,
         judge_base_url: str = _E.judge_base_url,
@@ -261,7 +284,8 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
                                           mini_batch_size=ppo_mini_batch_size, learning_rate=ppo_learning_rate,
                                           critic_learning_rate=ppo_critic_learning_rate, kl_coef=ppo_kl_coef,
                                           lora_rank=ppo_lora_rank, memory_budget=ppo_memory_budget, seed=seed,
-                                          config=ppo_config, **tracking))
+                                          config=ppo_config, num_nodes=ppo_num_nodes,
+                                          gpus_per_node=ppo_gpus_per_node, **shared, **tracking))
                 ppo.set_display_name("Hydra-PPO")
                 evaluation = judged(ppo.outputs["policy"], baseline, "pairwise eval").outputs["evaluation"]
                 registered = configure(register_model(evaluation=evaluation, policy_run_id=ppo.outputs["Output"],
@@ -295,7 +319,8 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
             # the same data and budget for Hydra-SFT and, where needed, the SFT model and the reward model
             budget = dict(data=data, steps=sft_steps, learning_rate=sft_learning_rate,
                           demo_batch_size=sft_demo_batch_size, pair_batch_size=sft_pair_batch_size, seed=seed,
-                          config=sft_config, **tracking)
+                          config=sft_config, num_nodes=sft_num_nodes, gpus_per_node=sft_gpus_per_node, **shared,
+                          **tracking)
             sft = configure(hydra_sft(base_model=base_model, base_preset=base_preset, **budget,
                                       registered_model=registered_sft_model))
             sft.set_display_name("Hydra-SFT")

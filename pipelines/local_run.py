@@ -17,6 +17,8 @@ from pathlib import Path
 from kfp import local
 
 from components.image import IMAGE
+from components.trainjob import BACKEND_VARIABLE
+from pipelines.arguments import check_shared_storage
 from pipelines.commands import RUNNERS
 from pipelines.console import ANSI, console_for
 from pipelines.hydra_rlhf import SECRETS, build
@@ -99,6 +101,9 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
     RunnerUnavailable before any work when it cannot run here."""
     if runner not in RUNNERS:
         raise ValueError(f"--runner {runner}: expected one of {', '.join(RUNNERS)}")
+    container_jobs = os.environ.get(BACKEND_VARIABLE) == "container" and runner == "subprocess"
+    check_shared_storage(arguments or {}, container_jobs, f"a local run creates one only on this machine's Docker: "
+                         f"set {BACKEND_VARIABLE}=container (with --runner subprocess)")
     out = Path(output_dir or default_output_dir()).resolve()
     if "kfp-workspace" in str(out):  # kfp 2.17 rewrites any path containing it as a workspace path
         raise ValueError(f"{out}: the output folder's path must not contain 'kfp-workspace'")

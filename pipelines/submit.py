@@ -17,6 +17,7 @@ import kfp
 import yaml
 from urllib3.exceptions import MaxRetryError
 
+from pipelines.arguments import check_shared_storage
 from pipelines.hydra_rlhf import compile_pipeline
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
@@ -24,9 +25,10 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 
 def submit(host: str, arguments: dict | None = None, package: str | None = None, run_name: str | None = None,
            experiment_name: str | None = None, namespace: str | None = None, tracked: bool = True,
-           settings: dict | None = None) -> str:
+           settings: dict | None = None, service_account: str | None = None) -> str:
     """Returns the new run's id. `tracked`: refuse a tracking URI the pods cannot reach (False: an untracked
-    run, no tracking URI allowed). `settings` are hydra_rlhf.build's, for when there is no `package`."""
+    run, no tracking URI allowed). `settings` are hydra_rlhf.build's, for when there is no `package`.
+    `service_account`: the one the run's pods run as (kfp sets it per run, not per task)."""
     arguments = arguments or {}
     if not host.startswith(("http://", "https://")):
         raise ValueError(f"--host must be the KFP endpoint's http(s) URL, got {host!r}")
@@ -34,6 +36,8 @@ def submit(host: str, arguments: dict | None = None, package: str | None = None,
         raise FileNotFoundError(f"{package}: no such compiled pipeline file")
     uri = arguments.get("tracking_uri", _default_tracking_uri(package) if package else "")
     check_tracking_uri(uri, tracked)
+    workspace = _has_workspace(package) if package else bool((settings or {}).get("workspace"))
+    check_shared_storage(arguments, workspace, "compile the pipeline with --workspace SIZE")
     with tempfile.TemporaryDirectory() as tmp:
         package = package or compile_pipeline(str(Path(tmp) / "hydra_rlhf.yaml"), **(settings or {}))
         if "kfp_ui_url" in _parameters(package):  # the parent MLflow run links back to this run
@@ -43,7 +47,8 @@ def submit(host: str, arguments: dict | None = None, package: str | None = None,
                 warnings.simplefilter("ignore", FutureWarning)
                 client = kfp.Client(host=host, **({"namespace": namespace} if namespace else {}))
             result = client.create_run_from_pipeline_package(package, arguments=arguments, run_name=run_name,
-                                                             experiment_name=experiment_name, namespace=namespace)
+                                                             experiment_name=experiment_name, namespace=namespace,
+                                                             service_account=service_account)
         except MaxRetryError as e:  # urllib3 has already retried; its traceback runs to a hundred lines
             raise ConnectionError(f"--host {host}: the KFP API does not answer ({_reason(e)}); check the URL, "
                                   "and that this machine can reach it") from None
@@ -54,6 +59,12 @@ def _parameters(package: str) -> dict:
     """The pipeline parameters a compiled package declares (an older one may lack some)."""
     spec = next(yaml.safe_load_all(Path(package).read_text(encoding="utf-8"))) or {}
     return spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+
+
+def _has_workspace(package: str) -> bool:
+    """Whether a compiled package gives its runs a workspace (its platform spec, the second document)."""
+    platform = next(iter(list(yaml.safe_load_all(Path(package).read_text(encoding="utf-8")))[1:]), None) or {}
+    return bool(platform.get("platforms", {}).get("kubernetes", {}).get("pipelineConfig", {}).get("workspace"))
 
 
 def _reason(error: MaxRetryError) -> str:

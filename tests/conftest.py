@@ -1,10 +1,12 @@
 """Shared fixtures: a tiny random-init base model, a small arithmetic prepared directory, and a
-briefly trained Hydra-SFT model. Built once per test session."""
+briefly trained Hydra-SFT model, built once per test session; the project's CPU image for the docker tests;
+what a component function is handed for a kfp artifact."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from components.image import IMAGE
 from hydra_core import checkpoint
 from hydra_core.config import DataConfig, ModelInitConfig, PPOConfig, SFTConfig
 from hydra_core.data.prepare import prepare
@@ -22,6 +25,47 @@ from hydra_core.models.generation import Decoding, generate
 from hydra_core.models.presets import build_base_model
 from hydra_core.ppo import algorithm as A
 from hydra_core.sft.trainer import run_sft
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class KfpArtifact:
+    """What a component function gets for a kfp artifact: a local path and its metadata."""
+
+    def __init__(self, path, metadata=None):
+        self.path, self.metadata = str(path), dict(metadata or {})
+
+    def log_metric(self, name, value):  # as a Metrics output
+        self.metadata[name] = value
+
+
+def _docker_client():
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+        return client
+    except Exception as e:  # no package, no socket, no permission: all mean no Docker here
+        pytest.skip(f"no Docker daemon answers ({type(e).__name__}): start one to run the docker tests")
+
+
+@pytest.fixture(scope="session")
+def image():
+    """The components' CPU image: reused when present, else built by containers/build.sh with the options in
+    HYDRA_RLHF_BUILD_OPTIONS (e.g. "--debootstrap --wheelhouse" where no registry is reachable)."""
+    import docker
+
+    client = _docker_client()
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        options = shlex.split(os.environ.get("HYDRA_RLHF_BUILD_OPTIONS", ""))
+        subprocess.run([str(ROOT / "containers" / "build.sh"), *options], check=True, timeout=3600)
+    finally:
+        client.close()
+    return IMAGE
 
 
 @pytest.fixture(scope="session")

@@ -133,6 +133,8 @@ def test_the_check_step_takes_every_parameter_that_sets_a_stage_field():
         check(rules=RULES, **{**values, "ppo_config": {"top_p": 1.5}})
     with pytest.raises(ValueError, match=r"pipeline parameter ppo_variants: 'hydra-dpo' is not a variant"):
         check(rules=RULES, **{**values, "ppo_variants": ["hydra-dpo"]})
+    with pytest.raises(ValueError, match=r"^pipeline parameter sft_num_nodes: 0 is out of range; it must be at least"):
+        check(rules=RULES, **{**values, "sft_num_nodes": 0})
 
 
 @pytest.mark.parametrize("label, separate", [("hydra", False), ("j-hydra", False), ("hydra-grpo", False),

@@ -4,7 +4,6 @@ image built (or reused) and a component run in it by kfp's DockerRunner with its
 this machine."""
 
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -119,34 +118,6 @@ def test_build_script_rejects_unknown_options(tmp_path):
 
 
 # ---- with a Docker daemon: `pytest -m docker` ----
-
-def _docker_client():
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-        return client
-    except Exception as e:  # no package, no socket, no permission: all mean no Docker here
-        pytest.skip(f"no Docker daemon answers ({type(e).__name__}): start one to run the docker tests")
-
-
-@pytest.fixture(scope="module")
-def image():
-    """The components' CPU image: reused when present, else built by containers/build.sh with the options in
-    HYDRA_RLHF_BUILD_OPTIONS (e.g. "--debootstrap --wheelhouse" where no registry is reachable)."""
-    import docker
-
-    client = _docker_client()
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        options = shlex.split(os.environ.get("HYDRA_RLHF_BUILD_OPTIONS", ""))
-        subprocess.run([str(BUILD), *options], check=True, timeout=3600)
-    finally:
-        client.close()
-    return IMAGE
-
 
 @pytest.mark.docker
 def test_image_records_itself_and_runs_as_any_uid(image):

@@ -133,6 +133,37 @@ def test_the_separate_sft_model_and_reward_model_are_trained_only_when_a_label_n
     assert "hydra_sft_evaluation" in compares[needed] and "hydra_sft_evaluation" not in compares[f"!({needed})"]
 
 
+def test_the_spec_carries_each_training_steps_nodes_and_gpus_and_the_workspace_their_trainjobs_share(tmp_path):
+    path = tmp_path / "nodes.yaml"
+    assert cli.main(["compile", "-o", str(path), "--workspace", "200Gi", "--workspace-storage-class", "nfs",
+                     *params("sft_num_nodes=2", "ppo_num_nodes=4", "ppo_gpus_per_node=8")]) == 0
+    spec, platform = yaml.safe_load_all(path.read_text())
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert {name: parameters[name]["defaultValue"] for name in (
+        "sft_num_nodes", "sft_gpus_per_node", "ppo_num_nodes", "ppo_gpus_per_node")} == {
+        "sft_num_nodes": 2, "sft_gpus_per_node": 1, "ppo_num_nodes": 4, "ppo_gpus_per_node": 8}
+    # the run's workspace: one ReadWriteMany claim, which the step's pod and its TrainJob's nodes mount
+    assert platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"] == {
+        "size": "200Gi", "kubernetes": {"pvcSpecPatch": {"accessModes": ["ReadWriteMany"], "storageClassName": "nfs"}}}
+    training = {name: task for name, (task, _) in dag_tasks(spec).items()
+                if name.startswith(("hydra-sft", "hydra-ppo"))}
+    assert len(training) == 5  # Hydra-SFT, the SFT model and the reward model, a PPO step in each branch
+    for name, task in training.items():
+        given = task["inputs"]["parameters"]
+        stage = "ppo" if name.startswith("hydra-ppo") else "sft"
+        assert {key: given[key]["componentInputParameter"].removeprefix("pipelinechannel--")
+                for key in ("num_nodes", "gpus_per_node")} == {
+            "num_nodes": f"{stage}_num_nodes", "gpus_per_node": f"{stage}_gpus_per_node"}, name
+        assert given["workspace"] == {"runtimeValue": {"constant": "{{$.workspace_path}}"}}, name
+    passthrough = {p["field"]: p["applyToTask"] for p in spec["components"]["comp-hydra-ppo"]["taskConfigPassthroughs"]}
+    assert passthrough["KUBERNETES_VOLUMES"] is True and passthrough["RESOURCES"] is True  # the pod keeps its own
+    # without a workspace none is compiled in, and the steps run in their own pods unless told otherwise
+    assert cli.main(["compile", "-o", str(tmp_path / "plain.yaml")]) == 0
+    spec, platform = yaml.safe_load_all((tmp_path / "plain.yaml").read_text())
+    assert "pipelineConfig" not in platform["platforms"]["kubernetes"]
+    assert not [name for name, (task, _) in dag_tasks(spec).items() if "workspace" in task["inputs"]["parameters"]]
+
+
 def _loop_policies(spec) -> list:
     """The iterator policy of every ParallelFor in a compiled spec."""
     found = []
@@ -275,6 +306,12 @@ def test_without_tolerations_or_node_selectors_none_are_compiled(tmp_path):
     (["--toleration", "gpu:NoScheduled"], "--toleration 'gpu:NoScheduled': expected KEY[=VALUE][:EFFECT]"),
     (["--toleration", "gpu=:NoSchedule"], "--toleration 'gpu=:NoSchedule'"),
     (["--node-selector", "pool"], "--node-selector 'pool': expected LABEL=VALUE"),
+    (["--workspace", "lots"], "--workspace 'lots': Workspace size \"lots\" is invalid"),
+    # a TrainJob's nodes share the step's files through the workspace
+    (["-p", "sft_num_nodes=2"], "pipeline parameter sft_num_nodes=2: the sft steps on more than one node or GPU "
+                                "train in a Kubeflow Trainer TrainJob, whose nodes need storage they share with the "
+                                "step; compile with --workspace SIZE"),
+    (["-p", "ppo_gpus_per_node=4"], "pipeline parameter ppo_gpus_per_node=4: the ppo steps"),
 ])
 def test_bad_task_settings_are_refused_naming_the_flag(tmp_path, argv, message, capsys):
     assert cli.main(["compile", "-o", str(tmp_path / "x.yaml"), *argv]) == 2
@@ -296,6 +333,11 @@ def test_bad_task_settings_are_refused_naming_the_flag(tmp_path, argv, message, 
     (['sft_config={"mixed_precision": "fp8"}'], "sft_config['mixed_precision']: 'fp8' is not one of auto, bf16, no"),
     (["kfp_ui_url=ftp://kubeflow"], "pipeline parameter kfp_ui_url 'ftp://kubeflow': expected the KFP UI's http(s)"),
     (["kfp_ui_url=kubeflow.example.com"], "kfp_ui_url 'kubeflow.example.com': expected the KFP UI's http(s) address"),
+    (["sft_num_nodes=0"], "pipeline parameter sft_num_nodes: 0 is out of range; it must be at least 1"),
+    (["ppo_gpus_per_node=-1"], "pipeline parameter ppo_gpus_per_node: -1 is out of range; it must be at least 0"),
+    (["ppo_num_nodes=2"], "pipeline parameter ppo_num_nodes=2: the ppo steps on more than one node or GPU train in a "
+                          "Kubeflow Trainer TrainJob, whose nodes need storage they share with the step; a local run "
+                          "creates one only on this machine's Docker: set HYDRA_RLHF_TRAINJOB_BACKEND=container"),
 ])
 def test_bad_pipeline_arguments_are_refused_before_anything_runs(argv, message, capsys):
     assert cli.main(["run", *params(*argv)]) == 2

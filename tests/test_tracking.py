@@ -14,7 +14,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import stop_process_group, tiny_sft_config
+from conftest import KfpArtifact, stop_process_group, tiny_sft_config
 from hydra_core import cli, registry, stages
 from hydra_core.config import DataConfig
 from hydra_core.tracking.mlflow_tracker import JOURNAL, PENDING_DIR, MlflowTracker, replay
@@ -458,40 +458,30 @@ def test_a_sync_that_stops_part_way_sends_each_record_once_when_run_again(tmp_pa
     assert len(client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])) == 1
 
 
-class _Artifact:
-    """What a component function gets for a kfp artifact: a local path and its metadata."""
-
-    def __init__(self, path, metadata=None):
-        self.path, self.metadata = str(path), dict(metadata or {})
-
-    def log_metric(self, name, value):  # as a Metrics output
-        self.metadata[name] = value
-
-
 def test_a_pipelines_runs_name_their_inputs_as_typed_or_as_mlflow_references_not_local_paths(tmp_path, monkeypatch):
     from components.build import load
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = sqlite_uri(tmp_path)
     tracking = dict(tracking_uri=uri, experiment="lineage")
-    data = _Artifact(tmp_path / "kfp" / "data")
+    data = KfpArtifact(tmp_path / "kfp" / "data")
     prep = stages.prepare_data(DataConfig(output_dir=data.path, max_records=200, arithmetic_eval_prompts=8),
                                Tracking(uri, "lineage"), sources={data.path: stages.OWN_OUTPUT["data"]})
     data.metadata["mlflow"] = prep["tracking"]
     prep_id = prep["tracking"]["run_id"]
-    sft = _Artifact(tmp_path / "kfp" / "sft")
+    sft = KfpArtifact(tmp_path / "kfp" / "sft")
     settings = dict(steps=2, demo_batch_size=8, pair_batch_size=4)
     sft_id = load("hydra_sft").python_func(
-        data=data, model=sft, metrics=_Artifact(tmp_path / "m1"), base_preset="tiny-llama", registered_model="sft",
+        data=data, model=sft, metrics=KfpArtifact(tmp_path / "m1"), base_preset="tiny-llama", registered_model="sft",
         config={"eval_every": 2, "log_every": 1, "greedy_eval_prompts": 4, "checkpoint_every": 0}, **settings,
         **tracking)
-    report = _Artifact(tmp_path / "kfp" / "report.html")
-    evaluation = _Artifact(tmp_path / "kfp" / "eval")
+    report = KfpArtifact(tmp_path / "kfp" / "report.html")
+    evaluation = KfpArtifact(tmp_path / "kfp" / "eval")
     eval_id = load("pairwise_eval").python_func(
         data=data, candidate=sft, baseline=sft, evaluation=evaluation, report=report,
-        metrics=_Artifact(tmp_path / "m2"), max_prompts=4, **tracking)
+        metrics=KfpArtifact(tmp_path / "m2"), max_prompts=4, **tracking)
     (tmp_path / "kfp" / "decision").mkdir()  # kfp makes an output's folder
-    decision = _Artifact(tmp_path / "kfp" / "decision" / "decision.md")
+    decision = KfpArtifact(tmp_path / "kfp" / "decision" / "decision.md")
     load("register_model").python_func(evaluation=evaluation, decision=decision, policy_run_id=sft_id,
                                        registered_model="policy", champion_threshold=-1.0, **tracking)
 

@@ -42,6 +42,10 @@ def check_settings(
     ppo_config: dict,
     ppo_variant_config: dict,
     eval_config: dict,
+    sft_num_nodes: int,
+    sft_gpus_per_node: int,
+    ppo_num_nodes: int,
+    ppo_gpus_per_node: int,
 ) -> NamedTuple("CheckOutputs", [("separate_sft", bool), ("parameters", str)]):
     """Build every stage's config from the pipeline's parameters (each parameter of this component
     but `rules`, which says which stage field each one sets) and check it

@@ -7,9 +7,10 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components.image import IMAGE
+from components.trainjob import PASSTHROUGHS
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False, task_config_passthroughs=PASSTHROUGHS)
 def hydra_ppo(
     data: Input[Dataset],
     sft_model: Input[Model],
@@ -33,6 +34,10 @@ def hydra_ppo(
     tracking_uri: str = "",
     experiment: str = "",
     parent_run_id: str = "",
+    num_nodes: int = 1,
+    gpus_per_node: int = 1,
+    workspace: str = "",
+    task_config: dsl.TaskConfig = None,
 ) -> str:
     """RL from a Hydra-SFT model (`sft_model`) for the run label `variant`: a layout (full, lora,
     lora-dynamic, j-hydra, hydra: PPO) or layout-algorithm (hydra-grpo, lora-rloo, ...). Given
@@ -44,9 +49,14 @@ def hydra_ppo(
     as the run's `model` artifact, nested under `parent_run_id`, else `pipeline_run`'s (an open_pipeline_run
     output), else the data's pipeline run, with the runs of the inputs that have no parent yet;
     its metadata carries the label (`variant`), `layout` and `algorithm`. The run records its inputs as their
-    MLflow runs' artifacts (`runs:/<run>/data`, `runs:/<run>/model`). Returns the MLflow run id."""
+    MLflow runs' artifacts (`runs:/<run>/data`, `runs:/<run>/model`). On `num_nodes` nodes of `gpus_per_node`
+    GPUs each (0: CPU nodes), more than one of either, it trains in a Kubeflow Trainer TrainJob that runs the
+    stage's command under torchrun (components.trainjob), its files shared under `workspace` (a PVC mount: the
+    pipeline's dsl.WORKSPACE_PATH_PLACEHOLDER; kfp fills `task_config` with what the step mounts), and this
+    step records the job's training in its run as it does its own. Returns the MLflow run id."""
     from components.metrics import PPO_KEYS, fill_metrics
     from components.parameters import unless_kept
+    from components.trainjob import stage_trainer
     from hydra_core import stages
     from hydra_core.config import PPOConfig, label_config, run_label
     from hydra_core.tracking.mlflow_tracker import recorded_input
@@ -60,6 +70,7 @@ def hydra_ppo(
                        critic_learning_rate=critic_learning_rate, kl_coef=kl_coef, memory_budget=memory_budget,
                        **unless_kept(steps=steps, rollout_batch_size=rollout_batch_size,
                                      mini_batch_size=mini_batch_size, lora_rank=lora_rank, seed=seed))
+    train = stage_trainer("ppo", num_nodes, gpus_per_node, workspace, task_config)
     parent = parent_from(parent_run_id, pipeline_run and pipeline_run.metadata, data.metadata)
     tracking = Tracking(tracking_uri, experiment, parent)
     nest_reused_runs(tracking, data.metadata, sft_model.metadata, plain_sft_model and plain_sft_model.metadata,
@@ -67,7 +78,7 @@ def hydra_ppo(
     sources = {policy.path: stages.OWN_OUTPUT["ppo"]}
     for given, artifact in ((data, "data"), (sft_model, "model"), (plain_sft_model, "model"), (reward_model, "model")):
         sources.update(recorded_input(given and given.path, given and given.metadata, artifact))
-    summary = stages.ppo(cfg, tracking, sources)
+    summary = stages.ppo(cfg, tracking, sources, train)
     policy.metadata.update({"variant": run_label(cfg.variant, cfg.algorithm), "layout": cfg.variant,
                             "algorithm": cfg.algorithm, "started_from": models["model"], "mlflow": summary["tracking"],
                             PIPELINE_RUN_KEY: parent, **fill_metrics(metrics, summary, PPO_KEYS)})

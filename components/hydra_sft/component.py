@@ -7,9 +7,10 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from components.image import IMAGE
+from components.trainjob import PASSTHROUGHS
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False, task_config_passthroughs=PASSTHROUGHS)
 def hydra_sft(
     data: Input[Dataset],
     model: Output[Model],
@@ -27,6 +28,10 @@ def hydra_sft(
     tracking_uri: str = "",
     experiment: str = "",
     parent_run_id: str = "",
+    num_nodes: int = 1,
+    gpus_per_node: int = 1,
+    workspace: str = "",
+    task_config: dsl.TaskConfig = None,
     registered_model: str = "",
 ) -> str:
     """Train Hydra-SFT on a prepared directory (hydra_core SFTConfig: a parameter left None, an integer -1, keeps
@@ -37,9 +42,15 @@ def hydra_sft(
     `parent_run_id`, by default the data's pipeline run) and, given `registered_model`, registered;
     its metadata names it (`variant`: hydra-sft, sft or reward-model). The run records its inputs as
     their MLflow runs' artifacts (`runs:/<run>/data`, `runs:/<run>/model`), the base model as given
-    (`preset:<name>` for a random-init one), its output as its own `model` artifact. Returns the MLflow run id."""
+    (`preset:<name>` for a random-init one), its output as its own `model` artifact. On `num_nodes` nodes
+    of `gpus_per_node` GPUs each (0: CPU nodes), more than one of either, it trains in a Kubeflow Trainer
+    TrainJob that runs the stage's command under torchrun (components.trainjob), its files shared under
+    `workspace` (a PVC mount: the pipeline's dsl.WORKSPACE_PATH_PLACEHOLDER; kfp fills `task_config` with what
+    the step mounts), and this step records the job's training in its run as it does its own. Returns the
+    MLflow run id."""
     from components.metrics import SFT_KEYS, fill_metrics
     from components.parameters import unless_kept
+    from components.trainjob import stage_trainer
     from hydra_core import stages
     from hydra_core.config import SFTConfig, from_parameters
     from hydra_core.tracking.mlflow_tracker import recorded_input
@@ -49,12 +60,13 @@ def hydra_sft(
     cfg = from_parameters(SFTConfig, config, model=start or None, data=data.path, output_dir=model.path, mode=mode,
                           learning_rate=learning_rate, **unless_kept(steps=steps, demo_batch_size=demo_batch_size,
                                                                      pair_batch_size=pair_batch_size, seed=seed))
+    train = stage_trainer("sft", num_nodes, gpus_per_node, workspace, task_config)
     cfg.model = stages.base_model(start, base_preset)  # after the settings are checked: it may build one
     sources = {cfg.model: stages.typed_base_model(start, base_preset), model.path: stages.OWN_OUTPUT["sft"],
                **recorded_input(data.path, data.metadata, "data"),
                **recorded_input(init_model and init_model.path, init_model and init_model.metadata, "model")}
     parent = parent_from(parent_run_id, data.metadata)
-    summary = stages.sft(cfg, Tracking(tracking_uri, experiment, parent), registered_model, sources)
+    summary = stages.sft(cfg, Tracking(tracking_uri, experiment, parent), registered_model, sources, train)
     model.metadata.update({"variant": stages.SFT_RUN_NAMES[cfg.mode], "mlflow": summary["tracking"],
                            PIPELINE_RUN_KEY: parent, **fill_metrics(metrics, summary, SFT_KEYS)})
     return summary["tracking"]["run_id"]
