@@ -43,7 +43,9 @@ class KfpArtifact:
 def _docker_client():
     try:
         import docker
-
+    except ImportError:
+        pytest.skip("the docker tests need the Docker client package: pip install 'kubeflow[docker]' (the test extra)")
+    try:
         client = docker.from_env()
         client.ping()
         return client
@@ -129,15 +131,17 @@ def logged_rows(path: Path) -> dict[int, dict]:
 
 
 def kill_and_resume(command: list[str], tmp_path: Path, summary_file: str,
-                    launcher: tuple[str, ...] = (sys.executable,)) -> tuple[Path, Path, str]:
-    """Run `hydra-rlhf <command>` (through `launcher`, e.g. torchrun) to its end in tmp_path/straight; run it
-    again in tmp_path/killed, SIGKILL it (every process it started) as soon as its first checkpoint is
-    complete, and resume it there with --resume. Returns both output directories and what the resumed run
-    printed."""
+                    launcher: tuple[str, ...] = (sys.executable,),
+                    straight_launcher: tuple[str, ...] | None = None) -> tuple[Path, Path, str]:
+    """Run `hydra-rlhf <command>` (through `straight_launcher`, default `launcher`, e.g. torchrun) to its end in
+    tmp_path/straight; run it through `launcher` again in tmp_path/killed, SIGKILL it (every process it
+    started) as soon as its first checkpoint is complete, and resume it there with --resume. Returns both
+    output directories and what the resumed run printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = [*launcher, "-m", "hydra_core.cli", *command]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run([*cli, "--output-dir", str(straight)], env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run([*(straight_launcher or launcher), "-m", "hydra_core.cli", *command, "--output-dir", str(straight)],
+                   env=env, check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen([*cli, "--output-dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300

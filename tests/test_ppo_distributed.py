@@ -104,23 +104,18 @@ def test_two_processes_keep_equal_trained_parameters_after_every_step(tmp_path, 
         assert (Path(job["output_dir"]) / "model.safetensors").exists()
 
 
-def test_the_prompts_of_two_processes_are_those_of_one(arithmetic_dir):
-    """A global batch of 8 prompts in two processes is the one process's batch of 8, split in two."""
-    from hydra_core.data.splits import load_split
-
-    prompts = load_split(arithmetic_dir, "prompts_train")
-    one = BatchStream(prompts, 8, seed=3)
-    two = [BatchStream(prompts, 4, seed=3, rank=r, world=2) for r in range(2)]
-    for _ in range(3):
-        assert one.next() == two[0].next() + two[1].next()
-
-
 def test_a_two_process_run_resumes_after_a_kill(tmp_path, hydra_sft_dir, arithmetic_dir):
+    """The uninterrupted run goes through `accelerate launch`, the killed and resumed one through torchrun: the
+    same group either way, and the resumed run ends as the uninterrupted one."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
+                  "--main_process_port", str(_free_port())]
     command = ["ppo", "--variant", "hydra", "--model", hydra_sft_dir, "--data", arithmetic_dir, "--steps", "4",
                "--rollout-batch-size", "8", "--mini-batch-size", "4", "--ppo-epochs", "2", "--lora-rank", "4",
                "--greedy-eval-prompts", "8", "--max-new-tokens", "5", "--checkpoint-every", "2"]
-    straight, killed, printed = kill_and_resume(command, tmp_path, SUMMARY_FILE, launcher=TORCHRUN)
+    straight, killed, printed = kill_and_resume(command, tmp_path, SUMMARY_FILE, launcher=TORCHRUN,
+                                                straight_launcher=accelerate)
     assert printed.count("resumed from") == 1  # the main process says so, once
+    assert json.loads((straight / SUMMARY_FILE).read_text())["processes"] == 2
     a, b = logged_rows(straight / "metrics.jsonl"), logged_rows(killed / "metrics.jsonl")
     assert sorted(b) == [0, 1, 2, 3, 4]
     for step in a:
@@ -133,20 +128,6 @@ def test_a_two_process_run_resumes_after_a_kill(tmp_path, hydra_sft_dir, arithme
                          timeout=300)
     assert one.returncode != 0
     assert "written by 2 data-parallel process(es) and this run has 1; resume with 2" in one.stderr
-
-
-def test_accelerate_launch_runs_the_same_processes(tmp_path, hydra_sft_dir, arithmetic_dir):
-    """`accelerate launch` starts the processes as torchrun does; PPO joins them as one group on CPU."""
-    out = tmp_path / "ppo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
-         "--main_process_port", str(_free_port()), "-m", "hydra_core.cli", "ppo", "--model", hydra_sft_dir,
-         "--data", arithmetic_dir, "--output-dir", str(out), "--steps", "1", "--rollout-batch-size", "8",
-         "--mini-batch-size", "4", "--lora-rank", "4", "--greedy-eval-prompts", "4", "--max-new-tokens", "4"],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("policy written to") == 1
-    assert json.loads((out / SUMMARY_FILE).read_text())["processes"] == 2
 
 
 @pytest.mark.parametrize("setting,value,field", [("rollout_batch_size", 7, "rollout_batch_size"),
