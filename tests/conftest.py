@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -128,6 +129,13 @@ def logged_rows(path: Path) -> dict[int, dict]:
         rows.setdefault(row["step"], {}).update(
             {k: v for k, v in row.items() if not k.startswith(("time", "memory")) and k != "step"})
     return rows
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now: for a server or a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def kill_and_resume(command: list[str], tmp_path: Path, summary_file: str,

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import kill_and_resume, logged_rows, tiny_ppo_config
+from conftest import free_port, kill_and_resume, logged_rows, tiny_ppo_config
 from hydra_core import checkpoint
 from hydra_core.config import ConfigError, PPOConfig, build, flag
 from hydra_core.data.batching import BatchStream
@@ -22,12 +21,6 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 # every layout, and the critic-free algorithms on Hydra (their advantages are whitened or grouped)
 LABELS = [("hydra", "ppo"), ("j-hydra", "ppo"), ("lora-dynamic", "ppo"), ("lora", "ppo"), ("full", "ppo"),
           ("hydra", "grpo"), ("hydra", "rloo"), ("hydra", "remax")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fingerprint(params) -> str:
@@ -83,7 +76,7 @@ def test_two_processes_keep_equal_trained_parameters_after_every_step(tmp_path, 
     jobs = [dict(vars(tiny_ppo_config(hydra_sft_dir, arithmetic_dir, tmp_path / f"{v}-{a}", variant=v, algorithm=a,
                                       samples_per_prompt=1 if a in ("ppo", "remax") else 2, checkpoint_every=0)))
             for v, a in LABELS]
-    mp.start_processes(_record_every_step, args=(2, _free_port(), jobs, str(tmp_path)), nprocs=2,
+    mp.start_processes(_record_every_step, args=(2, free_port(), jobs, str(tmp_path)), nprocs=2,
                        start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for (variant, algorithm), job, first, second in zip(LABELS, jobs, *ranks):
@@ -108,7 +101,7 @@ def test_a_two_process_run_resumes_after_a_kill(tmp_path, hydra_sft_dir, arithme
     """The uninterrupted run goes through `accelerate launch`, the killed and resumed one through torchrun: the
     same group either way, and the resumed run ends as the uninterrupted one."""
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
-                  "--main_process_port", str(_free_port())]
+                  "--main_process_port", str(free_port())]
     command = ["ppo", "--variant", "hydra", "--model", hydra_sft_dir, "--data", arithmetic_dir, "--steps", "4",
                "--rollout-batch-size", "8", "--mini-batch-size", "4", "--ppo-epochs", "2", "--lora-rank", "4",
                "--greedy-eval-prompts", "8", "--max-new-tokens", "5", "--checkpoint-every", "2"]

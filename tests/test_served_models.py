@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.models import Model
 
-from conftest import stop_process_group, tiny_ppo_config, tiny_sft_config
+from conftest import free_port, stop_process_group, tiny_ppo_config, tiny_sft_config
 from hydra_core import registry, stages
 from hydra_core.data.encoding import pair_batch
 from hydra_core.data.schema import PreferencePair
@@ -130,7 +129,7 @@ def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_
     tokenizer = AutoTokenizer.from_pretrained(policy)
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tokenizer.save_pretrained(policy)
-    dead = f"http://127.0.0.1:{_free_port()}"  # a port nothing listens on
+    dead = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
     run = MlflowTracker(dead, "offline-ppo", policy / PENDING_DIR, experiment="replayed", system_metrics=False)
     run.log_model(policy, registry.LM_MODEL, stages.POLICY_REQUIREMENTS)
     assert run.register_model("replayed-policy", registry.LM_MODEL, {}, [registry.CHAMPION],
@@ -159,16 +158,10 @@ REWARD_REQUEST = {"dataframe_records": PAIRS}
 SERVE_TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(uri: str, model: str, log: Path) -> tuple[subprocess.Popen, str]:
     """`mlflow models serve -m <model>` as README.md gives it, on a free port; returns the process
     (the leader of a session of its own, so that its uvicorn child goes with it) and its address."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
            # `serve` starts `uvicorn` by name: the one beside this interpreter
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

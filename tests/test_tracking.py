@@ -3,7 +3,6 @@ and a server that does not answer (the stage goes on, the records wait on disk a
 
 import json
 import math
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +13,13 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import KfpArtifact, stop_process_group, tiny_sft_config
+from conftest import KfpArtifact, free_port, stop_process_group, tiny_sft_config
 from hydra_core import cli, registry, stages
 from hydra_core.config import DataConfig
 from hydra_core.tracking.mlflow_tracker import JOURNAL, PENDING_DIR, MlflowTracker, replay
 from hydra_core.tracking.runs import (
     REUSED_TAG, Tracking, close_pipeline_run, kfp_run_tags, nest_reused_runs, open_pipeline_run, parent_from,
     pipeline_run, provenance)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sqlite_uri(directory: Path) -> str:
