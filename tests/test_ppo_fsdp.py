@@ -10,9 +10,9 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from conftest import tiny_ppo_config
+from conftest import free_port, tiny_ppo_config
 from hydra_core.config import ConfigError, PPOConfig, build, flag
-from test_ppo_distributed import _fingerprint, _free_port
+from test_ppo_distributed import _fingerprint
 
 # the layouts that train adapters, and a critic-free algorithm (its group advantages, no value head)
 LABELS = [("hydra", "ppo"), ("j-hydra", "ppo"), ("lora-dynamic", "ppo"), ("lora", "ppo"), ("hydra", "grpo")]
@@ -74,7 +74,7 @@ def test_sharded_ppo_trains_as_unsharded_data_parallel_ppo(tmp_path, hydra_sft_d
             jobs.append(dict(vars(tiny_ppo_config(hydra_sft_dir, arithmetic_dir, out, variant=variant,
                                                   algorithm=algorithm, samples_per_prompt=2 if algorithm == "grpo"
                                                   else 1, shard_backbone=shard, mixed_precision="no"))))
-    mp.start_processes(_record, args=(2, _free_port(), jobs, str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_record, args=(2, free_port(), jobs, str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for i, (variant, algorithm) in enumerate(LABELS):
         label = f"{variant}-{algorithm}"
