@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from kfp.dsl.component_task_config import TaskConfigField, TaskConfigPassthrough
 from kubeflow.trainer import (ContainerBackendConfig, CustomTrainer, KubernetesBackendConfig, TrainerClient,
                               TrainingRuntimeSource)
 from kubeflow.trainer.backends.container.utils import create_workdir
@@ -34,12 +33,12 @@ from kubeflow.trainer.options import (ContainerPatch, JobSetSpecPatch, JobSetTem
                                       RuntimePatch, TrainingRuntimeSpecPatch)
 
 from components.image import IMAGE
+from components.trainjob_settings import BACKEND_VARIABLE
 from hydra_core.config import Placement, from_parameters, save_config
 from hydra_core.stages import LEFT_OUT
 from hydra_core.tracking.runs import IMAGE_VARIABLE
 
 RUNTIME = "torch-distributed"
-BACKEND_VARIABLE = "HYDRA_RLHF_TRAINJOB_BACKEND"
 JOBS_FOLDER = "hydra-rlhf-trainjobs"  # under the workspace: one folder per job
 # the settings of each stage that name its inputs: copied to the shared folder when they are local paths
 INPUTS = {"sft": ("model", "data", "chat_template"), "ppo": ("model", "reward_model", "data", "chat_template")}
@@ -47,11 +46,6 @@ INPUTS = {"sft": ("model", "data", "chat_template"), "ppo": ("model", "reward_mo
 WAIT_SECONDS = 30 * 24 * 3600
 POLL_SECONDS = 5
 ENDED = {constants.TRAINJOB_COMPLETE, constants.TRAINJOB_FAILED}
-# What kfp hands the step's body of its pod's settings (`task_config`), each still applied to the pod itself: all
-# of them, as kfp's compiler refuses a task setting (resources, env, tolerations, ...) that a component with
-# passthroughs does not list. The job's nodes get the volumes, tolerations and node selector (Cluster). From their
-# own module: in a step (_KFP_RUNTIME) kfp.dsl leaves these compile-time names out.
-PASSTHROUGHS = [TaskConfigPassthrough(field=kind, apply_to_task=True) for kind in TaskConfigField]
 
 
 class TrainJobFailed(RuntimeError):

@@ -10,11 +10,12 @@ fourth step of a run.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from hydra_core import config as C
 from pipelines.hydra_rlhf import (CONFIG_PARAMETERS, LABEL_PARAMETERS, PLACEMENTS, RULES, SEEDED, STAGE_PARAMETERS,
-                                  WIRED, hydra_rlhf)
+                                  WIRED, build)
 
 TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list, "Dict": dict}
 
@@ -23,26 +24,28 @@ class ArgumentError(ValueError):
     pass
 
 
-def _inputs(pipeline=hydra_rlhf) -> dict:
-    return pipeline.component_spec.inputs
+@functools.cache
+def _inputs() -> dict:
+    """The pipeline's parameters: the same whatever build()'s settings."""
+    return build().component_spec.inputs
 
 
-def _kind(name: str, pipeline=hydra_rlhf) -> type:
+def _kind(name: str) -> type:
     # kfp spells types 'Integer', 'Dict', 'typing.List[str]', ...
-    return TYPES[_inputs(pipeline)[name].type.removeprefix("typing.").split("[")[0].capitalize()]
+    return TYPES[_inputs()[name].type.removeprefix("typing.").split("[")[0].capitalize()]
 
 
-def _typed(name: str, value, pipeline=hydra_rlhf):
-    if name not in _inputs(pipeline):
+def _typed(name: str, value):
+    if name not in _inputs():
         raise ArgumentError(f"unknown pipeline parameter {name!r}; the parameters are: "
-                            f"{', '.join(sorted(_inputs(pipeline)))}")
+                            f"{', '.join(sorted(_inputs()))}")
     try:
-        return C.coerce_value(value, _kind(name, pipeline))
+        return C.coerce_value(value, _kind(name))
     except ValueError as e:
         raise ArgumentError(f"pipeline parameter {name}: {e}") from None
 
 
-def parse_arguments(pairs: list[str], pipeline=hydra_rlhf) -> dict:
+def parse_arguments(pairs: list[str]) -> dict:
     """{name: typed value} from `NAME=VALUE` strings; unknown names and bad values are errors."""
     out = {}
     for pair in pairs:
@@ -50,7 +53,7 @@ def parse_arguments(pairs: list[str], pipeline=hydra_rlhf) -> dict:
         if not sep:
             raise ArgumentError(f"expected NAME=VALUE, got {pair!r}")
         name = name.strip().replace("-", "_")
-        out[name] = _typed(name, text, pipeline)
+        out[name] = _typed(name, text)
     return out
 
 
@@ -133,24 +136,24 @@ def merge(*layers: dict) -> dict:
     return out
 
 
-def check(arguments: dict, pipeline=hydra_rlhf) -> None:
+def check(arguments: dict) -> None:
     """Every stage's config as the pipeline will build it from `arguments` (the rest at the
     pipeline's defaults), checked: the check the pipeline's first step makes, made before it runs."""
-    values = {name: arguments.get(name, spec.default) for name, spec in _inputs(pipeline).items()}
+    values = {name: arguments.get(name, spec.default) for name, spec in _inputs().items()}
     C.check_parameters(values, RULES)
     ui = values.get("kfp_ui_url", "")
     if ui and not ui.startswith(("http://", "https://")):  # the parent run's link to the KFP run is built from it
         raise C.ConfigError(f"pipeline parameter kfp_ui_url {ui!r}: expected the KFP UI's http(s) address")
 
 
-def check_shared_storage(arguments: dict, shared: bool, remedy: str, pipeline=hydra_rlhf) -> None:
+def check_shared_storage(arguments: dict, shared: bool, remedy: str) -> None:
     """A training step on more than one node or GPU trains in a Kubeflow Trainer TrainJob, whose nodes need storage
     they share with the step (`shared`: whether the run has it); without it, a one-line error naming the parameter
     and `remedy`, before anything runs."""
     if shared:
         return
     for stage, fields in PLACEMENTS.items():
-        values = {field: arguments.get(name, _inputs(pipeline)[name].default) for field, name in fields.items()}
+        values = {field: arguments.get(name, _inputs()[name].default) for field, name in fields.items()}
         if C.Placement(**values).distributed:
             field = "num_nodes" if values["num_nodes"] > 1 else "gpus_per_node"
             raise ArgumentError(f"pipeline parameter {fields[field]}={values[field]}: the {stage} steps on more than "

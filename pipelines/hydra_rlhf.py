@@ -172,6 +172,9 @@ MEANINGS = {
 }
 
 
+# build() is called, never run at import: each of kfp's task settings (set_cpu_limit, ...) calls inspect.stack(),
+# and an import's frames (<frozen importlib...>) belong to no module, so inspect scans all of sys.modules for each
+# of them: with torch loaded, 15-20 s a build on 2 cores, against 0.1-0.4 s outside an import.
 def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: int = 0,
           tolerations: Sequence[Mapping[str, str]] = (), node_selector: Mapping[str, str] | None = None,
           cluster: bool = True, workspace: str = "", workspace_storage_class: str = ""):
@@ -339,9 +342,6 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
     return hydra_rlhf
 
 
-hydra_rlhf = build()
-
-
 def compile_pipeline(path: str, defaults: dict | None = None, **settings) -> str:
     """Write the pipeline spec to `path`; `defaults` replace parameters' defaults in it (a recipe's);
     `settings` are build's."""
@@ -349,11 +349,11 @@ def compile_pipeline(path: str, defaults: dict | None = None, **settings) -> str
     return path
 
 
-def parameter_help(pipeline=hydra_rlhf) -> list[tuple[str, object, str]]:
+def parameter_help() -> list[tuple[str, object, str]]:
     """(name, default, meaning) of each pipeline parameter, in the pipeline's order."""
     def meaning(name: str) -> str:
         if name in STAGE_PARAMETERS and name not in MEANINGS:
             stage, field = STAGE_PARAMETERS[name]
             return f"the {stage} stage's {field} (hydra-rlhf {stage} --help)"
         return MEANINGS[name]
-    return [(name, spec.default, meaning(name)) for name, spec in pipeline.component_spec.inputs.items()]
+    return [(name, spec.default, meaning(name)) for name, spec in build().component_spec.inputs.items()]

@@ -17,15 +17,16 @@ from pathlib import Path
 from kfp import local
 
 from components.image import IMAGE
-from components.trainjob import BACKEND_VARIABLE
+from components.trainjob_settings import BACKEND_VARIABLE
 from pipelines.arguments import check_shared_storage
 from pipelines.commands import RUNNERS
 from pipelines.console import ANSI, console_for
 from pipelines.hydra_rlhf import SECRETS, build
 
-# One variant at a time: on one machine the variants would share its cores, each slowing the others,
-# and the comparison table reports every variant's own time.
-hydra_rlhf = build(parallelism=1, cluster=False)
+def local_pipeline():
+    """One variant at a time: on one machine the variants would share its cores, each slowing the others,
+    and the comparison table reports every variant's own time."""
+    return build(parallelism=1, cluster=False)
 
 
 class PipelineFailed(RuntimeError):
@@ -123,6 +124,7 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
         folder.mkdir(parents=True, exist_ok=True)
     local.init(runner=kfp_runner, pipeline_root=str(root),
                workspace_root=str(out / "workspace"))
+    pipeline = local_pipeline()
     started = time.perf_counter()
     with warnings.catch_warnings(), console_for(out / "logs", verbose) as console:
         # The components name the project's image, not a "python" one; here they run in this Python.
@@ -130,7 +132,7 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
         # Resources and secrets are for the cluster; the local runner says so once per task.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
-            hydra_rlhf(**arguments)
+            pipeline(**arguments)
         except RuntimeError as e:  # kfp's local runner reports a failed task so, after the exit step
             log, tail = (console.failed[0].log, tuple(console.failed[0].tail)) if console.failed else (None, ())
             raise PipelineFailed(ANSI.sub("", str(e)), out, arguments["tracking_uri"], log, tail) from None

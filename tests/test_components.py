@@ -115,10 +115,10 @@ def test_the_pin_list_covers_every_runtime_dependency():
 
 
 def test_the_check_step_takes_every_parameter_that_sets_a_stage_field():
-    from pipelines.hydra_rlhf import CHECKED, RULES, hydra_rlhf
+    from pipelines.hydra_rlhf import CHECKED, RULES, build
 
     step = load("check_settings").component_spec.inputs
-    pipeline = hydra_rlhf.component_spec.inputs
+    pipeline = build().component_spec.inputs
     assert set(step) == {"rules", *CHECKED}
     assert {name: step[name].type for name in CHECKED} == {name: pipeline[name].type for name in CHECKED}
     values = {name: pipeline[name].default for name in CHECKED}
@@ -154,12 +154,12 @@ def test_a_bad_parameter_fails_the_first_step_however_the_run_started(tmp_path, 
     """A run started without hydra-rlhf's own check (the KFP UI, a reused spec) stops at its first step
     (here the local build: the cluster's scratch path does not exist on this machine)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from pipelines.local_run import hydra_rlhf
+    from pipelines.local_run import local_pipeline
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
                workspace_root=str(tmp_path / "workspace"))
     with pytest.raises(RuntimeError, match="Inner task failed: .*check-settings"):
-        hydra_rlhf(ppo_mini_batch_size=512, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        local_pipeline()(ppo_mini_batch_size=512, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     [job] = (tmp_path / "root").iterdir()
     assert [p.name for p in job.iterdir()] == ["close-pipeline-run"]  # the exit step ran; no step did any work
 

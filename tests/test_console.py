@@ -428,13 +428,13 @@ def test_while_a_run_prints_stdout_is_the_console_and_the_tasks_tqdm_updates_sel
 def test_help_lists_every_pipeline_parameter_with_its_default_and_meaning(command, capsys):
     from hydra_core import cli
     from hydra_core.config import SFTConfig
-    from pipelines.hydra_rlhf import hydra_rlhf
+    from pipelines.hydra_rlhf import build
 
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
     out = capsys.readouterr().out
     assert "pipeline parameters (-p NAME=VALUE)" in out
-    for name in hydra_rlhf.component_spec.inputs:
+    for name in build().component_spec.inputs:
         assert f"\n  {name} = " in out, name
     assert f"  sft_steps = {SFTConfig().steps}\n      the sft stage's steps (hydra-rlhf sft --help)" in out
     assert '  hf_secret = "hydra-rlhf-hf"\n      optional Kubernetes secret' in out

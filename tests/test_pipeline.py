@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from hydra_core import cli
 from hydra_core.config import STAGE_CONFIGS, ModelInitConfig, SFTConfig, field_names
 from hydra_core.models.presets import build_base_model
-from pipelines.hydra_rlhf import CHECKED, PPO_VARIANT_CONFIG, STAGE_PARAMETERS, compile_pipeline, hydra_rlhf
+from pipelines.hydra_rlhf import CHECKED, PPO_VARIANT_CONFIG, STAGE_PARAMETERS, build, compile_pipeline
 
 TINY = [
     "max_records=400", 'data_config={"arithmetic_eval_prompts": 40}',
@@ -30,7 +30,7 @@ def params(*pairs: str) -> list[str]:
 
 
 def test_defaults_follow_the_stage_configs():
-    inputs = {name: spec.default for name, spec in hydra_rlhf.component_spec.inputs.items()}
+    inputs = {name: spec.default for name, spec in build().component_spec.inputs.items()}
     assert set(STAGE_PARAMETERS) <= set(inputs)
     for name, (stage, field) in STAGE_PARAMETERS.items():
         default = getattr(STAGE_CONFIGS[stage](), field)
@@ -47,7 +47,7 @@ def test_compiled_pipeline_loads_back(tmp_path, capsys):
     assert str(path) in capsys.readouterr().out
     loaded = kfp.components.load_component_from_file(str(path))
     assert loaded.name == "hydra-rlhf"
-    assert set(loaded.component_spec.inputs) == set(hydra_rlhf.component_spec.inputs)
+    assert set(loaded.component_spec.inputs) == set(build().component_spec.inputs)
     spec, platform = yaml.safe_load_all(path.read_text())
     executors = spec["deploymentSpec"]["executors"]
     assert all("accelerator" not in e["container"].get("resources", {}) for e in executors.values())
@@ -191,7 +191,7 @@ def test_the_cluster_runs_variants_side_by_side_and_a_local_run_one_at_a_time(tm
     assert cli.main(["compile", "-o", str(path)]) == 0
     cluster = _loop_policies(next(yaml.safe_load_all(path.read_text())))
     assert len(cluster) == 2 and all(not policy.get("parallelismLimit") for policy in cluster)  # one loop a branch
-    compiler.Compiler().compile(local_run.hydra_rlhf, str(tmp_path / "local.yaml"))
+    compiler.Compiler().compile(local_run.local_pipeline(), str(tmp_path / "local.yaml"))
     local = _loop_policies(next(yaml.safe_load_all((tmp_path / "local.yaml").read_text())))
     assert [policy.get("parallelismLimit") for policy in local] == [1, 1]
 

@@ -7,7 +7,7 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components.image import IMAGE
-from components.trainjob import PASSTHROUGHS
+from components.trainjob_settings import PASSTHROUGHS
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False, task_config_passthroughs=PASSTHROUGHS)
