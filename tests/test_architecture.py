@@ -83,6 +83,21 @@ def test_the_whole_library_and_its_cli_load_without_kfp():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
+def test_importing_the_pipeline_and_its_commands_builds_no_pipeline_and_loads_no_kubeflow_sdk():
+    """A pipeline built under an import costs 15-20 s (kfp's task settings call inspect.stack(), which scans
+    every loaded module for each import frame): `compile`, `run` and `submit` build it when called. Defining
+    the components loads no Kubeflow SDK: only a multi-node step does (components.trainjob)."""
+    code = ("import sys\n"
+            "from kfp.dsl import pipeline_task\n"
+            "calls = []\n"
+            "made = pipeline_task.PipelineTask.__init__\n"
+            "pipeline_task.PipelineTask.__init__ = lambda self, *a, **k: calls.append(1) or made(self, *a, **k)\n"
+            "import pipelines.commands, pipelines.local_run, pipelines.submit, pipelines.arguments\n"
+            "assert not calls, f'{len(calls)} tasks made at import'\n"
+            "assert 'kubeflow' not in sys.modules and 'components.trainjob' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
 def test_the_pipeline_commands_join_the_one_registry():
     from hydra_core import cli
 
