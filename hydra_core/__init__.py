@@ -11,8 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The interpreter's last garbage collection walks every object torch, transformers and mlflow made: 2-4 s at
 # the exit of every process on 2 cores (each pipeline step, each launched process). Frozen at exit, they are
-# freed with the process. Exit handlers still run (this only skips that collection), and Python runs no
-# __del__ of an object still alive at exit in any case.
+# freed with the process. Exit handlers still run (this only skips that collection); what it skips is the
+# __del__ of objects in reference cycles, which Python does not promise to run at exit anyway.
 atexit.register(gc.freeze)
 
 __version__ = "0.1.0"

@@ -10,12 +10,11 @@ fourth step of a run.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from hydra_core import config as C
 from pipelines.hydra_rlhf import (CONFIG_PARAMETERS, LABEL_PARAMETERS, PLACEMENTS, RULES, SEEDED, STAGE_PARAMETERS,
-                                  WIRED, build)
+                                  WIRED, parameters)
 
 TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list, "Dict": dict}
 
@@ -24,21 +23,15 @@ class ArgumentError(ValueError):
     pass
 
 
-@functools.cache
-def _inputs() -> dict:
-    """The pipeline's parameters: the same whatever build()'s settings."""
-    return build().component_spec.inputs
-
-
 def _kind(name: str) -> type:
     # kfp spells types 'Integer', 'Dict', 'typing.List[str]', ...
-    return TYPES[_inputs()[name].type.removeprefix("typing.").split("[")[0].capitalize()]
+    return TYPES[parameters()[name].type.removeprefix("typing.").split("[")[0].capitalize()]
 
 
 def _typed(name: str, value):
-    if name not in _inputs():
+    if name not in parameters():
         raise ArgumentError(f"unknown pipeline parameter {name!r}; the parameters are: "
-                            f"{', '.join(sorted(_inputs()))}")
+                            f"{', '.join(sorted(parameters()))}")
     try:
         return C.coerce_value(value, _kind(name))
     except ValueError as e:
@@ -139,7 +132,7 @@ def merge(*layers: dict) -> dict:
 def check(arguments: dict) -> None:
     """Every stage's config as the pipeline will build it from `arguments` (the rest at the
     pipeline's defaults), checked: the check the pipeline's first step makes, made before it runs."""
-    values = {name: arguments.get(name, spec.default) for name, spec in _inputs().items()}
+    values = {name: arguments.get(name, spec.default) for name, spec in parameters().items()}
     C.check_parameters(values, RULES)
     ui = values.get("kfp_ui_url", "")
     if ui and not ui.startswith(("http://", "https://")):  # the parent run's link to the KFP run is built from it
@@ -153,7 +146,7 @@ def check_shared_storage(arguments: dict, shared: bool, remedy: str) -> None:
     if shared:
         return
     for stage, fields in PLACEMENTS.items():
-        values = {field: arguments.get(name, _inputs()[name].default) for field, name in fields.items()}
+        values = {field: arguments.get(name, parameters()[name].default) for field, name in fields.items()}
         if C.Placement(**values).distributed:
             field = "num_nodes" if values["num_nodes"] > 1 else "gpus_per_node"
             raise ArgumentError(f"pipeline parameter {fields[field]}={values[field]}: the {stage} steps on more than "

@@ -46,6 +46,7 @@ need them. Every secret is optional, so a cluster without one runs without those
 and reward-model judges need no key; an MLflow server without authentication needs no credentials).
 """
 
+import functools
 from typing import List, Mapping, Sequence
 
 from kfp import compiler, dsl, kubernetes
@@ -349,6 +350,13 @@ def compile_pipeline(path: str, defaults: dict | None = None, **settings) -> str
     return path
 
 
+@functools.cache
+def parameters() -> dict:
+    """The pipeline's parameters by name (kfp's InputSpec: type, default), the same whatever build()'s settings;
+    built once a process."""
+    return build().component_spec.inputs
+
+
 def parameter_help() -> list[tuple[str, object, str]]:
     """(name, default, meaning) of each pipeline parameter, in the pipeline's order."""
     def meaning(name: str) -> str:
@@ -356,4 +364,4 @@ def parameter_help() -> list[tuple[str, object, str]]:
             stage, field = STAGE_PARAMETERS[name]
             return f"the {stage} stage's {field} (hydra-rlhf {stage} --help)"
         return MEANINGS[name]
-    return [(name, spec.default, meaning(name)) for name, spec in build().component_spec.inputs.items()]
+    return [(name, spec.default, meaning(name)) for name, spec in parameters().items()]

@@ -23,6 +23,7 @@ from pipelines.commands import RUNNERS
 from pipelines.console import ANSI, console_for
 from pipelines.hydra_rlhf import SECRETS, build
 
+
 def local_pipeline():
     """One variant at a time: on one machine the variants would share its cores, each slowing the others,
     and the comparison table reports every variant's own time."""
