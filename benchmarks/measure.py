@@ -118,10 +118,10 @@ def _summarise(rows: list[dict], stat: str) -> dict:
 def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
     import random
 
-    from hydra_core.config import PPOConfig, parse_run_label
+    from hydra_core.config.settings import PPOConfig, parse_run_label
     from hydra_core.memory import model_memory
     from hydra_core.ppo.budget import full_length_stack
-    from hydra_core.ppo.trainer import ppo_iteration
+    from hydra_core.ppo.iteration import ppo_iteration
     from hydra_core.runtime import seed_everything
 
     label, levers = split_run(spec["variant"])

@@ -64,7 +64,7 @@ def _data(cache: Path) -> Path:
 
 def _run(args, processes: int, model: Path, data: Path, out: Path) -> dict:
     """One `hydra-rlhf ppo` run; its seconds per sample (median over steps 2..) and wall time."""
-    from hydra_core.config import parse_run_label
+    from hydra_core.config.settings import parse_run_label
 
     label = parse_run_label(args.variant)
     layout, algorithm = label["variant"], label["algorithm"]

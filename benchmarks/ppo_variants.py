@@ -42,9 +42,10 @@ import sys
 import time
 from pathlib import Path
 
-from hydra_core.config import MODEL_PRESETS as SIZES
-from hydra_core.config import (PPO_VARIANTS, PRECISIONS, RUN_LABELS, ConfigError, PPOConfig, build, parse_bytes,
-                               parse_run_label, run_label)
+from hydra_core.config.settings import MODEL_PRESETS as SIZES
+from hydra_core.config.fields import ConfigError, build
+from hydra_core.config.settings import (PPO_VARIANTS, PRECISIONS, RUN_LABELS, PPOConfig, parse_bytes, parse_run_label,
+                                        run_label)
 
 # The sibling modules are imported by name. Python puts a script's own directory first on sys.path,
 # but not under -P or PYTHONSAFEPATH, nor when this file is loaded from elsewhere (a test, runpy).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hydra_core.config import ALGORITHM_NAMES, CRITIC_FREE, RUN_LABELS
+from hydra_core.config.settings import ALGORITHM_NAMES, CRITIC_FREE, RUN_LABELS
 
 from measure import SFT, MiB, split_run
 

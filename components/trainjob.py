@@ -34,7 +34,9 @@ from kubeflow.trainer.options import (ContainerPatch, JobSetSpecPatch, JobSetTem
 
 from components.image import IMAGE
 from components.trainjob_settings import BACKEND_VARIABLE
-from hydra_core.config import Placement, from_parameters, save_config
+from hydra_core.config.files import save_config
+from hydra_core.config.parameters import from_parameters
+from hydra_core.config.settings import Placement
 from hydra_core.stages import LEFT_OUT
 from hydra_core.tracking.runs import IMAGE_VARIABLE
 

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
 
-from hydra_core import config as C
+from hydra_core.config.fields import bounds, build, describe_range, field_names, field_type, flag
+from hydra_core.config.files import config_file_name, load_config
+from hydra_core.config.settings import (ALGORITHMS, DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig,
+                                        PPO_VARIANTS, SFTConfig)
 from hydra_core.tracking.runs import Tracking
 
 PLUGIN_GROUP = "hydra_rlhf.commands"
@@ -41,25 +44,25 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """`--config FILE` and one `--field-name` per field of `cls`. Values stay text here: `config.build`
     types and checks them, so a bad value is named the same way from every source."""
     parser.add_argument("--config", metavar="FILE", help=f"start from this config: a saved "
-                        f"{C.config_file_name(cls)}, a flat YAML/JSON file of these settings, or a recipe with a "
+                        f"{config_file_name(cls)}, a flat YAML/JSON file of these settings, or a recipe with a "
                         f"'{cls.STAGE}' section; the flags below override it")
     defaults = cls()
-    for name in C.field_names(cls):
-        tp, choices = C.field_type(cls, name)
+    for name in field_names(cls):
+        tp, choices = field_type(cls, name)
         default = getattr(defaults, name)
         allowed = f"one of {', '.join(choices)}; " if choices else (
-            f"{C.describe_range(cls, name)}; " if C.bounds(cls, name) else "")
+            f"{describe_range(cls, name)}; " if bounds(cls, name) else "")
         shown = f"{allowed}default: {default if choices else repr(default)}"
         extra = {"nargs": "?", "const": "true", "metavar": "BOOL"} if tp is bool else {"metavar": tp.__name__.upper()}
-        parser.add_argument(C.flag(name), dest=name, default=argparse.SUPPRESS, help=f"({shown})", **extra)
+        parser.add_argument(flag(name), dest=name, default=argparse.SUPPRESS, help=f"({shown})", **extra)
 
 
 def config_from_args(cls, args: argparse.Namespace):
     """The config of `--config FILE` (if given) with the flags that were given on top."""
-    given = {name: value for name, value in vars(args).items() if name in C.field_names(cls)}
+    given = {name: value for name, value in vars(args).items() if name in field_names(cls)}
     if args.config:
-        return C.load_config(cls, args.config, [(given, C.flag)], unset=C.flag)
-    return C.build(cls, (given, C.flag), unset=C.flag)
+        return load_config(cls, args.config, [(given, flag)], unset=flag)
+    return build(cls, (given, flag), unset=flag)
 
 
 def stage_command(cls, handler: Callable, help_text: str, tracked: bool = True) -> Command:
@@ -75,13 +78,13 @@ def stage_command(cls, handler: Callable, help_text: str, tracked: bool = True) 
     return Command(cls.STAGE, help_text, add_arguments, run)
 
 
-def _init_model(cfg: C.ModelInitConfig, _tracking: Tracking) -> None:
+def _init_model(cfg: ModelInitConfig, _tracking: Tracking) -> None:
     from hydra_core import stages
 
     print(f"base model written to {stages.init_model(cfg)}")
 
 
-def _prepare(cfg: C.DataConfig, tracking: Tracking) -> None:
+def _prepare(cfg: DataConfig, tracking: Tracking) -> None:
     from hydra_core import stages
 
     summary = stages.prepare_data(cfg, tracking)
@@ -89,7 +92,7 @@ def _prepare(cfg: C.DataConfig, tracking: Tracking) -> None:
                       "skipped": summary.get("skipped")}, indent=2))
 
 
-def _sft(cfg: C.SFTConfig, tracking: Tracking) -> None:
+def _sft(cfg: SFTConfig, tracking: Tracking) -> None:
     from hydra_core import stages
 
     summary = stages.sft(cfg, tracking)
@@ -104,7 +107,7 @@ def _sft(cfg: C.SFTConfig, tracking: Tracking) -> None:
     print(f"model written to {cfg.output_dir}")
 
 
-def _ppo(cfg: C.PPOConfig, tracking: Tracking) -> None:
+def _ppo(cfg: PPOConfig, tracking: Tracking) -> None:
     from hydra_core import stages
 
     summary = stages.ppo(cfg, tracking)
@@ -116,14 +119,14 @@ def _ppo(cfg: C.PPOConfig, tracking: Tracking) -> None:
     print(f"policy written to {cfg.output_dir}")
 
 
-def _eval(cfg: C.EvalConfig, tracking: Tracking) -> None:
+def _eval(cfg: EvalConfig, tracking: Tracking) -> None:
     from hydra_core import stages
 
     print(stages.evaluate(cfg, tracking)["headline"])
     print(f"report written to {cfg.output_dir}")
 
 
-def _export(cfg: C.ExportConfig, _tracking: Tracking) -> None:
+def _export(cfg: ExportConfig, _tracking: Tracking) -> None:
     from hydra_core import stages
 
     print(f"plain causal LM written to {stages.export(cfg)}")
@@ -141,13 +144,13 @@ def _sync(args: argparse.Namespace) -> None:
 
 
 COMMANDS = [
-    stage_command(C.ModelInitConfig, _init_model, "build a small random-init base model and tokenizer", tracked=False),
-    stage_command(C.DataConfig, _prepare, "load, validate, split and write preference data"),
-    stage_command(C.SFTConfig, _sft, "train SFT, a reward model, or Hydra-SFT (--mode sft|rm|hydra)"),
-    stage_command(C.PPOConfig, _ppo, f"RL from an SFT / Hydra-SFT model (--variant {'|'.join(C.PPO_VARIANTS)}, "
-                                     f"--algorithm {'|'.join(C.ALGORITHMS)})"),
-    stage_command(C.EvalConfig, _eval, "judge a candidate policy against a baseline, pairwise"),
-    stage_command(C.ExportConfig, _export, "write a Hydra directory's policy as a plain HF causal-LM directory",
+    stage_command(ModelInitConfig, _init_model, "build a small random-init base model and tokenizer", tracked=False),
+    stage_command(DataConfig, _prepare, "load, validate, split and write preference data"),
+    stage_command(SFTConfig, _sft, "train SFT, a reward model, or Hydra-SFT (--mode sft|rm|hydra)"),
+    stage_command(PPOConfig, _ppo, f"RL from an SFT / Hydra-SFT model (--variant {'|'.join(PPO_VARIANTS)}, "
+                                     f"--algorithm {'|'.join(ALGORITHMS)})"),
+    stage_command(EvalConfig, _eval, "judge a candidate policy against a baseline, pairwise"),
+    stage_command(ExportConfig, _export, "write a Hydra directory's policy as a plain HF causal-LM directory",
                   tracked=False),
     Command("sync-tracking", "send a stage's pending MLflow records (kept while MLflow was unreachable)",
             _add_sync, _sync),

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Callable
 
 from hydra_core import checkpoint, registry
-from hydra_core.config import (DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig, SFTConfig, build,
-                               config_file_name, save_config, to_dict, uses_separate_models)
+from hydra_core.config.fields import build, to_dict
+from hydra_core.config.files import config_file_name, save_config
+from hydra_core.config.parameters import uses_separate_models
+from hydra_core.config.settings import DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig, SFTConfig
 from hydra_core.data.prepare import prepare
 from hydra_core.data.splits import MANIFEST, SPLIT_FILES, split_path
 from hydra_core.eval.report import FILES as EVAL_FILES

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra_core import config as C
+from hydra_core.config.fields import ConfigError, coerce, coerce_value
+from hydra_core.config.files import RECIPE_NOTES, file_namer, is_recipe, read_config_file
+from hydra_core.config.parameters import LABEL_FIELDS, check_parameters
+from hydra_core.config.settings import MODEL_PRESETS, Placement, STAGE_CONFIGS, run_label
 from pipelines.hydra_rlhf import (CONFIG_PARAMETERS, LABEL_PARAMETERS, PLACEMENTS, RULES, SEEDED, STAGE_PARAMETERS,
                                   WIRED, parameters)
 
@@ -33,7 +36,7 @@ def _typed(name: str, value):
         raise ArgumentError(f"unknown pipeline parameter {name!r}; the parameters are: "
                             f"{', '.join(sorted(parameters()))}")
     try:
-        return C.coerce_value(value, _kind(name))
+        return coerce_value(value, _kind(name))
     except ValueError as e:
         raise ArgumentError(f"pipeline parameter {name}: {e}") from None
 
@@ -59,31 +62,31 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
     `*_config` parameter. The `ppo` section's variant and algorithm make one run label
     (`ppo: {variant: lora, algorithm: grpo}` is `ppo_variants: [lora-grpo]`).
     """
-    data = C.read_config_file(path)
-    if not C.is_recipe(data):
+    data = read_config_file(path)
+    if not is_recipe(data):
         raise ArgumentError(f"{path}: not a recipe; a recipe has a section per stage "
-                            f"({', '.join(C.STAGE_CONFIGS)}) and 'pipeline'")
+                            f"({', '.join(STAGE_CONFIGS)}) and 'pipeline'")
     by_field = {target: name for name, target in STAGE_PARAMETERS.items()}
     config_parameter = {stage: name for name, stage in CONFIG_PARAMETERS.items()}
     label_parameter = {STAGE_PARAMETERS[name][0]: name for name in LABEL_PARAMETERS}  # ppo: ppo_variants
     arguments: dict = {}
     wired: list[str] = []
     # the pipeline's own section last, whatever the file's order: a parameter set there wins
-    for section in sorted((s for s in data if s not in C.RECIPE_NOTES), key=lambda name: name == "pipeline"):
+    for section in sorted((s for s in data if s not in RECIPE_NOTES), key=lambda name: name == "pipeline"):
         for field, value in (data[section] or {}).items():
             if section == "pipeline":
                 arguments[field] = _typed(field, value)
                 continue
-            value = C.coerce(C.STAGE_CONFIGS[section], field, value, C.file_namer(path, section))
+            value = coerce(STAGE_CONFIGS[section], field, value, file_namer(path, section))
             if field in WIRED.get(section, ()):
                 wired.append(f"{section}.{field}")
             elif field == "seed" and section in SEEDED:
                 if arguments.setdefault("seed", value) != value:
                     raise ArgumentError(f"{path}: {section}.seed is {value} but another stage's is "
                                         f"{arguments['seed']}; the pipeline runs every stage with one seed")
-            elif field in C.LABEL_FIELDS and section in label_parameter:
-                settings = {f: data[section].get(f, getattr(C.STAGE_CONFIGS[section], f)) for f in C.LABEL_FIELDS}
-                arguments[label_parameter[section]] = [C.run_label(settings["variant"], settings["algorithm"])]
+            elif field in LABEL_FIELDS and section in label_parameter:
+                settings = {f: data[section].get(f, getattr(STAGE_CONFIGS[section], f)) for f in LABEL_FIELDS}
+                arguments[label_parameter[section]] = [run_label(settings["variant"], settings["algorithm"])]
             elif (section, field) in by_field:
                 name = by_field[(section, field)]
                 arguments[name] = [value] if _kind(name) is list else value
@@ -105,11 +108,11 @@ def stand_in_arguments(path: str | Path) -> dict:
     """The arguments that run a recipe on its stand-in (its `stand_in` section): a random-init model of the
     recipe's architecture in place of its hub model, the dataset file in place of its hub dataset, and
     STAND_IN_BUDGET, so that every step of the recipe runs on a laptop in a minute or two."""
-    data = C.read_config_file(path)
-    stand_in = data.get("stand_in") if C.is_recipe(data) else None
+    data = read_config_file(path)
+    stand_in = data.get("stand_in") if is_recipe(data) else None
     if not stand_in or "preset" not in stand_in:
         raise ArgumentError(f"{path}: --stand-in needs the recipe's stand_in section, with its preset (a random-init "
-                            f"model of the recipe's architecture: {', '.join(C.MODEL_PRESETS)}) and, unless the task "
+                            f"model of the recipe's architecture: {', '.join(MODEL_PRESETS)}) and, unless the task "
                             "is the embedded one, a dataset file in its format")
     # a path relative to the recipe's folder, wherever the run starts; a file's rows are read as they are, so the
     # hub dataset's split, config and folder do not apply to it
@@ -133,10 +136,10 @@ def check(arguments: dict) -> None:
     """Every stage's config as the pipeline will build it from `arguments` (the rest at the
     pipeline's defaults), checked: the check the pipeline's first step makes, made before it runs."""
     values = {name: arguments.get(name, spec.default) for name, spec in parameters().items()}
-    C.check_parameters(values, RULES)
+    check_parameters(values, RULES)
     ui = values.get("kfp_ui_url", "")
     if ui and not ui.startswith(("http://", "https://")):  # the parent run's link to the KFP run is built from it
-        raise C.ConfigError(f"pipeline parameter kfp_ui_url {ui!r}: expected the KFP UI's http(s) address")
+        raise ConfigError(f"pipeline parameter kfp_ui_url {ui!r}: expected the KFP UI's http(s) address")
 
 
 def check_shared_storage(arguments: dict, shared: bool, remedy: str) -> None:
@@ -147,7 +150,7 @@ def check_shared_storage(arguments: dict, shared: bool, remedy: str) -> None:
         return
     for stage, fields in PLACEMENTS.items():
         values = {field: arguments.get(name, parameters()[name].default) for field, name in fields.items()}
-        if C.Placement(**values).distributed:
+        if Placement(**values).distributed:
             field = "num_nodes" if values["num_nodes"] > 1 else "gpus_per_node"
             raise ArgumentError(f"pipeline parameter {fields[field]}={values[field]}: the {stage} steps on more than "
                                 f"one node or GPU train in a Kubeflow Trainer TrainJob, whose nodes need storage "

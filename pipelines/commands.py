@@ -12,9 +12,7 @@ import sys
 
 from components.image import ACCELERATOR
 from hydra_core.cli import Command
-
-# where `run`'s steps run: pipelines.local_run; here so that `--help` loads no kfp
-RUNNERS = ("subprocess", "docker")
+from pipelines.runners import RUNNERS
 
 
 def _add_task_settings(p: argparse.ArgumentParser) -> None:

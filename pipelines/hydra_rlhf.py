@@ -61,8 +61,9 @@ from components.hydra_sft.component import hydra_sft
 from components.image import ACCELERATOR, CUDA_IMAGE, IMAGE
 from components.pairwise_eval.component import pairwise_eval
 from components.register_model.component import register_model
-from hydra_core.config import (DataConfig, EvalConfig, ModelInitConfig, Placement, PPOConfig, SFTConfig, field_names,
-                               run_label)
+from hydra_core.config.fields import field_names
+from hydra_core.config.settings import (DataConfig, EvalConfig, ModelInitConfig, Placement, PPOConfig, SFTConfig,
+                                        run_label)
 from hydra_core.registry import CHAMPION_THRESHOLD, POLICY_MODEL, SFT_MODEL
 from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
 

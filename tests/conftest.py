@@ -19,7 +19,7 @@ import torch
 
 from components.image import IMAGE
 from hydra_core import checkpoint
-from hydra_core.config import DataConfig, ModelInitConfig, PPOConfig, SFTConfig
+from hydra_core.config.settings import DataConfig, ModelInitConfig, PPOConfig, SFTConfig
 from hydra_core.data.prepare import prepare
 from hydra_core.data.splits import load_split
 from hydra_core.models.generation import Decoding, generate

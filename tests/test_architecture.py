@@ -104,3 +104,35 @@ def test_the_pipeline_commands_join_the_one_registry():
     names = list(cli.commands())
     assert {"prepare", "sft", "ppo", "eval", "sync-tracking", "compile", "submit", "run"} <= set(names)
     assert len(names) == len(set(names))
+
+
+def _module_of(name: str, modules: set[str]) -> str | None:
+    """The project module an imported name belongs to (`hydra_core.config.fields.build` -> its module)."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    """No import circle anywhere in the library, the components or the pipelines (function-local imports
+    included): a circle means two modules are one concept split in two, or one of them is in the wrong layer."""
+    paths = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for package in ("hydra_core", "components", "pipelines") for p in (ROOT / package).rglob("*.py")}
+    graph = {module: {target for _, name in imports(path) if (target := _module_of(name, set(paths)))
+                      and target != module and not paths[target].name == "__init__.py"}
+             for module, path in paths.items()}
+    circles, done = [], set()
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in trail:
+            circles.append(trail[trail.index(module):] + [module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph[module]):
+            visit(target, trail + [module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import tiny_ppo_config, tiny_sft_config
-from hydra_core.config import ConfigError, DataConfig, EvalConfig, ModelInitConfig, SFTConfig, build
+from hydra_core.config.fields import ConfigError, build
+from hydra_core.config.settings import DataConfig, EvalConfig, ModelInitConfig, SFTConfig
 from hydra_core.data import chat, encoding
 from hydra_core.data.loaders import load_demonstrations, load_preferences
 from hydra_core.data.prepare import prepare

@@ -13,7 +13,7 @@ import torch
 
 from conftest import tiny_sft_config
 from hydra_core import checkpoint, cli, stages
-from hydra_core.config import EvalConfig
+from hydra_core.config.settings import EvalConfig
 from hydra_core.data.batching import BatchStream
 from hydra_core.tracking.runs import Tracking
 

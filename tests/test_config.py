@@ -10,8 +10,12 @@ import yaml
 
 from conftest import logged_rows
 from hydra_core import cli
-from hydra_core import config as C
-from hydra_core.config import DataConfig, PPOConfig, SFTConfig
+from hydra_core.config.fields import ConfigError, bounds, build, field_names, field_type, flag
+from hydra_core.config.files import config_file_name, load_config, save_config
+from hydra_core.config.parameters import SEPARATE_MODEL_VARIANTS, from_parameters, label_config, uses_separate_models
+from hydra_core.config.settings import (DATA_FORMATS, MODEL_PRESETS, PPO_VARIANTS, QUANTIZABLE_VARIANTS, RUN_LABELS,
+                                        STAGE_CONFIGS)
+from hydra_core.config.settings import DataConfig, PPOConfig, SFTConfig
 from hydra_core.models.hydra import load_hydra
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +23,7 @@ GENERIC = str(ROOT / "tests" / "fixtures" / "data" / "generic.jsonl")
 
 
 def test_text_and_values_become_the_field_type_one_way():
-    cfg = C.build(PPOConfig, ({"steps": "3", "learning_rate": "5e-4", "whiten_advantages": "no"}, C.flag),
+    cfg = build(PPOConfig, ({"steps": "3", "learning_rate": "5e-4", "whiten_advantages": "no"}, flag),
                   ({"kl_coef": 1, "eval_every": 4.0, "variant": "lora"}, lambda n: n))
     assert (cfg.steps, cfg.learning_rate, cfg.whiten_advantages) == (3, 5e-4, False)
     assert type(cfg.kl_coef) is float and type(cfg.eval_every) is int and cfg.variant == "lora"
@@ -34,19 +38,19 @@ def test_text_and_values_become_the_field_type_one_way():
     ({"gradient_checkpointing": "maybe"}, "--gradient-checkpointing: expected true or false, got 'maybe'"),
 ])
 def test_a_bad_setting_is_named_as_its_source_names_it(values, message):
-    with pytest.raises(C.ConfigError) as error:
-        C.build(SFTConfig, (values, C.flag))
+    with pytest.raises(ConfigError) as error:
+        build(SFTConfig, (values, flag))
     assert str(error.value) == message
 
 
 def test_component_parameters_then_their_config_dict():
-    cfg = C.from_parameters(PPOConfig, {"eval_every": 4.0, "kl_coef": 1}, steps=3, variant="lora", lora_rank=None)
+    cfg = from_parameters(PPOConfig, {"eval_every": 4.0, "kl_coef": 1}, steps=3, variant="lora", lora_rank=None)
     assert (cfg.steps, cfg.eval_every, cfg.kl_coef, cfg.variant) == (3, 4, 1.0, "lora")
     assert cfg.lora_rank == PPOConfig().lora_rank  # None keeps the default
-    with pytest.raises(C.ConfigError, match="steps: given both as a component parameter and in its `config`"):
-        C.from_parameters(PPOConfig, {"steps": 2}, steps=3)
-    with pytest.raises(C.ConfigError, match=r"config\['kl_coeff'\]: .*did you mean 'kl_coef'"):
-        C.from_parameters(PPOConfig, {"kl_coeff": 2})
+    with pytest.raises(ConfigError, match="steps: given both as a component parameter and in its `config`"):
+        from_parameters(PPOConfig, {"steps": 2}, steps=3)
+    with pytest.raises(ConfigError, match=r"config\['kl_coeff'\]: .*did you mean 'kl_coef'"):
+        from_parameters(PPOConfig, {"kl_coeff": 2})
 
 
 def test_the_choices_are_written_once():
@@ -54,10 +58,10 @@ def test_the_choices_are_written_once():
     from hydra_core.models.presets import PRESETS
     from hydra_core.ppo.roles import LAYOUTS
 
-    assert tuple(LAYOUTS) == C.PPO_VARIANTS
-    assert tuple(PRESETS) == C.MODEL_PRESETS
-    assert set(PAIR_FORMATS) | {"arithmetic"} == set(C.DATA_FORMATS)
-    assert C.field_type(PPOConfig, "variant") == (str, list(C.PPO_VARIANTS))
+    assert tuple(LAYOUTS) == PPO_VARIANTS
+    assert tuple(PRESETS) == MODEL_PRESETS
+    assert set(PAIR_FORMATS) | {"arithmetic"} == set(DATA_FORMATS)
+    assert field_type(PPOConfig, "variant") == (str, list(PPO_VARIANTS))
 
 
 
@@ -72,7 +76,7 @@ def write(path: Path, data) -> str:
 def parse(argv):
     registry = cli.commands()
     args = cli.build_parser(registry).parse_args(argv)
-    return cli.config_from_args(C.STAGE_CONFIGS[args.command], args)
+    return cli.config_from_args(STAGE_CONFIGS[args.command], args)
 
 
 def test_flags_override_the_file_and_a_recipe_gives_each_stage_its_section(tmp_path):
@@ -119,7 +123,7 @@ def test_malformed_files_name_the_file(tmp_path, capsys):
 
 def rerun(stage: str, first: Path, second: Path) -> None:
     """Run `stage` again from the config the first run saved, into `second`."""
-    saved = first / C.config_file_name(C.STAGE_CONFIGS[stage])
+    saved = first / config_file_name(STAGE_CONFIGS[stage])
     assert cli.main([stage, "--config", str(saved), "--output-dir", str(second)]) == 0
     a, b = (json.loads((d / saved.name).read_text()) for d in (first, second))
     assert {**a, "output_dir": ""} == {**b, "output_dir": ""}
@@ -170,8 +174,8 @@ def test_sft_ppo_and_eval_from_their_saved_configs(tmp_path, base_model_dir, ari
 
 
 def test_every_stage_saves_the_config_it_ran_with(tmp_path):
-    assert C.save_config(DataConfig(seed=5), tmp_path).name == "prepare_config.json"
-    assert C.load_config(DataConfig, tmp_path / "prepare_config.json") == DataConfig(seed=5)
+    assert save_config(DataConfig(seed=5), tmp_path).name == "prepare_config.json"
+    assert load_config(DataConfig, tmp_path / "prepare_config.json") == DataConfig(seed=5)
 
 
 # --- recipes for the pipeline ----------------------------------------------------------------------
@@ -275,54 +279,54 @@ def test_run_labels_and_their_settings_are_checked_before_the_run(argv, message,
 def test_every_run_label_passes_with_the_default_settings():
     from pipelines.arguments import check
 
-    check({"ppo_variants": list(C.RUN_LABELS)})  # rloo and grpo get their groups from the default table
+    check({"ppo_variants": list(RUN_LABELS)})  # rloo and grpo get their groups from the default table
     check({"ppo_variants": ["hydra-ppo", "lora-dynamic-grpo"], "ppo_config": {"samples_per_prompt": 2}})
 
 
 def test_a_run_label_takes_its_table_entries_most_specific_last():
     table = {"grpo": {"samples_per_prompt": 4, "rollout_batch_size": 64, "kl_coef": 0.1},
              "full": {"learning_rate": 1e-4}, "full-grpo": {"kl_coef": 0.3}, "hydra": {"lora_rank": 4}}
-    cfg = C.label_config(PPOConfig, "full-grpo", table, {"ppo_epochs": 2, "samples_per_prompt": 8}, steps=3,
+    cfg = label_config(PPOConfig, "full-grpo", table, {"ppo_epochs": 2, "samples_per_prompt": 8}, steps=3,
                          learning_rate=1e-3, rollout_batch_size=256)
     assert (cfg.variant, cfg.algorithm, cfg.steps, cfg.ppo_epochs) == ("full", "grpo", 3, 2)
     assert cfg.learning_rate == 1e-4 and cfg.rollout_batch_size == 64  # an entry wins over a parameter
     assert cfg.samples_per_prompt == 8  # the component's `config` wins over an entry
     assert cfg.kl_coef == 0.3 and cfg.lora_rank == PPOConfig().lora_rank  # the label's own entry; not hydra's
-    cfg = C.label_config(PPOConfig, "hydra-ppo", table)
+    cfg = label_config(PPOConfig, "hydra-ppo", table)
     assert (cfg.variant, cfg.algorithm, cfg.lora_rank, cfg.kl_coef) == ("hydra", "ppo", 4, PPOConfig().kl_coef)
-    with pytest.raises(C.ConfigError, match=r"config\['algorithm'\]: the run label \(parameter variant"):
-        C.label_config(PPOConfig, "hydra", {}, {"algorithm": "grpo"})
-    with pytest.raises(C.ConfigError, match=r"parameter variant 'hydra-dpo': 'hydra-dpo' is not a variant"):
-        C.label_config(PPOConfig, "hydra-dpo")
-    with pytest.raises(C.ConfigError, match=r"parameter variant_config\['full'\]\['model'\]: a label's settings"):
-        C.label_config(PPOConfig, "full", {"full": {"model": "x"}}, refused=("model",))
-    with pytest.raises(C.ConfigError, match=r"parameter variant_config\['lora-rloo'\]\['samples_per_prompt'\]: rloo "
+    with pytest.raises(ConfigError, match=r"config\['algorithm'\]: the run label \(parameter variant"):
+        label_config(PPOConfig, "hydra", {}, {"algorithm": "grpo"})
+    with pytest.raises(ConfigError, match=r"parameter variant 'hydra-dpo': 'hydra-dpo' is not a variant"):
+        label_config(PPOConfig, "hydra-dpo")
+    with pytest.raises(ConfigError, match=r"parameter variant_config\['full'\]\['model'\]: a label's settings"):
+        label_config(PPOConfig, "full", {"full": {"model": "x"}}, refused=("model",))
+    with pytest.raises(ConfigError, match=r"parameter variant_config\['lora-rloo'\]\['samples_per_prompt'\]: rloo "
                                             r"compares each response"):
-        C.label_config(PPOConfig, "lora-rloo", {"lora-rloo": {"samples_per_prompt": 1}})
+        label_config(PPOConfig, "lora-rloo", {"lora-rloo": {"samples_per_prompt": 1}})
 
 
 def test_the_layouts_that_start_from_a_separate_sft_model_are_those_with_a_reward_model_apart():
     from hydra_core.ppo.roles import LAYOUTS, SOURCES
 
     apart = {variant for variant, (_, _, _, reward) in LAYOUTS.items() if SOURCES[reward.model] == "reward"}
-    assert apart == set(C.SEPARATE_MODEL_VARIANTS)
-    assert [label for label in C.RUN_LABELS if C.uses_separate_models(label)] == [
-        label for label in C.RUN_LABELS if not label.startswith(("hydra", "j-hydra"))]
+    assert apart == set(SEPARATE_MODEL_VARIANTS)
+    assert [label for label in RUN_LABELS if uses_separate_models(label)] == [
+        label for label in RUN_LABELS if not label.startswith(("hydra", "j-hydra"))]
 
 
 def test_the_quantisable_layouts_are_those_whose_every_role_is_an_adapted_or_adapters_off_backbone():
     from hydra_core.ppo.roles import FULL, LAYOUTS
 
     adapted = {variant for variant, roles in LAYOUTS.items() if all(role.adapter != FULL for role in roles)}
-    assert adapted == set(C.QUANTIZABLE_VARIANTS)
+    assert adapted == set(QUANTIZABLE_VARIANTS)
 
 # --- every range and relation, from every source ---------------------------------------------------
 
 
 def out_of_range(cls, name):
     """A value just outside the declared range of field `name`."""
-    bound = C.bounds(cls, name)
-    step = 1 if C.field_type(cls, name)[0] is int else 0.5
+    bound = bounds(cls, name)
+    step = 1 if field_type(cls, name)[0] is int else 0.5
     if "ge" in bound:
         return bound["ge"] - step
     if "gt" in bound:
@@ -330,8 +334,8 @@ def out_of_range(cls, name):
     return bound["le"] + step if "le" in bound else bound["lt"]
 
 
-RANGED = [(stage, name) for stage, cls in C.STAGE_CONFIGS.items() for name in C.field_names(cls)
-          if C.bounds(cls, name)]
+RANGED = [(stage, name) for stage, cls in STAGE_CONFIGS.items() for name in field_names(cls)
+          if bounds(cls, name)]
 RELATIONS = [
     (["ppo", "--rollout-batch-size", "4", "--mini-batch-size", "16"], "--mini-batch-size: 16 is more than "
      "the 4 responses of a rollout (--rollout-batch-size x --samples-per-prompt)"),
@@ -360,9 +364,9 @@ def refused(argv, capsys) -> str:
 
 @pytest.mark.parametrize("stage, name", RANGED, ids=[f"{s}.{n}" for s, n in RANGED])
 def test_every_flag_out_of_its_range_is_refused_in_one_line(stage, name, tmp_path, capsys):
-    bad = out_of_range(C.STAGE_CONFIGS[stage], name)
-    err = refused([stage, C.flag(name), str(bad), "--output-dir", str(tmp_path / "out")], capsys)
-    assert err.startswith(f"hydra-rlhf {stage}: error: {C.flag(name)}: {bad:g} is out of range; it must be")
+    bad = out_of_range(STAGE_CONFIGS[stage], name)
+    err = refused([stage, flag(name), str(bad), "--output-dir", str(tmp_path / "out")], capsys)
+    assert err.startswith(f"hydra-rlhf {stage}: error: {flag(name)}: {bad:g} is out of range; it must be")
     assert not (tmp_path / "out").exists()
 
 
@@ -380,7 +384,7 @@ def test_a_gpu_that_is_not_there_is_refused_before_any_model_loads(tmp_path, cap
 
 
 PIPELINE_RANGED = [name for name, (stage, field) in __import__("pipelines.hydra_rlhf", fromlist=["x"])
-                   .STAGE_PARAMETERS.items() if C.bounds(C.STAGE_CONFIGS[stage], field)]
+                   .STAGE_PARAMETERS.items() if bounds(STAGE_CONFIGS[stage], field)]
 
 
 @pytest.mark.parametrize("name", PIPELINE_RANGED)
@@ -388,7 +392,7 @@ def test_every_pipeline_parameter_out_of_its_range_is_refused_before_the_run(nam
     from pipelines.hydra_rlhf import STAGE_PARAMETERS
 
     stage, field = STAGE_PARAMETERS[name]
-    bad = out_of_range(C.STAGE_CONFIGS[stage], field)
+    bad = out_of_range(STAGE_CONFIGS[stage], field)
     err = refused(["run", "--output-dir", str(tmp_path / "run"), "-p", f"{name}={bad}"], capsys)
     assert f"pipeline parameter {name}: {bad:g} is out of range" in err
     assert not (tmp_path / "run").exists()
@@ -403,7 +407,7 @@ def test_a_stage_config_parameter_out_of_range_is_named_by_its_key(capsys):
 
 
 def test_a_component_refuses_a_bad_parameter_before_its_stage_runs():
-    with pytest.raises(C.ConfigError, match=r"parameter steps: 0 is out of range; it must be at least 1"):
-        C.from_parameters(PPOConfig, {}, steps=0)
-    with pytest.raises(C.ConfigError, match=r"config\['top_p'\]: 1.5 is out of range"):
-        C.from_parameters(PPOConfig, {"top_p": 1.5})
+    with pytest.raises(ConfigError, match=r"parameter steps: 0 is out of range; it must be at least 1"):
+        from_parameters(PPOConfig, {}, steps=0)
+    with pytest.raises(ConfigError, match=r"config\['top_p'\]: 1.5 is out of range"):
+        from_parameters(PPOConfig, {"top_p": 1.5})

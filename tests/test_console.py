@@ -427,7 +427,7 @@ def test_while_a_run_prints_stdout_is_the_console_and_the_tasks_tqdm_updates_sel
 @pytest.mark.parametrize("command", ["run", "submit"])
 def test_help_lists_every_pipeline_parameter_with_its_default_and_meaning(command, capsys):
     from hydra_core import cli
-    from hydra_core.config import SFTConfig
+    from hydra_core.config.settings import SFTConfig
     from pipelines.hydra_rlhf import build
 
     with pytest.raises(SystemExit):

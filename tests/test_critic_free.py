@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from conftest import kill_and_resume, logged_rows, tiny_ppo_config
-from hydra_core.config import ConfigError, PPOConfig, build, parse_run_label, run_label
+from hydra_core.config.fields import ConfigError, build
+from hydra_core.config.settings import PPOConfig, parse_run_label, run_label
 from hydra_core.ppo import algorithm as A
 from hydra_core.ppo.roles import PolicyStack
-from hydra_core.ppo.trainer import SUMMARY_FILE, build_optimizer, estimate_advantages
+from hydra_core.ppo.iteration import build_optimizer, estimate_advantages
+from hydra_core.ppo.trainer import SUMMARY_FILE
 
 GROUPS = torch.tensor([1.0, 2.0, 3.0, 6.0, 5.0, 5.0, 5.0, 5.0])  # two prompts, k = 4; the second has no spread
 

@@ -71,7 +71,7 @@ def test_a_missing_daemon_or_image_is_one_line_before_any_work(tmp_path, monkeyp
 def test_docker_runner_shares_the_store_and_runs_as_this_user(tmp_path, monkeypatch):
     import docker
 
-    from pipelines.local_run import docker_runner
+    from pipelines.runners import docker_runner
 
     monkeypatch.setattr(docker, "from_env", lambda: _FakeDocker(True, (IMAGE,)))
     monkeypatch.setenv("HF_TOKEN", "hf-secret")
@@ -142,7 +142,7 @@ def test_a_component_runs_in_the_image_with_its_outputs_here(image, tmp_path):
     from mlflow import MlflowClient
 
     from components.data_prep.component import data_prep
-    from pipelines.local_run import docker_runner
+    from pipelines.runners import docker_runner
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     root = tmp_path / "pipeline"

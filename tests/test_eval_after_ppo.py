@@ -1,6 +1,6 @@
 """Evaluation of a PPO policy against the SFT model it started from (the default baseline)."""
 
-from hydra_core.config import EvalConfig, PPOConfig
+from hydra_core.config.settings import EvalConfig, PPOConfig
 from hydra_core.eval.runner import run_eval
 from hydra_core.ppo.trainer import run_ppo
 
@@ -24,7 +24,7 @@ def test_sft_and_ppo_measure_gold_accuracy_the_same_way(tmp_path, base_model_dir
     import hydra_core.ppo.trainer as ppo_trainer
     import hydra_core.sft.trainer as sft_trainer
     from conftest import tiny_sft_config
-    from hydra_core.config import SFTConfig
+    from hydra_core.config.settings import SFTConfig
 
     lengths = {}
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hydra_core.config import DataConfig, EvalConfig, ModelInitConfig
+from hydra_core.config.settings import DataConfig, EvalConfig, ModelInitConfig
 from hydra_core.data.arithmetic import is_correct
 from hydra_core.data.prepare import prepare
 from hydra_core.data.schema import DataError, EvalPrompt

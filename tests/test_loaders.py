@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hydra_core.config import DataConfig
+from hydra_core.config.settings import DataConfig
 from hydra_core.data.loaders import load_demonstrations, load_preferences
 from hydra_core.data import chat
 from hydra_core.data.schema import DataError, Demonstration, Message, PreferencePair

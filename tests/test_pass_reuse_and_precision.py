@@ -9,7 +9,8 @@ from conftest import logged_rows, tiny_ppo_config
 from hydra_core import runtime
 from hydra_core.data.splits import load_split
 from hydra_core.ppo.roles import PolicyStack, frozen_weights_dtype
-from hydra_core.ppo.trainer import build_optimizer, ppo_iteration, run_ppo
+from hydra_core.ppo.iteration import build_optimizer, ppo_iteration
+from hydra_core.ppo.trainer import run_ppo
 
 ONE_UPDATE = dict(ppo_epochs=1, mini_batch_size=0)  # the paper's setting: one update per rollout
 

@@ -11,7 +11,8 @@ import yaml
 from mlflow import MlflowClient
 
 from hydra_core import cli
-from hydra_core.config import STAGE_CONFIGS, ModelInitConfig, SFTConfig, field_names
+from hydra_core.config.fields import field_names
+from hydra_core.config.settings import STAGE_CONFIGS, ModelInitConfig, SFTConfig
 from hydra_core.models.presets import build_base_model
 from pipelines.hydra_rlhf import CHECKED, PPO_VARIANT_CONFIG, STAGE_PARAMETERS, build, compile_pipeline
 

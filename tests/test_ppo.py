@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from conftest import kill_and_resume, logged_rows, step_zero_logprobs, tiny_ppo_config
-from hydra_core.config import ALGORITHMS, PPO_VARIANTS
+from hydra_core.config.settings import ALGORITHMS, PPO_VARIANTS
 from hydra_core.models.hydra import CONFIG_FILE, load_hydra
 from hydra_core.ppo import algorithm as A
 from hydra_core import checkpoint
 from hydra_core.ppo.roles import PolicyStack
-from hydra_core.ppo.trainer import SUMMARY_FILE, NonFiniteError, run_ppo
+from hydra_core.ppo.iteration import NonFiniteError
+from hydra_core.ppo.trainer import SUMMARY_FILE, run_ppo
 
 # Variants whose reference policy is the actor with its adapters switched off.
 DYNAMIC = ("lora-dynamic", "j-hydra", "hydra")

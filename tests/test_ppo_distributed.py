@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 
 from conftest import free_port, kill_and_resume, logged_rows, tiny_ppo_config
 from hydra_core import checkpoint
-from hydra_core.config import ConfigError, PPOConfig, build, flag
+from hydra_core.config.fields import ConfigError, build, flag
+from hydra_core.config.settings import PPOConfig
 from hydra_core.data.batching import BatchStream
 from hydra_core.ppo.trainer import SUMMARY_FILE
 

@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from conftest import free_port, tiny_ppo_config
-from hydra_core.config import ConfigError, PPOConfig, build, flag
+from hydra_core.config.fields import ConfigError, build, flag
+from hydra_core.config.settings import PPOConfig
 from test_ppo_distributed import _fingerprint
 
 # the layouts that train adapters, and a critic-free algorithm (its group advantages, no value head)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hydra_core.config import DataConfig
+from hydra_core.config.settings import DataConfig
 from hydra_core.data.loaders import load_preferences
 from hydra_core.data.prepare import prepare
 from hydra_core.data.schema import DataError, Demonstration, EvalPrompt, PreferencePair

@@ -13,7 +13,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, 
 from transformers.pytorch_utils import Conv1D
 
 from hydra_core import cli
-from hydra_core.config import MODEL_PRESETS, ModelInitConfig
+from hydra_core.config.settings import MODEL_PRESETS, ModelInitConfig
 from hydra_core.models.hydra import load_hydra
 from hydra_core.models.lora import add_lora
 from hydra_core.models.presets import build_base_model, char_tokenizer, model_config, preset

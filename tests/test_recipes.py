@@ -11,7 +11,8 @@ import yaml
 from transformers import AutoTokenizer
 
 from hydra_core import cli
-from hydra_core.config import ConfigError, read_config_file
+from hydra_core.config.fields import ConfigError
+from hydra_core.config.files import read_config_file
 from hydra_core.data import chat
 from pipelines.arguments import ArgumentError, STAND_IN_BUDGET, pipeline_arguments
 

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from conftest import KfpArtifact, free_port, stop_process_group, tiny_sft_config
 from hydra_core import cli, registry, stages
-from hydra_core.config import DataConfig
+from hydra_core.config.settings import DataConfig
 from hydra_core.tracking.mlflow_tracker import JOURNAL, PENDING_DIR, MlflowTracker, replay
 from hydra_core.tracking.runs import (
     REUSED_TAG, Tracking, close_pipeline_run, kfp_run_tags, nest_reused_runs, open_pipeline_run, parent_from,

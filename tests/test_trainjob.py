@@ -24,7 +24,8 @@ from components import trainjob
 from components.build import load
 from components.image import IMAGE
 from conftest import KfpArtifact
-from hydra_core.config import ConfigError, Placement, SFTConfig
+from hydra_core.config.fields import ConfigError
+from hydra_core.config.settings import Placement, SFTConfig
 
 TRAINER = "/apis/trainer.kubeflow.org/v1alpha1"
 NAMESPACE = "team-a"

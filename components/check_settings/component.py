@@ -57,7 +57,7 @@ def check_settings(
 
     import json
 
-    from hydra_core.config import check_parameters, uses_separate_models
+    from hydra_core.config.parameters import check_parameters, uses_separate_models
 
     check_parameters(values, rules)
     return (any(uses_separate_models(label) for label in ppo_variants), json.dumps(values))

@@ -40,7 +40,8 @@ def data_prep(
     from components.metrics import DATA_KEYS, fill_metrics
     from components.parameters import unless_kept
     from hydra_core import stages
-    from hydra_core.config import DataConfig, from_parameters
+    from hydra_core.config.parameters import from_parameters
+    from hydra_core.config.settings import DataConfig
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, pipeline_run
 
     cfg = from_parameters(DataConfig, config, output_dir=data.path, source=dataset, format=data_format,

@@ -58,7 +58,8 @@ def hydra_ppo(
     from components.parameters import unless_kept
     from components.trainjob import stage_trainer
     from hydra_core import stages
-    from hydra_core.config import PPOConfig, label_config, run_label
+    from hydra_core.config.parameters import label_config
+    from hydra_core.config.settings import PPOConfig, run_label
     from hydra_core.tracking.mlflow_tracker import recorded_input
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, nest_reused_runs, parent_from
 

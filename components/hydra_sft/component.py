@@ -52,7 +52,8 @@ def hydra_sft(
     from components.parameters import unless_kept
     from components.trainjob import stage_trainer
     from hydra_core import stages
-    from hydra_core.config import SFTConfig, from_parameters
+    from hydra_core.config.parameters import from_parameters
+    from hydra_core.config.settings import SFTConfig
     from hydra_core.tracking.mlflow_tracker import recorded_input
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, parent_from
 

@@ -41,7 +41,8 @@ def pairwise_eval(
     from components.metrics import EVAL_KEYS, fill_metrics
     from components.parameters import unless_kept
     from hydra_core import stages
-    from hydra_core.config import EvalConfig, from_parameters
+    from hydra_core.config.parameters import from_parameters
+    from hydra_core.config.settings import EvalConfig
     from hydra_core.eval.report import FILES, metric_names
     from hydra_core.tracking.mlflow_tracker import recorded_input
     from hydra_core.tracking.runs import PIPELINE_RUN_KEY, Tracking, nest_reused_runs, parent_from

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 
-from hydra_core.config import DataConfig
+from hydra_core.config.settings import DataConfig
 from hydra_core.data.schema import Demonstration, EvalPrompt, PreferencePair
 
 FORGET_CARRY_RATE = 0.7  # on problems whose units digits carry

@@ -19,7 +19,7 @@ import functools
 import re
 from pathlib import Path
 
-from hydra_core.config import NO_CHAT_TEMPLATE
+from hydra_core.config.settings import NO_CHAT_TEMPLATE
 from hydra_core.data.schema import Conversation, DataError, Message, Prompt
 
 TRANSCRIPT_LABELS = {"system": "System", "user": "Human", "assistant": "Assistant"}

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from hydra_core.config import DataConfig
+from hydra_core.config.settings import DataConfig
 from hydra_core.data.chat import parse_transcript
 from hydra_core.data.rows import SUFFIXES, file_rows
 from hydra_core.data.schema import (Conversation, DataError, Demonstration, PreferencePair, check_messages,

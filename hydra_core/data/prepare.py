@@ -19,7 +19,8 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from hydra_core.config import DataConfig, save_config
+from hydra_core.config.files import save_config
+from hydra_core.config.settings import DataConfig
 from hydra_core.data.chat import apply_template_setting, as_text
 from hydra_core.data.encoding import truncation
 from hydra_core.data.loaders import LoadResult, load_demonstrations, load_preferences

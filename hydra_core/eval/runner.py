@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from hydra_core.config import EvalConfig, save_config, to_dict
+from hydra_core.config.fields import to_dict
+from hydra_core.config.files import save_config
+from hydra_core.config.settings import EvalConfig
 from hydra_core.data.encoding import truncation, truncation_params
 from hydra_core.data.schema import DataError, EvalPrompt
 from hydra_core.data.splits import load_split, read_manifest, read_records

@@ -20,7 +20,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from hydra_core.config import ALL_LINEAR, flag, lora_target_names
+from hydra_core.config.fields import flag
+from hydra_core.config.settings import ALL_LINEAR, lora_target_names
 from hydra_core.distributed import full_tensor
 from hydra_core.models.hydra import HydraModel, decoder_layers, load_hydra
 

@@ -21,7 +21,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import (GPT2LMHeadModel, GPTNeoXForCausalLM, LlamaForCausalLM, PretrainedConfig, PreTrainedModel,
                           PreTrainedTokenizerFast, Qwen2ForCausalLM, Qwen2Tokenizer)
 
-from hydra_core.config import ModelInitConfig, save_config
+from hydra_core.config.files import save_config
+from hydra_core.config.settings import ModelInitConfig
 from hydra_core.models.corpus import corpus_lines
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}

@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from hydra_core.config import flag
+from hydra_core.config.fields import flag
 from hydra_core.runtime import pick_device
 
 SETTING = flag("quantize_backbone")

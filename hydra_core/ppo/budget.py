@@ -26,7 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Mapping
 
-from hydra_core.config import PPOConfig, parse_bytes, to_dict
+from hydra_core.config.fields import to_dict
+from hydra_core.config.settings import PPOConfig, parse_bytes
 
 BUDGET_FILE = "ppo_budget.json"
 # a probe costs a whole iteration, and a batch within 10% of the best one is as fast per sample
@@ -150,7 +151,7 @@ def full_length_stack(cfg: PPOConfig, device):
     """The run's models, optimizer and schedule, with every response forced to `max_new_tokens` (no EOS
     before the cap): the most work, and the most memory, an iteration can take."""
     from hydra_core.ppo.roles import PolicyStack
-    from hydra_core.ppo.trainer import build_optimizer
+    from hydra_core.ppo.iteration import build_optimizer
 
     stack = PolicyStack(cfg, device)
     for model in stack.unique_modules():
@@ -174,7 +175,7 @@ def longest_prompts(cfg: PPOConfig, tokenizer, batch: int) -> list:
 def probe(spec_path: Path, result_path: Path) -> int:
     """The probe process: one iteration of the spec's config on the worst case; writes its peak as JSON."""
     from hydra_core.memory import peak_bytes
-    from hydra_core.ppo.trainer import ppo_iteration
+    from hydra_core.ppo.iteration import ppo_iteration
     from hydra_core.runtime import keep_freed_memory, pick_device, seed_everything
 
     spec = json.loads(spec_path.read_text())

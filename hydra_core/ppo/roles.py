@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hydra_core.config import CRITIC_FREE, PPOConfig
+from hydra_core.config.settings import CRITIC_FREE, PPOConfig
 from hydra_core.models.hydra import (HEAD_NAMES, HydraModel, checkpoint_decoder_layers, load_hydra, require_reward_head,
                                      shard_across_processes)
 from hydra_core.models.lora import adapter_weights, add_lora, merged_full_precision

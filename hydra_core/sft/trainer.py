@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from hydra_core import checkpoint
-from hydra_core.config import SFTConfig, save_config, to_dict
+from hydra_core.config.fields import to_dict
+from hydra_core.config.files import save_config
+from hydra_core.config.settings import SFTConfig
 from hydra_core.data.batching import BatchStream
 from hydra_core.data.encoding import IGNORE_INDEX, lm_batch, pair_batch, truncation, truncation_params
 from hydra_core.data.splits import load_split
