@@ -58,7 +58,7 @@ from report import (add_decode_floor, chart, describe_target, fmt_mib, fmt_num, 
                     targets)
 
 ALL_RUNS = (SFT, *RUN_LABELS)
-# by default the Llama sizes the figures in the README come from; any other preset (tiny-qwen2, ...) when named
+# by default the Llama sizes the figures in docs/benchmarks.md come from; any other preset (tiny-qwen2, ...) when named
 DEFAULT_SIZES = ("tiny-llama", "llama-30m", "llama-120m")
 # by default: SFT, PPO on every layout, and each critic-free algorithm on hydra and on lora
 DEFAULT_RUNS = (SFT, *PPO_VARIANTS, *(run_label(layout, algorithm) for algorithm in ("rloo", "grpo", "remax")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
 
-from hydra_core.config.fields import bounds, build, describe_range, field_names, field_type, flag
+from hydra_core.config.fields import build, field_docs, field_names, field_type, flag
 from hydra_core.config.files import config_file_name, load_config
 from hydra_core.config.settings import (ALGORITHMS, DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig,
                                         PPO_VARIANTS, SFTConfig)
@@ -35,6 +35,7 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], None]
+    config: type | None = None  # a stage command's config class, whose fields are its flags
 
 
 # --- the stage commands: flags from the config, --config FILE underneath ----------------------
@@ -46,15 +47,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     parser.add_argument("--config", metavar="FILE", help=f"start from this config: a saved "
                         f"{config_file_name(cls)}, a flat YAML/JSON file of these settings, or a recipe with a "
                         f"'{cls.STAGE}' section; the flags below override it")
-    defaults = cls()
-    for name in field_names(cls):
-        tp, choices = field_type(cls, name)
-        default = getattr(defaults, name)
-        allowed = f"one of {', '.join(choices)}; " if choices else (
-            f"{describe_range(cls, name)}; " if bounds(cls, name) else "")
-        shown = f"{allowed}default: {default if choices else repr(default)}"
+    for doc in field_docs(cls):
+        shown = f"{doc.allowed}; " if doc.allowed else ""
+        shown += f"default: {doc.default if doc.kind == 'choice' else repr(doc.default)}"
+        tp, _ = field_type(cls, doc.name)
         extra = {"nargs": "?", "const": "true", "metavar": "BOOL"} if tp is bool else {"metavar": tp.__name__.upper()}
-        parser.add_argument(flag(name), dest=name, default=argparse.SUPPRESS, help=f"({shown})", **extra)
+        meaning = f"{doc.meaning} " if doc.meaning else ""
+        parser.add_argument(doc.flag, dest=doc.name, default=argparse.SUPPRESS, help=f"{meaning}({shown})", **extra)
 
 
 def config_from_args(cls, args: argparse.Namespace):
@@ -75,7 +74,7 @@ def stage_command(cls, handler: Callable, help_text: str, tracked: bool = True) 
     def run(args: argparse.Namespace) -> None:
         handler(config_from_args(cls, args), Tracking(getattr(args, "tracking_uri", "")))
 
-    return Command(cls.STAGE, help_text, add_arguments, run)
+    return Command(cls.STAGE, help_text, add_arguments, run, cls)
 
 
 def _init_model(cfg: ModelInitConfig, _tracking: Tracking) -> None:

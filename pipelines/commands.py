@@ -131,7 +131,7 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment-name")
     p.add_argument("--namespace")
     p.add_argument("--service-account", help="the Kubernetes service account the run's pods run as (default: the "
-                   "KFP profile's); a step on several nodes needs one allowed to create TrainJobs (README)")
+                   "KFP profile's); a step on several nodes needs one allowed to create TrainJobs (docs/scale-out.md)")
     p.add_argument("--no-tracking", action="store_true",
                    help="submit without an MLflow tracking URI: the run records nothing and registers no model")
     _add_task_settings(p)

@@ -61,9 +61,9 @@ from components.hydra_sft.component import hydra_sft
 from components.image import ACCELERATOR, CUDA_IMAGE, IMAGE
 from components.pairwise_eval.component import pairwise_eval
 from components.register_model.component import register_model
-from hydra_core.config.fields import field_names
-from hydra_core.config.settings import (DataConfig, EvalConfig, ModelInitConfig, Placement, PPOConfig, SFTConfig,
-                                        run_label)
+from hydra_core.config.fields import field_help, field_names
+from hydra_core.config.settings import (STAGE_CONFIGS, DataConfig, EvalConfig, ModelInitConfig, Placement, PPOConfig,
+                                        SFTConfig, run_label)
 from hydra_core.registry import CHAMPION_THRESHOLD, POLICY_MODEL, SFT_MODEL
 from hydra_core.tracking.mlflow_tracker import DEFAULT_EXPERIMENT
 
@@ -126,7 +126,7 @@ WIRED = {"init-model": {"output_dir", "seed"}, "prepare": {"output_dir", "tokeni
 LABEL_PARAMETERS = {"ppo_variants": "ppo_variant_config"}
 # The default per-label PPO settings, over the shared ppo_* parameters (ppo_config's fields win over them).
 # Full fine-tuning at the LoRA rate of 1e-3 drifts. Full PPO's gold accuracy on the embedded default, actor
-# and critic at one rate (README, "The paper's experiment in one pipeline run"):
+# and critic at one rate (docs/benchmarks.md, "The paper's experiment in one pipeline run"):
 #   from the separate SFT model and reward model (as the pipeline runs it; 0.675 before): 0.705 at 1e-3,
 #   0.84 at 3e-4, 0.89 at 2e-4, 0.8825 at 1e-4, 0.865 at 5e-5, 0.82 at 3e-5 (LoRA-PPO at 1e-3: 0.91);
 #   from Hydra-SFT (0.6125 before): 0.815 at 1e-3, 0.9175 at 3e-4, 0.945 at 1e-4, 0.955 at 5e-5, 0.9525 at
@@ -153,6 +153,8 @@ CHECKED = (*STAGE_PARAMETERS, "seed", *CONFIG_PARAMETERS, *LABEL_PARAMETERS.valu
 
 # what each pipeline parameter that sets no single stage field means (`run --help`, `submit --help`)
 MEANINGS = {
+    "base_model": "the base model, a local directory or a Hugging Face model id; \"\" for a fresh random-init "
+                  "model of base_preset",
     "seed": "every stage's seed",
     **{name: f"any other field of the {stage} stage's config, as JSON" for name, stage in CONFIG_PARAMETERS.items()},
     "ppo_variant_config": "PPO settings per run label, algorithm or layout, as JSON (replaces the default table)",
@@ -363,6 +365,7 @@ def parameter_help() -> list[tuple[str, object, str]]:
     def meaning(name: str) -> str:
         if name in STAGE_PARAMETERS and name not in MEANINGS:
             stage, field = STAGE_PARAMETERS[name]
-            return f"the {stage} stage's {field} (hydra-rlhf {stage} --help)"
+            meaning = field_help(STAGE_CONFIGS[stage])[field]
+            return f"{meaning} (the {stage} stage's {field}: hydra-rlhf {stage} --{field.replace('_', '-')})"
         return MEANINGS[name]
     return [(name, spec.default, meaning(name)) for name, spec in parameters().items()]

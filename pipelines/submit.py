@@ -43,7 +43,7 @@ def submit(host: str, arguments: dict | None = None, package: str | None = None,
         if "kfp_ui_url" in _parameters(package):  # the parent MLflow run links back to this run
             arguments = {"kfp_ui_url": host, **arguments}
         try:
-            with warnings.catch_warnings():  # kfp warns on every Client that it needs a v2 backend: README says so
+            with warnings.catch_warnings():  # kfp warns on every Client that it needs a v2 backend: docs/pipeline/cluster.md says so
                 warnings.simplefilter("ignore", FutureWarning)
                 client = kfp.Client(host=host, **({"namespace": namespace} if namespace else {}))
             result = client.create_run_from_pipeline_package(package, arguments=arguments, run_name=run_name,

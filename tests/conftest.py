@@ -176,3 +176,14 @@ def stop_process_group(process: subprocess.Popen, timeout_s: float = 15) -> None
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+DOCS = ROOT / "docs"
+
+
+def code_blocks(page: str, language: str) -> list[str]:
+    """The fenced `language` blocks of a documentation page (a path under docs/, or README.md), as written."""
+    import re
+
+    path = ROOT / page if page == "README.md" else DOCS / page
+    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(encoding="utf-8"), re.S | re.M)

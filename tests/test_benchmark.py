@@ -40,6 +40,7 @@ def report(tmp_path_factory, base_model_dir):
     return out / "results", json.loads((out / "results" / "ppo_variants.json").read_text()), done.stdout
 
 
+@pytest.mark.slow
 def test_every_run_has_sane_figures(report):
     _, data, _ = report
     runs = {r["variant"]: r for r in data["runs"]}

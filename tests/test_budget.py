@@ -89,6 +89,7 @@ def test_the_watched_runner_returns_what_the_process_wrote_or_why_it_wrote_nothi
     assert hungry["status"] == "killed" and hungry["watched_peak_bytes"] > 100 * 2**20 and hungry["wall_s"] < 10
 
 
+@pytest.mark.slow
 def test_a_generous_budget_picks_a_larger_batch_and_the_run_trains_with_it(tmp_path, hydra_sft_dir, small_data):
     out = tmp_path / "ppo"
     cfg = tiny_ppo_config(hydra_sft_dir, small_data, out, steps=1, rollout_batch_size=6, memory_budget="16GiB",

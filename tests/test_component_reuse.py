@@ -1,8 +1,7 @@
-"""Another team's DAG: the README's reuse example as written (the components loaded from their YAML and
+"""Another team's DAG: the documented reuse example (docs/pipeline/components.md) as written (the components loaded from their YAML and
 called with only their required inputs), and no spec that an omitted integer breaks."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import yaml
 from mlflow import MlflowClient
 
 from components.build import NAMES, spec_path
+from conftest import code_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,14 +25,9 @@ def test_no_spec_leaves_an_optional_integer_without_a_default(name):
     assert not unset, f"{name}: optional integers without a default: {unset}"
 
 
-def readme_reuse_example() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Reusing a component in your own DAG"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_the_readme_reuse_example_runs_as_written(tmp_path, monkeypatch):
-    """The README's code block unchanged, as `my_ppo.py` run from the repository root (here a folder that
+@pytest.mark.slow
+def test_the_documented_reuse_example_runs_as_written(tmp_path, monkeypatch):
+    """The code block of docs/pipeline/components.md unchanged, as `my_ppo.py` run from the repository root (here a folder that
     links to its components, so the outputs stay in the test's folder). Its components come from their
     YAML with only their required inputs and tiny settings in `config`; tracked through the environment,
     as a pod would be, in a DAG with no step that closes the parent run."""
@@ -42,7 +37,8 @@ def test_the_readme_reuse_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "their-team")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    exec(compile(readme_reuse_example(), "my_ppo.py", "exec"), {"__name__": "__main__"})
+    [example] = code_blocks("pipeline/components.md", "python")
+    exec(compile(example, "my_ppo.py", "exec"), {"__name__": "__main__"})
 
     [run_dir] = (tmp_path / "kfp-outputs").glob("my-ppo-*")
     assert (run_dir / "hydra-sft" / "model" / "sft_summary.json").exists()

@@ -63,6 +63,7 @@ def test_components_are_thin_wrappers_over_hydra_core():
         assert load(name).component_spec.implementation.container.image == image.IMAGE
 
 
+@pytest.mark.slow
 def test_component_specs_run_in_a_dag_of_their_own(tmp_path, monkeypatch):
     """Another team's DAG: load two specs from their files and run them locally, tracked in sqlite."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -2,6 +2,7 @@
 arguments; saved configs read back with --config reproduce a stage; recipes feed the pipeline."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from conftest import logged_rows
 from hydra_core import cli
-from hydra_core.config.fields import ConfigError, bounds, build, field_names, field_type, flag
+from hydra_core.config.fields import ConfigError, bounds, build, field_help, field_names, field_type, flag
 from hydra_core.config.files import config_file_name, load_config, save_config
 from hydra_core.config.parameters import SEPARATE_MODEL_VARIANTS, from_parameters, label_config, uses_separate_models
 from hydra_core.config.settings import (DATA_FORMATS, MODEL_PRESETS, PPO_VARIANTS, QUANTIZABLE_VARIANTS, RUN_LABELS,
@@ -411,3 +412,24 @@ def test_a_component_refuses_a_bad_parameter_before_its_stage_runs():
         from_parameters(PPOConfig, {}, steps=0)
     with pytest.raises(ConfigError, match=r"config\['top_p'\]: 1.5 is out of range"):
         from_parameters(PPOConfig, {"top_p": 1.5})
+
+
+@dataclass
+class _Commented:
+    """A config whose fields' comments are their meanings."""
+
+    beside: int = 1  # the comment on its line
+    # a comment above
+    # that goes on
+    above: int = 2
+    both: int = 3  # and its own
+    # a note that belongs to no field: a blank line follows it
+
+    bare: int = 4
+    # above, and beside too
+    mixed: int = 5  # its own
+
+
+def test_a_fields_meaning_is_the_comment_beside_or_above_it():
+    assert field_help(_Commented) == {"beside": "the comment on its line", "above": "a comment above that goes on",
+                                      "both": "and its own", "bare": "", "mixed": "above, and beside too its own"}

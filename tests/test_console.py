@@ -436,5 +436,6 @@ def test_help_lists_every_pipeline_parameter_with_its_default_and_meaning(comman
     assert "pipeline parameters (-p NAME=VALUE)" in out
     for name in build().component_spec.inputs:
         assert f"\n  {name} = " in out, name
-    assert f"  sft_steps = {SFTConfig().steps}\n      the sft stage's steps (hydra-rlhf sft --help)" in out
+    assert (f"  sft_steps = {SFTConfig().steps}\n      optimizer steps (the sft stage's steps: hydra-rlhf sft --steps)"
+            in out)  # its meaning is the comment of the field it sets
     assert '  hf_secret = "hydra-rlhf-hf"\n      optional Kubernetes secret' in out

@@ -134,6 +134,7 @@ def test_run_labels_name_a_layout_and_an_algorithm():
         parse_run_label("hydra-dpo")
 
 
+@pytest.mark.slow
 def test_grpo_resumes_after_a_kill(tmp_path, hydra_sft_dir, arithmetic_dir):
     command = ["ppo", "--variant", "hydra", "--algorithm", "grpo", "--grpo-kl", "loss", "--samples-per-prompt", "2",
                "--model",

@@ -354,6 +354,7 @@ def test_submit_refuses_bad_input(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys):
     """lora with hydra: lora starts, as in the paper, from an SFT model and a reward model trained beside
     Hydra-SFT, and every row, Hydra-SFT's too, is judged against the SFT model."""
@@ -454,6 +455,7 @@ def test_local_run_end_to_end_is_tracked_in_mlflow(tmp_path, monkeypatch, capsys
 QWEN_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "qwen2.5-0.5b-instruct-ultrafeedback.yaml"
 
 
+@pytest.mark.slow
 def test_a_chat_recipe_runs_on_its_stand_in_and_hydra_labels_only_train_no_separate_models(tmp_path, monkeypatch,
                                                                                           capsys):
     """`run --config RECIPE --stand-in`: the Qwen recipe's conversational data and ChatML template on a tiny
@@ -493,6 +495,7 @@ def test_a_chat_recipe_runs_on_its_stand_in_and_hydra_labels_only_train_no_separ
     assert len(mlmodels) == 2 and all("<|im_start|>assistant" in m["metadata"]["chat_template"] for m in mlmodels)
 
 
+@pytest.mark.slow
 def test_a_failed_local_run_says_so_and_leaves_no_mlflow_run_open(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"

@@ -88,6 +88,7 @@ def test_variants_hold_the_paper_number_of_backbones(tmp_path, hydra_sft_dir, ar
     assert counts == {"full": 4, "lora": 4, "lora-dynamic": 2, "j-hydra": 1, "hydra": 1}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, hydra_sft_dir, arithmetic_dir):
     command = ["ppo", "--variant", "hydra", "--model", hydra_sft_dir, "--data", arithmetic_dir, "--steps", "4",
                "--rollout-batch-size", "8", "--mini-batch-size", "4", "--ppo-epochs", "2", "--lora-rank", "4",

@@ -70,6 +70,7 @@ def _record_every_step(rank: int, world: int, port: int, jobs: list[dict], recor
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_keep_equal_trained_parameters_after_every_step(tmp_path, hydra_sft_dir, arithmetic_dir):
     """Every layout and algorithm: after each optimizer step both processes hold the same trained
     parameters (only their gradients are averaged), each sampled its own half of every rollout batch,
@@ -98,6 +99,7 @@ def test_two_processes_keep_equal_trained_parameters_after_every_step(tmp_path, 
         assert (Path(job["output_dir"]) / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_two_process_run_resumes_after_a_kill(tmp_path, hydra_sft_dir, arithmetic_dir):
     """The uninterrupted run goes through `accelerate launch`, the killed and resumed one through torchrun: the
     same group either way, and the resumed run ends as the uninterrupted one."""

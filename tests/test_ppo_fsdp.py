@@ -64,6 +64,7 @@ def _record(rank: int, world: int, port: int, jobs: list[dict], record: str) -> 
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_ppo_trains_as_unsharded_data_parallel_ppo(tmp_path, hydra_sft_dir, arithmetic_dir):
     """Each adapter layout, sharded and not: after every optimizer step both processes hold the same trained
     parameters; sharded, each holds half of every frozen backbone weight, the KL is 0 at step 1, and the trained

@@ -30,11 +30,11 @@ def recipe(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_the_recipes_are_the_four_the_readme_names():
+def test_the_recipes_are_the_four_the_docs_name():
     assert [p.name for p in RECIPES] == ["embedded-default.yaml", "llama-3.2-1b-stack-exchange-paired.yaml",
                                          "pythia-410m-hh-rlhf.yaml", "qwen2.5-0.5b-instruct-ultrafeedback.yaml"]
-    readme = (ROOT / "README.md").read_text()
-    assert all(f"configs/{p.name}" in readme for p in RECIPES)
+    page = (ROOT / "docs" / "recipes.md").read_text()
+    assert all(f"configs/{p.name}" in page for p in RECIPES)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -50,6 +50,7 @@ def test_a_recipe_lists_every_hub_id_it_names_and_a_stand_in_of_the_same_archite
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_every_stage_runs_the_recipe_on_its_stand_in_for_two_steps(tmp_path, path):
     data = recipe(path)
     stand_in = data["stand_in"]

@@ -5,6 +5,7 @@ aliases at them, and a fresh process loads both by alias, generates and scores."
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.models import Model
 
-from conftest import free_port, stop_process_group, tiny_ppo_config, tiny_sft_config
+from conftest import code_blocks, free_port, stop_process_group, tiny_ppo_config, tiny_sft_config
 from hydra_core import registry, stages
 from hydra_core.data.encoding import pair_batch
 from hydra_core.data.schema import PreferencePair
@@ -59,6 +60,7 @@ def registered(tmp_path_factory, base_model_dir, arithmetic_dir):
     return {"uri": tracking.resolved_uri, "sft": sft, "ppo": ppo, "decision": decision, "root": root}
 
 
+@pytest.mark.slow
 def test_a_fresh_process_generates_with_the_champion_and_scores_with_the_reward_model(registered):
     assert [registered[s]["tracking"]["state"] for s in ("sft", "ppo", "decision")] == ["sent"] * 3
     assert registered["decision"]["aliases"] == [registry.CANDIDATE, registry.CHAMPION]
@@ -152,14 +154,14 @@ def test_a_model_logged_while_mlflow_is_unreachable_is_logged_and_registered_on_
     assert {p.split("==")[0] for p in pins} == {"mlflow", *stages.POLICY_REQUIREMENTS}  # no torchvision
 
 
-# What README.md's MLflow section sends to `mlflow models serve`
-POLICY_REQUEST = {"inputs": ["12+7="], "params": {"max_new_tokens": 6}}
-REWARD_REQUEST = {"dataframe_records": PAIRS}
+# What docs/mlflow.md sends to `mlflow models serve`, as written there: curl's -d '<request>', policy first
+POLICY_REQUEST, REWARD_REQUEST = [json.loads(body) for block in code_blocks("mlflow.md", "bash")
+                                  for body in re.findall(r"-d '([^']*)'", block)]
 SERVE_TIMEOUT_S = 120
 
 
 def _serve(uri: str, model: str, log: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow models serve -m <model>` as README.md gives it, on a free port; returns the process
+    """`mlflow models serve -m <model>` as docs/mlflow.md gives it, on a free port; returns the process
     (the leader of a session of its own, so that its uvicorn child goes with it) and its address."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
@@ -197,7 +199,8 @@ def _invoke(uri: str, model: str, request: dict, log: Path) -> dict:
         stop_process_group(server)
 
 
-def test_both_registered_models_serve_by_alias_as_the_readme_says(registered):
+@pytest.mark.slow
+def test_both_registered_models_serve_by_alias_as_the_docs_say(registered):
     root = registered["root"]
     generated = _invoke(registered["uri"], f"models:/{registry.POLICY_MODEL}@{registry.CHAMPION}", POLICY_REQUEST,
                         root / "serve-policy.log")
@@ -206,7 +209,8 @@ def test_both_registered_models_serve_by_alias_as_the_readme_says(registered):
 
     scored = _invoke(registered["uri"], f"models:/{registry.SFT_MODEL}@{registry.CANDIDATE}", REWARD_REQUEST,
                      root / "serve-reward.log")
-    assert list(scored) == ["predictions"] and len(scored["predictions"]) == len(PAIRS)
+    pairs = REWARD_REQUEST["dataframe_records"]
+    assert list(scored) == ["predictions"] and len(scored["predictions"]) == len(pairs)
     model = load_hydra(str(root / "sft"), heads=("reward",)).eval()
-    own = reward_scores(model, [(p["prompt"], p["response"]) for p in PAIRS])
+    own = reward_scores(model, [(p["prompt"], p["response"]) for p in pairs])
     assert scored["predictions"] == pytest.approx(own, abs=1e-4)

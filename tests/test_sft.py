@@ -99,6 +99,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, base_model_dir, ar
     assert checkpoint.latest(tmp_path / "nan").name == "step-000002"
 
 
+@pytest.mark.slow
 def test_sft_resumes_after_a_kill_as_if_never_stopped(tmp_path, base_model_dir, arithmetic_dir):
     command = ["sft", "--model", base_model_dir, "--data", arithmetic_dir, "--steps", "30", "--demo-batch-size", "16",
                "--pair-batch-size", "8", "--eval-every", "10", "--log-every", "2", "--greedy-eval-prompts", "8",
@@ -147,6 +148,7 @@ def test_cli_sft_reports_a_missing_prepared_directory(tmp_path, base_model_dir, 
     assert "nope" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_on_gloo(tmp_path, base_model_dir, arithmetic_dir):
     """The same code path as one process, as two torchrun processes on the gloo backend."""
     out = tmp_path / "ddp"

@@ -365,6 +365,7 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
+@pytest.mark.slow
 def test_stages_log_to_a_live_server(mlflow_server, tmp_path, base_model_dir, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # what a pod gets from its platform
     tracking = Tracking(experiment="server-test")
@@ -397,6 +398,7 @@ def test_stages_log_to_a_live_server(mlflow_server, tmp_path, base_model_dir, mo
     assert version.source.startswith("models:/") and version.tags["pipeline_run_id"] == tracking.parent_run_id
 
 
+@pytest.mark.slow
 def test_pending_records_replay_into_a_live_server(mlflow_server, tmp_path, files):
     run = MlflowTracker(f"http://127.0.0.1:{free_port()}", "offline", files / PENDING_DIR, experiment="server-test")
     run.log_params({"steps": 2})
@@ -451,6 +453,7 @@ def test_a_sync_that_stops_part_way_sends_each_record_once_when_run_again(tmp_pa
     assert len(client.search_runs([client.get_experiment_by_name("hydra-rlhf").experiment_id])) == 1
 
 
+@pytest.mark.slow
 def test_a_pipelines_runs_name_their_inputs_as_typed_or_as_mlflow_references_not_local_paths(tmp_path, monkeypatch):
     from components.build import load
 

@@ -164,3 +164,56 @@ def validate(cfg, namer: Namer) -> None:
                 raise ConfigError(f"{namer(name)}: {value:g} is out of range; it must be {describe_range(cls, name)}")
     for name, problem in getattr(cfg, "relations", lambda _: ())(namer):
         raise ConfigError(f"{namer(name)}: {problem}")
+
+
+def field_help(cls) -> dict[str, str]:
+    """What each field of `cls` means, read from the comments its class writes beside or above it, so the
+    help of `hydra-rlhf <stage>`, the pipeline's parameters and the docs' reference say it once, in the code.
+    A comment above a field belongs to it; a field without a comment has none ("")."""
+    import inspect
+    import io
+    import tokenize
+
+    names = set(field_names(cls))
+    meanings: dict[str, str] = {}
+    above, line = [], None  # the comment lines waiting for a field; the last field's name and line
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if line is not None and tok.start[0] == line[1]:  # beside the field: after its comment above
+                meanings[line[0]] = " ".join(filter(None, [meanings[line[0]], text]))
+            else:
+                above.append(text)
+        elif tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
+            meanings[tok.string] = " ".join(above)
+            above, line = [], (tok.string, tok.start[0])
+        elif tok.type == tokenize.NL and tok.line.strip() == "":
+            above = []  # a blank line ends a comment block that belonged to no field
+    return {name: meanings.get(name, "") for name in field_names(cls)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldDoc:
+    """One field as its command's help and the docs' reference show it."""
+
+    name: str
+    flag: str
+    kind: str  # "integer", "one of a, b", ...
+    allowed: str  # its range or choices in words ("" for none)
+    default: Any
+    meaning: str
+
+
+_KINDS = {bool: "true or false", int: "integer", float: "number", str: "text", list: "list", dict: "object"}
+
+
+def field_docs(cls) -> list[FieldDoc]:
+    """Every field of `cls` with its flag, type, allowed values, default and meaning, in the class's order."""
+    defaults, meanings = cls(), field_help(cls)
+    docs = []
+    for name in field_names(cls):
+        tp, choices = field_type(cls, name)
+        allowed = f"one of {', '.join(choices)}" if choices else describe_range(cls, name)
+        docs.append(FieldDoc(name, flag(name), "choice" if choices else _KINDS.get(tp, tp.__name__), allowed,
+                             getattr(defaults, name), meanings[name]))
+    return docs

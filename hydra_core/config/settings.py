@@ -90,27 +90,29 @@ class DataConfig:
 
     STAGE: ClassVar[str] = "prepare"
 
-    output_dir: str = "outputs/data"
+    output_dir: str = "outputs/data"  # where the prepared splits and manifest.json are written
+    # the source's record format (arithmetic: the embedded task, built here, needs no source)
     format: Literal[DATA_FORMATS] = "arithmetic"
     source: str = ""  # a local .jsonl/.json/.parquet file or a Hugging Face dataset id
     dataset_split: str = "train"  # the split of a hub dataset to read
     dataset_config: str = ""  # the config (subset) name of a hub dataset, if it has several
     dataset_data_dir: str = ""  # the folder of a hub dataset's files to read (stack-exchange-paired: data/rl)
     demonstrations: str = ""  # optional separate demonstrations (prompt, response) file or id
-    eval_fraction: float = setting(0.05, gt=0, lt=1)
-    max_records: int = setting(0, ge=0)  # 0 = all
-    seed: int = setting(0, ge=0)
+    eval_fraction: float = setting(0.05, gt=0, lt=1)  # the share of prompts and pairs held out for evaluation
+    max_records: int = setting(0, ge=0)  # records read from the source, at most (0 = all)
+    seed: int = setting(0, ge=0)  # seeds the split and the embedded task's records
     skip_bad: bool = False  # skip bad records (and report them) instead of stopping at the first
-    output_format: Literal["jsonl", "parquet"] = "jsonl"
+    output_format: Literal["jsonl", "parquet"] = "jsonl"  # the prepared splits' file format
     # a model (directory or hub id) whose tokenizer counts tokens: the manifest then says how many records the
     # limits below cut (as SFT's max_length and PPO's max_prompt_length would); "" = lengths in characters only
     tokenizer: str = ""
     chat_template: str = ""  # as the stages': "" the tokenizer's own, none for plain text, or a Jinja file
     max_length: int = setting(512, ge=2)  # prompt + response tokens of a training row
     max_prompt_length: int = setting(512, ge=1)  # prompt tokens of a rollout or an eval prompt
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # let a hub tokenizer run code of its own (only for ids you trust)
     # embedded arithmetic task only
     arithmetic_eval_prompts: int = setting(400, ge=1)
+    # preference pairs made per prompt, each with a different wrong answer
     arithmetic_pairs_per_prompt: int = setting(2, ge=1)
 
     def relations(self, name: Namer):
@@ -125,9 +127,9 @@ class ModelInitConfig:
 
     STAGE: ClassVar[str] = "init-model"
 
-    output_dir: str = "outputs/base-model"
-    preset: Literal[MODEL_PRESETS] = "tiny-llama"
-    seed: int = setting(0, ge=0)
+    output_dir: str = "outputs/base-model"  # where the random-init model and its tokenizer are written
+    preset: Literal[MODEL_PRESETS] = "tiny-llama"  # the architecture and size (hydra_core/models/presets.py)
+    seed: int = setting(0, ge=0)  # seeds the random initialisation
 
 
 @dataclass
@@ -138,35 +140,39 @@ class SFTConfig:
 
     model: str = "outputs/base-model"  # a local directory or a Hugging Face model id
     data: str = "outputs/data"  # a prepared directory
+    # where the trained model, its config, metrics, curves and checkpoints are written
     output_dir: str = "outputs/hydra-sft"
+    # sft: LM head only; rm: reward head only; hydra: both heads on one backbone (the paper's Hydra-SFT)
     mode: Literal[SFT_MODES] = "hydra"
-    steps: int = setting(1500, ge=1)
-    demo_batch_size: int = setting(128, ge=1)
-    pair_batch_size: int = setting(64, ge=1)
-    learning_rate: float = setting(2e-3, gt=0)
-    weight_decay: float = setting(0.1, ge=0)
-    warmup_steps: int = setting(100, ge=0)
-    reward_loss_weight: float = setting(1.0, ge=0)
+    steps: int = setting(1500, ge=1)  # optimizer steps
+    demo_batch_size: int = setting(128, ge=1)  # demonstrations per step (the LM loss; sft and hydra)
+    pair_batch_size: int = setting(64, ge=1)  # preference pairs per step (the pairwise reward loss; rm and hydra)
+    learning_rate: float = setting(2e-3, gt=0)  # peak learning rate of AdamW, after warm-up, cosine decay to 0
+    weight_decay: float = setting(0.1, ge=0)  # AdamW's decoupled weight decay
+    warmup_steps: int = setting(100, ge=0)  # linear warm-up from 0 to learning_rate
+    reward_loss_weight: float = setting(1.0, ge=0)  # hydra: weight of the reward loss beside the LM loss
     max_grad_norm: float = setting(1.0, ge=0)  # 0 = no clipping
-    adam_beta2: float = setting(0.98, gt=0, lt=1)
-    max_length: int = setting(512, ge=2)
+    adam_beta2: float = setting(0.98, gt=0, lt=1)  # AdamW's second-moment decay
+    max_length: int = setting(512, ge=2)  # prompt + response tokens of a training row (longer rows are cut and counted)
+    # each step's batch in this many equal parts, one backward each (same result, less memory)
     gradient_accumulation_steps: int = setting(1, ge=1)
+    # recompute each decoder layer's activations in backward: less memory, one more forward
     gradient_checkpointing: bool = False
     # auto = bf16 autocast (fp32 weights) on a bf16 GPU or a CPU with native bf16 maths, else fp32
     mixed_precision: Literal[PRECISIONS] = "auto"
     lora_rank: int = setting(0, ge=0)  # 0 = train the backbone in full
-    lora_alpha: int = setting(16, ge=1)
-    lora_dropout: float = setting(0.0, ge=0, lt=1)
+    lora_alpha: int = setting(16, ge=1)  # LoRA scale numerator (the update is scaled by alpha / rank)
+    lora_dropout: float = setting(0.0, ge=0, lt=1)  # dropout on the LoRA input during SFT
     # all-linear = every linear layer of every decoder layer (the output layer not), or names: q_proj,v_proj
     lora_target_modules: str = ALL_LINEAR
-    eval_every: int = setting(250, ge=1)
-    eval_batch_size: int = setting(256, ge=1)
+    eval_every: int = setting(250, ge=1)  # held-out reward accuracy and losses every N steps
+    eval_batch_size: int = setting(256, ge=1)  # rows per batch of those evaluations
     checkpoint_every: int = setting(500, ge=0)  # 0 = no checkpoints
     resume: bool = False  # continue from the newest checkpoint in output_dir
     overwrite: bool = False  # start over in an output_dir that holds an earlier run
-    log_every: int = setting(25, ge=1)
-    seed: int = setting(0, ge=0)
-    trust_remote_code: bool = False
+    log_every: int = setting(25, ge=1)  # training metrics every N steps
+    seed: int = setting(0, ge=0)  # seeds the initialisation of the heads, the batches and dropout
+    trust_remote_code: bool = False  # let a hub model run code of its own (only for ids you trust)
     greedy_eval_prompts: int = setting(400, ge=1)  # held-out prompts checked greedily by the task verifier
     max_new_tokens: int = setting(6, ge=1)  # length of those greedy responses (as PPO and eval generate them)
     # how prompts are rendered: "" the tokenizer's chat template if it has one, none for plain text even where it
@@ -185,9 +191,9 @@ class ExportConfig:
 
     STAGE: ClassVar[str] = "export"
 
-    model: str = "outputs/ppo"
-    output_dir: str = "outputs/export"
-    trust_remote_code: bool = False
+    model: str = "outputs/ppo"  # a Hydra directory (a PPO policy or Hydra-SFT)
+    output_dir: str = "outputs/export"  # where the plain HF causal-LM directory is written
+    trust_remote_code: bool = False  # let a hub model run code of its own (only for ids you trust)
 
 
 @dataclass
@@ -200,7 +206,7 @@ class PPOConfig:
     model: str = "outputs/hydra-sft"  # the SFT policy; a Hydra-SFT directory for j-hydra / hydra
     reward_model: str = ""  # the reward model for full / lora / lora-dynamic; default: `model`
     data: str = "outputs/data"  # a prepared directory (its prompts_train split)
-    output_dir: str = "outputs/ppo"
+    output_dir: str = "outputs/ppo"  # where the policy, its config, metrics, curves and checkpoints are written
     variant: Literal[PPO_VARIANTS] = "hydra"  # the memory layout
     algorithm: Literal[ALGORITHMS] = "ppo"  # how advantages are estimated; rloo, grpo and remax need no critic
     steps: int = setting(12, ge=1)  # iterations: rollout, score, optimise
@@ -208,21 +214,24 @@ class PPOConfig:
     samples_per_prompt: int = setting(1, ge=1)  # responses sampled per prompt (a group); at least 2 for rloo, grpo
     # responses per optimizer step, over all processes; 0 = the whole rollout (the paper's)
     mini_batch_size: int = setting(64, ge=0)
-    ppo_epochs: int = setting(4, ge=1)
-    learning_rate: float = setting(1e-3, gt=0)  # actor
+    ppo_epochs: int = setting(4, ge=1)  # passes over each rollout (the paper: 1)
+    learning_rate: float = setting(1e-3, gt=0)  # the actor's (its LoRA adapter, or the whole actor with full)
+    # the critic's (value head and its adapter, or the whole critic with full)
     critic_learning_rate: float = setting(1e-3, gt=0)
+    # cosine decay to 0 over every optimizer step of the run, or constant
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    lora_rank: int = setting(8, ge=1)
-    lora_alpha: int = setting(16, ge=1)
+    lora_rank: int = setting(8, ge=1)  # rank of each LoRA adapter (the paper: 128)
+    lora_alpha: int = setting(16, ge=1)  # LoRA scale numerator (the update is scaled by alpha / rank)
     # all-linear = every linear layer of every decoder layer (the output layer not), or names: q_proj,v_proj
     lora_target_modules: str = ALL_LINEAR
-    kl_coef: float = setting(0.5, ge=0)
+    kl_coef: float = setting(0.5, ge=0)  # beta: weight of the KL to the reference policy (the paper: 0.02)
+    # per-token KL estimator: k1 = logp - logp_ref, k3 = exp(ref - logp) - (ref - logp) - 1
     kl_estimator: Literal["k1", "k3"] = "k1"
     kl_ceiling: float = setting(10.0, gt=0)  # warn when the mean sequence KL passes this
-    gamma: float = setting(1.0, ge=0, le=1)
-    lam: float = setting(0.95, ge=0, le=1)
-    clip_range: float = setting(0.2, gt=0)
-    clip_range_value: float = setting(0.2, gt=0)
+    gamma: float = setting(1.0, ge=0, le=1)  # discount of GAE (1.0: none)
+    lam: float = setting(0.95, ge=0, le=1)  # lambda of GAE
+    clip_range: float = setting(0.2, gt=0)  # the policy ratio's clip, 1 +- this
+    clip_range_value: float = setting(0.2, gt=0)  # the value prediction's clip around the old value
     value_loss_coef: float = setting(0.5, ge=0)  # weight of the value loss where actor and critic share weights
     whiten_advantages: bool = True  # ppo, rloo, remax: advantages whitened over the batch (grpo: within groups)
     # grpo: divide advantages by their group's std (false: only subtract the mean, as Dr. GRPO)
@@ -234,18 +243,19 @@ class PPOConfig:
     # the policy loss averaged over every response token of a mini-batch, or per sequence, then over sequences
     loss_normalisation: Literal["token", "sequence"] = "token"
     missing_eos_penalty: float = setting(1.0, ge=0)  # subtracted from the score of a response with no EOS
-    max_grad_norm: float = setting(1.0, gt=0)
-    max_new_tokens: int = setting(6, ge=1)
-    max_prompt_length: int = setting(512, ge=1)
+    max_grad_norm: float = setting(1.0, gt=0)  # each optimizer group's gradients clipped to this norm
+    max_new_tokens: int = setting(6, ge=1)  # the longest response a rollout samples
+    max_prompt_length: int = setting(512, ge=1)  # prompt tokens of a rollout (longer prompts are cut from the left)
+    # sampling temperature of the rollouts, also used for the policy's and the reference's log-probs
     temperature: float = setting(1.0, gt=0)
     top_k: int = setting(0, ge=0)  # 0 = no top-k cut
-    top_p: float = setting(1.0, gt=0, le=1)
+    top_p: float = setting(1.0, gt=0, le=1)  # nucleus sampling's probability mass (1.0: no cut)
     checkpoint_every: int = setting(0, ge=0)  # 0 = only at the end
     resume: bool = False  # continue from the newest checkpoint in output_dir
     overwrite: bool = False  # start over in an output_dir that holds an earlier run
     eval_every: int = setting(0, ge=0)  # greedy gold accuracy every N iterations where the task has a verifier
-    greedy_eval_prompts: int = setting(400, ge=1)
-    seed: int = setting(0, ge=0)
+    greedy_eval_prompts: int = setting(400, ge=1)  # held-out prompts checked greedily by the task's verifier
+    seed: int = setting(0, ge=0)  # seeds the adapters' initialisation, the prompt order and sampling
     device: str = ""  # "" = CUDA when available, else CPU
     # auto = bf16 where the hardware does bf16 maths natively: frozen backbones stored in bf16 (half the bytes
     # every decoding step reads) and bf16 autocast, trained weights, adapters and heads in fp32; else fp32
@@ -263,7 +273,7 @@ class PPOConfig:
     # e.g. 20GiB: before training, probe rollout batches and train with the largest whose peak memory fits
     # (CUDA: max_memory_allocated; CPU: the process's peak RSS); rollout_batch_size is where the search starts
     memory_budget: str = ""
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # let a hub model run code of its own (only for ids you trust)
     chat_template: str = ""  # as SFT's: "" the model's own, none for plain text, or a Jinja template file
     # data-parallel processes only: each model sharded over them by FSDP2 (decoder layers and the rest), for
     # backbones that do not fit one device; the adapters and heads train as without it. No `full`, no quantised
@@ -345,26 +355,27 @@ class EvalConfig:
 
     STAGE: ClassVar[str] = "eval"
 
-    candidate: str = "outputs/ppo"
+    candidate: str = "outputs/ppo"  # the policy judged (a PPO output, a Hydra or plain HF directory, or a hub id)
     baseline: str = ""  # default: the SFT model the candidate's PPO run started from
     prompts: str = "outputs/data"  # a prepared directory (its prompts_eval split) or a JSONL of prompts
-    output_dir: str = "outputs/eval"
+    output_dir: str = "outputs/eval"  # where the report, its chart, the judgments and the judge cache are written
+    # gold: the task's verifier; reward-model: a Hydra reward head; openai: an OpenAI-compatible LLM judge
     judge: Literal[JUDGES] = "gold"
-    max_prompts: int = setting(200, ge=1)
-    max_new_tokens: int = setting(6, ge=1)
-    greedy: bool = True
-    temperature: float = setting(1.0, gt=0)
-    seed: int = setting(0, ge=0)
+    max_prompts: int = setting(200, ge=1)  # held-out prompts judged
+    max_new_tokens: int = setting(6, ge=1)  # the longest response either model generates
+    greedy: bool = True  # greedy responses (false: sampled at temperature)
+    temperature: float = setting(1.0, gt=0)  # sampling temperature when greedy is false
+    seed: int = setting(0, ge=0)  # seeds sampling (greedy false) and any randomness of the judge
     reward_model: str = ""  # for the reward-model judge; default: the baseline directory
-    judge_base_url: str = "https://api.openai.com/v1"
-    judge_model: str = "gpt-4o"
+    judge_base_url: str = "https://api.openai.com/v1"  # the OpenAI-compatible API of the openai judge
+    judge_model: str = "gpt-4o"  # the openai judge's model
     judge_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key, never the key
-    judge_concurrency: int = setting(4, ge=1)
-    judge_timeout: float = setting(60.0, gt=0)
-    judge_max_retries: int = setting(5, ge=0)
+    judge_concurrency: int = setting(4, ge=1)  # judge requests in flight at once
+    judge_timeout: float = setting(60.0, gt=0)  # seconds a judge request may take
+    judge_max_retries: int = setting(5, ge=0)  # retries of a failed judge request, with backoff
     judge_cache: str = ""  # a judgments cache file; default: <output_dir>/judge_cache.jsonl
-    confidence: float = setting(0.95, gt=0, lt=1)
-    trust_remote_code: bool = False
+    confidence: float = setting(0.95, gt=0, lt=1)  # level of the win-rate's confidence interval
+    trust_remote_code: bool = False  # let a hub model run code of its own (only for ids you trust)
     chat_template: str = ""  # as SFT's, for the candidate, the baseline and the reward-model judge alike
     max_prompt_length: int = setting(512, ge=1)  # longer prompts are cut from the left, as PPO's rollouts are
 
@@ -405,8 +416,8 @@ class Placement:
     runs the stage's command under torchrun (components/trainjob.py). Not a stage: its command has no flags for
     these, torchrun and accelerate say how many processes there are."""
 
-    num_nodes: int = setting(1, ge=1)
-    gpus_per_node: int = setting(1, ge=0)
+    num_nodes: int = setting(1, ge=1)  # nodes the step runs on (more than 1: a Kubeflow Trainer TrainJob)
+    gpus_per_node: int = setting(1, ge=0)  # GPUs of each node (0: CPU nodes)
 
     @property
     def distributed(self) -> bool:
