@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from hydra_core import checkpoint, registry
+from hydra_core.checkpoint_store import CheckpointStore, uri_problem
 from hydra_core.config.fields import build, to_dict
 from hydra_core.config.files import config_file_name, save_config
 from hydra_core.config.parameters import uses_separate_models
@@ -79,6 +80,13 @@ def _exclusive(directory: str | Path, stage: str):
             path.unlink(missing_ok=True)
 
 
+def _checkpoints(cfg: SFTConfig | PPOConfig) -> CheckpointStore:
+    """Where the stage's checkpoints go; a `checkpoint_uri` it cannot write is refused before any work."""
+    if cfg.checkpoint_uri and main_process() and (problem := uri_problem(cfg.checkpoint_uri)):
+        raise ValueError(f"checkpoint_uri {cfg.checkpoint_uri}: {problem}")
+    return CheckpointStore(cfg.checkpoint_uri, cfg.output_dir)
+
+
 def _claim(cfg: SFTConfig | PPOConfig) -> None:
     """Refuse an output directory that holds an earlier run of the stage unless the run resumes it
     or starts it over; starting over removes that run's records first, its checkpoints included.
@@ -97,11 +105,16 @@ def _claim(cfg: SFTConfig | PPOConfig) -> None:
 
 @contextmanager
 def _stage_run(tracking: Tracking, run_name: str, output_dir: str | Path, summary_file: Path | None = None,
-               tags: dict | None = None, sources: dict | None = None):
+               tags: dict | None = None, sources: dict | None = None, store: CheckpointStore | None = None):
     """The stage's MLflow run, ended FAILED if the stage raises; its status goes into the summary file.
     `sources` ({local path: what it stands for}) is what the run records in place of those paths
-    (`MlflowTracker.name_sources`); they go into the summary file too, for the steps reading it."""
-    run = tracking.tracker(run_name, output_dir, tags={STAGE_TAG: run_name, **(tags or {})})
+    (`MlflowTracker.name_sources`); they go into the summary file too, for the steps reading it. With a
+    durable checkpoint `store`, the run an earlier attempt recorded there is reopened (a resumed stage logs
+    into it), and a new run is recorded there; once the stage has finished, the store is removed."""
+    earlier = store.recorded_run() if store and main_process() else ""
+    run = tracking.tracker(run_name, output_dir, run_id=earlier, tags={STAGE_TAG: run_name, **(tags or {})})
+    if store and main_process() and run.run_id != earlier:
+        store.record_run(run.run_id)
     run.name_sources(sources or {})
     try:
         yield run
@@ -109,6 +122,8 @@ def _stage_run(tracking: Tracking, run_name: str, output_dir: str | Path, summar
         run.close("FAILED")
         raise
     run.close("FINISHED")
+    if store and store.durable and main_process():
+        store.clear()
     if summary_file is not None and summary_file.exists() and main_process():
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
         summary["tracking"] = run.status()
@@ -221,9 +236,11 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "", sources:
     place of `run_sft` here (`_trained_elsewhere`). Returns {} on the other processes of a distributed run."""
     run_name = SFT_RUN_NAMES[cfg.mode]
     registered = {}
+    store = _checkpoints(cfg)
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
-            _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY, sources=sources) as run:
+            _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY, sources=sources,
+                       store=store) as run:
         _log_splits(run, cfg.data, ("demos_train", "pairs_train"))
         summary = run_sft(cfg, run) if train is None else _trained_elsewhere(train, cfg, run, SFT_SUMMARY, SFT_CURVES)
         if summary:
@@ -243,10 +260,12 @@ def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None,
     `train`: trains elsewhere in place of `run_ppo` here (`_trained_elsewhere`). The summary it returns says
     how long the stage took (`stage_seconds`); {} on the other processes of a data-parallel run."""
     started = time.perf_counter()
+    store = _checkpoints(cfg)
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
             _stage_run(tracking, f"{cfg.algorithm}-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
-                       tags={"variant": cfg.variant, "algorithm": cfg.algorithm}, sources=sources) as run:
+                       tags={"variant": cfg.variant, "algorithm": cfg.algorithm}, sources=sources,
+                       store=store) as run:
         _log_splits(run, cfg.data, ("prompts_train",))
         summary = run_ppo(cfg, run) if train is None else _trained_elsewhere(train, cfg, run, PPO_SUMMARY, PPO_CURVES)
         if summary:

@@ -53,6 +53,19 @@ def _resume_or_overwrite(cfg, name: Namer):
         yield "overwrite", f"and {name('resume')} contradict each other: continue the run in output_dir, or start over"
 
 
+def _checkpoint_uri(cfg, name: Namer):
+    """A `checkpoint_uri` whose storage fsspec does not know, or whose driver is not installed (whether it can be
+    written is found out when the stage starts: hydra_core.checkpoint_store.uri_problem)."""
+    if not cfg.checkpoint_uri:
+        return
+    import fsspec.core
+
+    try:
+        fsspec.core.url_to_fs(cfg.checkpoint_uri)
+    except (ValueError, ImportError) as e:
+        yield "checkpoint_uri", f"{cfg.checkpoint_uri!r}: {e}"
+
+
 def _chat_template_file(cfg, name: Namer):
     """A `chat_template` setting that names a file: it must be a Jinja template (hydra_core.data.chat)."""
     setting = cfg.chat_template
@@ -168,6 +181,9 @@ class SFTConfig:
     eval_every: int = setting(250, ge=1)  # held-out reward accuracy and losses every N steps
     eval_batch_size: int = setting(256, ge=1)  # rows per batch of those evaluations
     checkpoint_every: int = setting(500, ge=0)  # 0 = no checkpoints
+    # where checkpoints go to outlive this process: a folder (a mounted volume) or an fsspec URL (s3://, gs://);
+    # "" = output_dir. A stage given one resumes the checkpoint it finds there and removes them when it ends
+    checkpoint_uri: str = ""
     resume: bool = False  # continue from the newest checkpoint in output_dir
     overwrite: bool = False  # start over in an output_dir that holds an earlier run
     log_every: int = setting(25, ge=1)  # training metrics every N steps
@@ -181,6 +197,7 @@ class SFTConfig:
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
+        yield from _checkpoint_uri(self, name)
         yield from _chat_template_file(self, name)
         yield from _lora_targets(self, name)
 
@@ -251,6 +268,9 @@ class PPOConfig:
     top_k: int = setting(0, ge=0)  # 0 = no top-k cut
     top_p: float = setting(1.0, gt=0, le=1)  # nucleus sampling's probability mass (1.0: no cut)
     checkpoint_every: int = setting(0, ge=0)  # 0 = only at the end
+    # where checkpoints go to outlive this process: a folder (a mounted volume) or an fsspec URL (s3://, gs://);
+    # "" = output_dir. A stage given one resumes the checkpoint it finds there and removes them when it ends
+    checkpoint_uri: str = ""
     resume: bool = False  # continue from the newest checkpoint in output_dir
     overwrite: bool = False  # start over in an output_dir that holds an earlier run
     eval_every: int = setting(0, ge=0)  # greedy gold accuracy every N iterations where the task has a verifier
@@ -282,6 +302,7 @@ class PPOConfig:
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
+        yield from _checkpoint_uri(self, name)
         yield from _chat_template_file(self, name)
         yield from _sharding(self, name, launched_world())
         if self.memory_budget:

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hydra_core import checkpoint
+from hydra_core.checkpoint_store import CheckpointStore, announce_resume
 from hydra_core.config.fields import to_dict
 from hydra_core.config.files import save_config
 from hydra_core.config.settings import ALGORITHM_NAMES, PPOConfig, run_label
@@ -36,7 +37,7 @@ from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 SUMMARY_FILE = "ppo_summary.json"
 CURVES_FILE = "ppo_curves.png"
 # settings a resumed run may change without changing what it computes
-RESUMABLE = ("resume", "overwrite", "checkpoint_every", "eval_every", "greedy_eval_prompts", "kl_ceiling", "device",
+RESUMABLE = ("resume", "overwrite", "checkpoint_every", "checkpoint_uri", "eval_every", "greedy_eval_prompts", "kl_ceiling", "device",
              "output_dir", "trust_remote_code", "gradient_checkpointing")
 CURVES = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value", "loss/kl",
           "policy/clipfrac", "objective/group_reward_std", "eval/gold_accuracy")
@@ -98,14 +99,18 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
         with stack.generator() as actor:
             return gold_accuracy(actor, eval_prompts, verifier, cfg.max_new_tokens, cfg.max_prompt_length)
 
+    store = CheckpointStore(cfg.checkpoint_uri, out_dir)
+    if main:
+        store.pull()
+    processes.barrier()
     start, history, last_checkpoint = 0, [], None
-    if cfg.resume and (last_checkpoint := checkpoint.latest(out_dir)):
+    if (cfg.resume or store.durable) and (last_checkpoint := checkpoint.latest(store.local)):
         start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, {"prompts": prompts},
                                          to_dict(cfg), RESUMABLE, processes.rank, processes.world)
         if main:
-            print(f"resumed from {last_checkpoint} (step {start})")
-    if main:  # as SFT: the rows from here on are this run's
-        local.keep_until(start if last_checkpoint else None)
+            announce_resume(tracker, last_checkpoint, start)
+    if main:  # the rows after the checkpoint are redone below; a fresh run keeps none of an earlier one's
+        local.start_from(history)
     label = run_label(cfg.variant, cfg.algorithm)
     summary: dict = {"variant": label, "layout": cfg.variant, "algorithm": cfg.algorithm, "steps": cfg.steps,
                      "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation,
@@ -141,8 +146,9 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
                           weights=torch.stack([p.detach().float().abs().max() for p in trainable.values()]))
             rng = processes.gather(checkpoint.rng_state())  # every process's, for an exact resume
             if main:
-                last_checkpoint = checkpoint.save(out_dir, step, trainable, optimizer, scheduler,
+                last_checkpoint = checkpoint.save(store.local, step, trainable, optimizer, scheduler,
                                                   {"prompts": prompts}, history, to_dict(cfg), rng)
+                store.push(last_checkpoint)
     bar.close()
     if evaluates and "eval/gold_accuracy" not in history[-1]:
         history[-1]["eval/gold_accuracy"] = gold()

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from hydra_core import checkpoint
+from hydra_core.checkpoint_store import CheckpointStore, announce_resume
 from hydra_core.config.fields import to_dict
 from hydra_core.config.files import save_config
 from hydra_core.config.settings import SFTConfig
@@ -46,7 +47,7 @@ CURVES = ("train/loss", "train/lm_loss", "train/reward_loss", "eval/reward_accur
 READS = {"sft": ("demos_train", "demos_eval"), "rm": ("pairs_train", "pairs_eval"),
          "hydra": ("demos_train", "pairs_train", "demos_eval", "pairs_eval")}
 # settings a resumed run may change without changing what it computes
-RESUMABLE = ("resume", "overwrite", "checkpoint_every", "log_every", "eval_every", "eval_batch_size",
+RESUMABLE = ("resume", "overwrite", "checkpoint_every", "checkpoint_uri", "log_every", "eval_every", "eval_batch_size",
              "greedy_eval_prompts", "output_dir", "trust_remote_code")
 
 
@@ -164,14 +165,18 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
     meta = {"kind": f"{cfg.mode}-model" if cfg.mode != "hydra" else "hydra-sft", "base_model": cfg.model,
             "data": cfg.data, "mode": cfg.mode}
 
+    store = CheckpointStore(cfg.checkpoint_uri, output_dir)
+    if main:
+        store.pull()
+    accelerator.wait_for_everyone()
     start, history, last_checkpoint = 0, [], None
-    if cfg.resume and (last_checkpoint := checkpoint.latest(output_dir)):
+    if (cfg.resume or store.durable) and (last_checkpoint := checkpoint.latest(store.local)):
         start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, streams, to_dict(cfg),
                                          RESUMABLE, rank, world)
         if main:
-            print(f"resumed from {last_checkpoint} (step {start})")
+            announce_resume(tracker, last_checkpoint, start)
     if main:  # the rows after the checkpoint are redone below; a fresh run keeps none of an earlier one's
-        local.keep_until(start if last_checkpoint else None)
+        local.start_from(history)
 
     def record(row: dict, step: int) -> None:
         tracker.log_metrics(row, step)
@@ -225,8 +230,9 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
             rng = processes.gather(checkpoint.rng_state())  # every process's, for an exact resume
             if main:
-                last_checkpoint = checkpoint.save(output_dir, step, trainable, optimizer, scheduler, streams,
+                last_checkpoint = checkpoint.save(store.local, step, trainable, optimizer, scheduler, streams,
                                                   history, to_dict(cfg), rng)
+                store.push(last_checkpoint)
             accelerator.wait_for_everyone()
     bar.close()
 

@@ -21,6 +21,9 @@ class Tracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
 
+    def set_tags(self, tags: dict) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -55,24 +58,24 @@ class JsonlTracker(Tracker):
         self.metrics_path = self.directory / "metrics.jsonl"
         self.history: list[dict] = []
 
-    def keep_until(self, step: int | None) -> None:
-        """Drop the rows logged after `step` (all of them for None): a run resumed from a checkpoint at
-        `step` logs them again, and a run started afresh owns the file alone."""
-        if not self.metrics_path.exists():
-            return
-        lines = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines
-                if step is not None and line.strip() and json.loads(line).get("step", 0) <= step]
+    def start_from(self, rows: list[dict]) -> None:
+        """Make the file hold `rows` alone (each with its `step`): a run resumed from a checkpoint starts from the
+        rows the checkpoint kept, which also fills a new output folder (a retried pod's), and redoes the rest; a
+        run started afresh (no rows) owns the file alone."""
         tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.write_text("".join(self._line(row) for row in rows), encoding="utf-8")
         tmp.replace(self.metrics_path)
+
+    @staticmethod
+    def _line(row: dict) -> str:
+        return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                           for k, v in row.items()}) + "\n"
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         row = {"step": step, "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
         self.history.append(row)
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                for k, v in row.items()}) + "\n")
+            f.write(self._line(row))
 
 
 class MultiTracker(Tracker):
@@ -90,6 +93,10 @@ class MultiTracker(Tracker):
     def log_artifact(self, path, artifact_path=None) -> None:
         for t in self.trackers:
             t.log_artifact(path, artifact_path)
+
+    def set_tags(self, tags: dict) -> None:
+        for t in self.trackers:
+            t.set_tags(tags)
 
     def close(self) -> None:
         for t in self.trackers:

@@ -132,6 +132,11 @@ class _Sender:
         self.uri = tracking_uri
         self.client = _client(tracking_uri)
         self.run_id = ""
+        self.reopened = False
+        # a reopened run's params, and per metric the last step it holds: a resumed stage logs again what it
+        # redoes after its checkpoint, and MLflow keeps every point it is sent (and refuses a changed param)
+        self._params: set[str] = set()
+        self._last_step: dict[str, int] = {}
 
     def apply(self, op: str, args: dict):
         if op not in self.OPERATIONS:
@@ -142,7 +147,13 @@ class _Sender:
               run_id: str = "") -> None:
         _probe(self.uri)
         if run_id and self._exists(run_id):
-            self.run_id = run_id
+            self.run_id, self.reopened = run_id, True
+            run = self.client.get_run(run_id)
+            self._params = set(run.data.params)
+            self._last_step = {key: max(m.step for m in self.client.get_metric_history(run_id, key))
+                               for key in run.data.metrics}
+            if run.info.status != "RUNNING":  # e.g. KILLED by the exit step of the pipeline run it failed in
+                self.client.update_run(run_id, status="RUNNING")
             return
         tags = {**(tags or {}), **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
         self.run_id = self.client.create_run(self._experiment_id(experiment), run_name=run_name,
@@ -179,14 +190,14 @@ class _Sender:
     def params(self, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, self._own(v)) for k, v in params.items()]
+        items = [Param(k, self._own(v)) for k, v in params.items() if k not in self._params]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[i:i + _BATCH])
 
     def metrics(self, metrics: dict, step: int, timestamp: int) -> None:
         from mlflow.entities import Metric
 
-        items = [Metric(k, v, timestamp, step) for k, v in metrics.items()]
+        items = [Metric(k, v, timestamp, step) for k, v in metrics.items() if step > self._last_step.get(k, -1)]
         for i in range(0, len(items), 10 * _BATCH):
             self.client.log_batch(self.run_id, metrics=items[i:i + 10 * _BATCH])
 
@@ -486,8 +497,9 @@ class MlflowTracker(Tracker):
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
         except ImportError:
             return
+        # a reopened run's samples go on from its last step, not again from 0
         self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
-                                             tracking_uri=self.tracking_uri)
+                                             resume_logging=self._sender.reopened, tracking_uri=self.tracking_uri)
         self._monitor.start()
 
     def _stop_monitor(self) -> None:
