@@ -4,23 +4,28 @@ stages cannot write one folder at once."""
 
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
 
-from conftest import tiny_sft_config
+from conftest import free_port, tiny_sft_config
 from hydra_core import checkpoint, cli, stages
 from hydra_core.config.settings import EvalConfig
 from hydra_core.data.batching import BatchStream
 from hydra_core.tracking.runs import Tracking
 
 
-def tiny_run(seed=0):
+def tiny_run(seed=0, shard=False):
     torch.manual_seed(seed)
     model = torch.nn.Linear(3, 2)
+    if shard:  # its parameters become DTensors, as in a --shard-backbone run
+        fully_shard(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
     model(torch.ones(1, 3)).sum().backward()
@@ -96,6 +101,64 @@ def test_resuming_with_other_settings_names_them(tmp_path):
     path = save(tmp_path, 1, run, config={"lora_rank": 8, "learning_rate": 0.1, "eval_every": 2})
     with pytest.raises(ValueError, match=r"Differing: lora_rank: 8 -> 4$"):
         checkpoint.load(path, *run, {"lora_rank": 4, "learning_rate": 0.1, "eval_every": 5}, may_differ=("eval_every",))
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo group of this process alone: FSDP2 makes DTensors in it, and DCP writes and reads as in N."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_a_sharded_checkpoint_is_written_with_dcp_and_restores_everything(tmp_path, one_process_group):
+    run = tiny_run(shard=True)
+    run[3]["prompts"].next()
+    path = save(tmp_path, 1, run)
+    expected = torch.rand(3)
+    state = json.loads((path / checkpoint.STATE).read_text())
+    shards = sorted(p.relative_to(path).as_posix() for p in (path / checkpoint.SHARDS).iterdir())
+    assert shards == ["dcp/.metadata", "dcp/__0_0.distcp"] and set(state["files"]) == {*shards, checkpoint.RNG_TENSORS}
+    assert not (path / checkpoint.WEIGHTS).exists() and not (path / checkpoint.OPTIMIZER).exists()
+    other = tiny_run(seed=7, shard=True)
+    assert not torch.equal(run[0]["weight"].full_tensor(), other[0]["weight"].full_tensor())
+    step, history = checkpoint.load(path, other[0], other[1], other[2], other[3], {"lr": 0.1})
+    assert step == 1 and history == [{"step": 1}]
+    assert all(torch.equal(run[0][n].full_tensor(), other[0][n].full_tensor()) for n in run[0])
+    mine, theirs = run[1].state_dict(), other[1].state_dict()
+    assert json.dumps(mine["param_groups"]) == json.dumps(theirs["param_groups"])  # betas: a list from JSON
+    for i in mine["state"]:
+        for key, value in mine["state"][i].items():
+            assert type(theirs["state"][i][key]) is type(value), key  # the moments sharded, the step count whole
+            assert torch.equal(getattr(value, "full_tensor", lambda: value)(),
+                               getattr(theirs["state"][i][key], "full_tensor", lambda: theirs["state"][i][key])())
+    assert other[2].get_last_lr() == run[2].get_last_lr() and other[3]["prompts"].position == 3
+    assert torch.equal(torch.rand(3), expected)
+    with pytest.raises(ValueError, match=r"written by 1 data-parallel process\(es\) and this run has 2; resume with 1"):
+        checkpoint.load(path, *other, {"lr": 0.1}, world=2)
+
+
+def test_a_damaged_or_crafted_shard_file_is_not_loaded(tmp_path, one_process_group, monkeypatch):
+    run = tiny_run(shard=True)
+    save(tmp_path, 1, run)
+    newest = save(tmp_path, 2, run)
+    shard = newest / checkpoint.SHARDS / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.warns(RuntimeWarning, match=r"step-000002 is not usable \(dcp/__0_0.distcp does not match"):
+        assert checkpoint.latest(tmp_path).name == "step-000001"
+    shutil.rmtree(newest)
+
+    monkeypatch.chdir(tmp_path)
+    path = checkpoint.latest(tmp_path)
+    index = path / checkpoint.SHARDS / ".metadata"
+    index.write_bytes(pickle.dumps(Payload()))
+    state = json.loads((path / checkpoint.STATE).read_text())
+    state["files"]["dcp/.metadata"] = checkpoint._sha256(index)  # as an attacker with write access would
+    (path / checkpoint.STATE).write_text(json.dumps(state))
+    assert checkpoint.latest(tmp_path) == path
+    with pytest.raises(ValueError, match=r"\.metadata holds objects other than a checkpoint's index; not loaded"):
+        checkpoint.load(path, *run, {"lr": 0.1})
+    assert not (tmp_path / "PWNED").exists()
 
 
 # --- output folders ---------------------------------------------------------------------------------
