@@ -10,7 +10,8 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from conftest import free_port, tiny_ppo_config
+from conftest import free_port, logged_rows, tiny_ppo_config
+from hydra_core import checkpoint
 from hydra_core.config.fields import ConfigError, build, flag
 from hydra_core.config.settings import PPOConfig
 from test_ppo_distributed import _fingerprint
@@ -107,6 +108,62 @@ def test_sharded_ppo_trains_as_unsharded_data_parallel_ppo(tmp_path, hydra_sft_d
             torch.testing.assert_close(policy[name], reference[name], rtol=1e-4, atol=1e-5, msg=f"{label} {name}")
 
 
+def _die_at(rank: int, world: int, port: int, jobs: list[dict], record: str, step: int) -> None:
+    """`_record`, but the process ends at once, as a killed one does (no clean-up, no further collective), when
+    PPO step `step` is about to start: right after the previous step's checkpoint."""
+    from hydra_core.ppo import trainer
+
+    iteration = trainer.ppo_iteration
+
+    def dying(cfg, stack, batch, optimizer, scheduler, at, *args):
+        if at == step:
+            os._exit(0)  # 0: else start_processes would stop the other process, maybe before it got here
+        return iteration(cfg, stack, batch, optimizer, scheduler, at, *args)
+
+    trainer.ppo_iteration = dying
+    _record(rank, world, port, jobs, record)
+
+
+@pytest.mark.slow
+def test_a_sharded_run_killed_after_a_checkpoint_resumes_exactly(tmp_path, hydra_sft_dir, arithmetic_dir):
+    """Both processes of a sharded run die right after step 1's checkpoint (each wrote its shards with DCP); resumed
+    on 2 processes it ends with the uninterrupted sharded run's trained parameters, policy and metrics. Resuming
+    it on another number of processes is refused in one line."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    job = dict(vars(tiny_ppo_config(hydra_sft_dir, arithmetic_dir, killed, shard_backbone=True, checkpoint_every=1,
+                                    mixed_precision="no")))
+    (tmp_path / "dying").mkdir()
+    mp.start_processes(_die_at, args=(2, free_port(), [job], str(tmp_path / "dying"), 2), nprocs=2,
+                       start_method="spawn")
+    assert not (killed / "model.safetensors").exists() and not (tmp_path / "dying" / "rank0.json").exists()
+    written = checkpoint.latest(killed)
+    assert written.name == "step-000001"
+    files = json.loads((written / checkpoint.STATE).read_text())["files"]
+    assert {"dcp/__0_0.distcp", "dcp/__1_0.distcp", "dcp/.metadata"} <= set(files)  # a shard from each process
+    assert not (written / checkpoint.WEIGHTS).exists()
+    with pytest.raises(ValueError) as refused:
+        checkpoint.load(written, {}, None, None, {}, job, rank=0, world=1)  # run_ppo's call, in one process
+    assert str(refused.value) == (f"{written} was written by 2 data-parallel process(es) and this run has 1; resume "
+                                  "with 2 (each process's data and random state are in the checkpoint)")
+
+    (tmp_path / "resumed").mkdir()
+    mp.start_processes(_record, args=(2, free_port(), [{**job, "resume": True}, {**job, "output_dir": str(straight)}],
+                                      str(tmp_path / "resumed")), nprocs=2, start_method="spawn")
+    resumed_steps, straight_steps = json.loads((tmp_path / "resumed" / "rank0.json").read_text())
+    assert len(resumed_steps["steps"]) == len(straight_steps["steps"]) // 2  # it ran step 2 alone
+    assert resumed_steps["steps"] == straight_steps["steps"][len(resumed_steps["steps"]):]
+    mine, theirs = (torch.load(tmp_path / "resumed" / f"final{i}.pt") for i in (0, 1))
+    assert mine.keys() == theirs.keys()
+    for name in mine:
+        torch.testing.assert_close(mine[name], theirs[name], msg=name)
+    policy, reference = load_file(killed / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert policy.keys() == reference.keys()
+    for name in policy:
+        torch.testing.assert_close(policy[name], reference[name], msg=name)
+    assert logged_rows(killed / "metrics.jsonl") == logged_rows(straight / "metrics.jsonl")
+    assert sorted(logged_rows(straight / "metrics.jsonl")) == [0, 1, 2]
+
+
 def _refusal(monkeypatch, world: int, **settings) -> str:
     monkeypatch.setenv("WORLD_SIZE", str(world))
     with pytest.raises(ConfigError) as e:
@@ -115,9 +172,7 @@ def _refusal(monkeypatch, world: int, **settings) -> str:
 
 
 @pytest.mark.parametrize("settings,named", [({"variant": "full"}, "shard_backbone"),
-                                            ({"quantize_backbone": "4bit"}, "shard_backbone"),
-                                            ({"checkpoint_every": 2}, "checkpoint_every"),
-                                            ({"resume": True}, "resume")])
+                                            ({"quantize_backbone": "4bit"}, "shard_backbone")])
 def test_what_sharding_does_not_support_is_refused_up_front(monkeypatch, settings, named):
     message = _refusal(monkeypatch, 2, shard_backbone=True, **settings)
     assert message.startswith(flag(named)) and len(message.splitlines()) == 1, message

@@ -346,10 +346,6 @@ def _sharding(cfg: PPOConfig, name: Namer, world: int):
     if cfg.quantize_backbone != "no":
         yield "shard_backbone", f"and {name('quantize_backbone')} {cfg.quantize_backbone}: FSDP does not shard " \
                                 "bitsandbytes' quantised weights; choose one"
-    if cfg.checkpoint_every or cfg.resume:
-        field = "checkpoint_every" if cfg.checkpoint_every else "resume"
-        yield field, f"is not supported with {name('shard_backbone')}: checkpoints of sharded models are not " \
-                     "written (the policy is saved at the end); set it to 0 / false"
 
 
 def _data_parallel(cfg: PPOConfig, name: Namer, world: int):

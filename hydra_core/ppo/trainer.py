@@ -21,7 +21,7 @@ from hydra_core.data.batching import BatchStream
 from hydra_core.data.encoding import truncation, truncation_params
 from hydra_core.data.splits import load_split
 from hydra_core.data.tasks import verifier_for
-from hydra_core.distributed import Processes
+from hydra_core.distributed import Processes, full_tensor
 from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, stage_peak_bytes
 from hydra_core.models.lora import check_lora_targets, wrapped_modules
@@ -141,13 +141,15 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
         if main:
             bar.write(_describe(step, cfg.steps, metrics))
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            # never let a poisoned state replace the last good checkpoint
-            check_finite(step, "checkpoint", last_checkpoint,
-                          weights=torch.stack([p.detach().float().abs().max() for p in trainable.values()]))
+            # never let a poisoned state replace the last good checkpoint; a sharded tensor is looked at whole,
+            # so that every process stops alike (and a process's shard may be empty)
+            largest = [full_tensor(p.detach()).float().abs().max() for p in trainable.values()]
+            check_finite(step, "checkpoint", last_checkpoint, weights=torch.stack(largest))
             rng = processes.gather(checkpoint.rng_state())  # every process's, for an exact resume
-            if main:
+            if main or cfg.shard_backbone:  # sharded, every process writes its own shards
                 last_checkpoint = checkpoint.save(store.local, step, trainable, optimizer, scheduler,
                                                   {"prompts": prompts}, history, to_dict(cfg), rng)
+            if main:  # its save returns once every process's shards are written
                 store.push(last_checkpoint)
     bar.close()
     if evaluates and "eval/gold_accuracy" not in history[-1]:
