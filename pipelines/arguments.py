@@ -16,7 +16,7 @@ from hydra_core.config.fields import ConfigError, coerce, coerce_value
 from hydra_core.config.files import RECIPE_NOTES, file_namer, is_recipe, read_config_file
 from hydra_core.config.parameters import LABEL_FIELDS, check_parameters
 from hydra_core.config.settings import MODEL_PRESETS, Placement, STAGE_CONFIGS, run_label
-from pipelines.hydra_rlhf import (CONFIG_PARAMETERS, LABEL_PARAMETERS, PLACEMENTS, RULES, SEEDED, STAGE_PARAMETERS,
+from pipelines.hydra_rlhf import (CONFIG_PARAMETERS, LABEL_PARAMETERS, PLACEMENTS, RULES, SHARED, STAGE_PARAMETERS,
                                   WIRED, parameters)
 
 TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list, "Dict": dict}
@@ -80,10 +80,10 @@ def recipe_arguments(path: str | Path) -> tuple[dict, list[str]]:
             value = coerce(STAGE_CONFIGS[section], field, value, file_namer(path, section))
             if field in WIRED.get(section, ()):
                 wired.append(f"{section}.{field}")
-            elif field == "seed" and section in SEEDED:
-                if arguments.setdefault("seed", value) != value:
-                    raise ArgumentError(f"{path}: {section}.seed is {value} but another stage's is "
-                                        f"{arguments['seed']}; the pipeline runs every stage with one seed")
+            elif section in SHARED.get(field, ()):
+                if arguments.setdefault(field, value) != value:
+                    raise ArgumentError(f"{path}: {section}.{field} is {value!r} but another stage's is "
+                                        f"{arguments[field]!r}; the pipeline gives every stage one {field}")
             elif field in LABEL_FIELDS and section in label_parameter:
                 settings = {f: data[section].get(f, getattr(STAGE_CONFIGS[section], f)) for f in LABEL_FIELDS}
                 arguments[label_parameter[section]] = [run_label(settings["variant"], settings["algorithm"])]

@@ -149,6 +149,10 @@ def _submit(args) -> None:
 
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where everything goes (default: runs/<timestamp>)")
+    p.add_argument("--resume", metavar="OUTPUT_DIR",
+                   help="continue the failed or killed run in OUTPUT_DIR with the settings it was started with: "
+                        "the steps that finished are taken from their folders, a training step resumes from its "
+                        "last checkpoint, and the MLflow runs go on (no other setting is taken with it)")
     p.add_argument("--tracking-uri", default="",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db)")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -169,17 +173,27 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 def _run(args) -> None:
     from pipelines.local_run import PipelineFailed, browse_command, run_local
 
-    arguments = _arguments(args)
-    if args.tracking_uri:
-        arguments["tracking_uri"] = args.tracking_uri
+    if args.resume:
+        given = [flag for flag, value in (("--output-dir", args.output_dir), ("--config", args.config),
+                                          ("-p", args.param), ("--tracking-uri", args.tracking_uri),
+                                          ("--stand-in", args.stand_in), ("--runner", args.runner != "subprocess"))
+                 if value]
+        if given:
+            raise ValueError(f"--resume continues a run with the settings it was started with; drop {', '.join(given)}")
+        arguments = None
+    else:
+        arguments = _arguments(args)
+        if args.tracking_uri:
+            arguments["tracking_uri"] = args.tracking_uri
     try:
-        result = run_local(arguments, args.output_dir, args.verbose, args.runner)
+        result = run_local(arguments, args.output_dir, args.verbose, args.runner, resume=args.resume)
     except PipelineFailed as e:
         log = (f"The end of the failed step's log, {e.log}:\n" + "".join(f"    {line}\n" for line in e.tail)
                if e.log else "")
         print(f"\nhydra-rlhf run: {e}\n{log}Its files are under {e.output_dir}, its logs in "
-              f"{e.output_dir / 'logs'}.\nIts MLflow runs are closed (FAILED): {browse_command(e.tracking_uri)}",
-              file=sys.stderr)
+              f"{e.output_dir / 'logs'}.\nIts MLflow runs are closed (FAILED): {browse_command(e.tracking_uri)}\n"
+              f"Continue it (the finished steps kept, a training step from its last checkpoint): "
+              f"hydra-rlhf run --resume {e.output_dir}", file=sys.stderr)
         raise SystemExit(1) from None
     print(f"\npipeline finished in {result['seconds']:.0f} s")
     print(f"outputs:  {result['run_dir']}")

@@ -87,6 +87,9 @@ SCRATCH_ENV = {"TMPDIR": SCRATCH, "HF_HOME": f"{SCRATCH}/huggingface"}
 RETRY = dict(num_retries=2, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="600s")
 # a cached one would skip closing the runs or moving the aliases that this run's results call for
 CHANGES_STATE = ("open-pipeline-run", "register-model", "compare-variants", "close-pipeline-run")
+# A local run caches in its own output folder, so only `run --resume` finds a step there: it continues that run,
+# in its parent run with its registered versions, and ends it with these
+LOCAL_UNCACHED = ("compare-variants", "close-pipeline-run")
 MLFLOW_STEPS = tuple(RESOURCES)
 HUB_STEPS = ("data-prep", "hydra-sft", "hydra-ppo", "pairwise-eval")
 # pipeline parameter: (its default secret name, {secret key: environment variable}, the steps that get it)
@@ -117,7 +120,8 @@ STAGE_PARAMETERS = {
     "judge": ("eval", "judge"), "judge_model": ("eval", "judge_model"), "judge_base_url": ("eval", "judge_base_url"),
     "eval_max_prompts": ("eval", "max_prompts"),
 }
-SEEDED = ("prepare", "sft", "ppo", "eval")
+# the parameters that set the field of their name in several stages' configs
+SHARED = {"seed": ("prepare", "sft", "ppo", "eval"), "checkpoint_uri": ("sft", "ppo")}
 CONFIG_PARAMETERS = {"data_config": "prepare", "sft_config": "sft", "ppo_config": "ppo", "eval_config": "eval"}
 WIRED = {"init-model": {"output_dir", "seed"}, "prepare": {"output_dir", "tokenizer"},
          "sft": {"data", "output_dir", "mode"}, "ppo": {"model", "reward_model", "data", "output_dir"},
@@ -144,10 +148,11 @@ PPO_VARIANT_CONFIG = {
 PLACEMENTS = {stage: {field: f"{stage}_{field}" for field in field_names(Placement)} for stage in ("sft", "ppo")}
 # the above as hydra_core.config.check_parameters reads them, here and in the pipeline's first step
 RULES = {"fields": {name: list(target) for name, target in STAGE_PARAMETERS.items()}, "configs": CONFIG_PARAMETERS,
-         "wired": {stage: sorted(fields) for stage, fields in WIRED.items()}, "seeded": list(SEEDED),
+         "wired": {stage: sorted(fields) for stage, fields in WIRED.items()},
+         "shared": {name: list(stages) for name, stages in SHARED.items()},
          "labels": LABEL_PARAMETERS, "placements": PLACEMENTS}
 # the parameters the first step checks
-CHECKED = (*STAGE_PARAMETERS, "seed", *CONFIG_PARAMETERS, *LABEL_PARAMETERS.values(),
+CHECKED = (*STAGE_PARAMETERS, *SHARED, *CONFIG_PARAMETERS, *LABEL_PARAMETERS.values(),
            *(name for fields in PLACEMENTS.values() for name in fields.values()))
 
 
@@ -156,6 +161,9 @@ MEANINGS = {
     "base_model": "the base model, a local directory or a Hugging Face model id; \"\" for a fresh random-init "
                   "model of base_preset",
     "seed": "every stage's seed",
+    "checkpoint_uri": "where the SFT and PPO steps keep their checkpoints so that a retried step resumes them: a "
+                      "folder every attempt mounts or an fsspec URL (s3://, gs://); each step gets a location of "
+                      "its own under it. \"\": the workspace's checkpoints/ when compiled with one, else none",
     **{name: f"any other field of the {stage} stage's config, as JSON" for name, stage in CONFIG_PARAMETERS.items()},
     "ppo_variant_config": "PPO settings per run label, algorithm or layout, as JSON (replaces the default table)",
     "tracking_uri": "MLflow tracking URI the steps log to (submit: one the pods can reach)",
@@ -185,9 +193,10 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
     """The pipeline, its task settings fixed (a task's resources are not pipeline parameters).
     `parallelism`: how many variants run at once (0: all; kfp fixes it when compiling, not per run).
     `tolerations`: add_toleration's arguments, each; `node_selector`: {label: value} every task's node has.
-    `cluster`: the scratch volumes, the variables that point there and the retries. Off for a local run: the
-    local runner sets a task's variables in this machine's processes, where the volume's path does not exist,
-    and it honours retries, which on one machine only delay a failure's report by minutes.
+    `cluster`: the scratch volumes, the variables that point there, the retries and the cluster's caching. Off for a
+    local run: the local runner sets a task's variables in this machine's processes, where the volume's path does
+    not exist, and it honours retries, which on one machine only delay a failure's report by minutes; its cache
+    is the output folder's (LOCAL_UNCACHED).
     `workspace`: the size of the pipeline's workspace (kfp's, a PVC per run; ReadWriteMany, of
     `workspace_storage_class` when given), which the SFT and PPO steps share with the nodes of the TrainJobs they
     create when their `*_num_nodes` or `*_gpus_per_node` ask for more than one; "" for none (one node each)."""
@@ -207,6 +216,7 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
         max_records: int = _D.max_records,
         eval_fraction: float = _D.eval_fraction,
         seed: int = _D.seed,
+        checkpoint_uri: str = _T.checkpoint_uri,
         sft_steps: int = _T.steps,
         sft_learning_rate: float = _T.learning_rate,
         sft_demo_batch_size: int = _T.demo_batch_size,
@@ -251,7 +261,7 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
             name = task.component_spec.name
             cpu, cpu_limit, memory, scratch_size = RESOURCES[name]
             task.set_cpu_request(cpu).set_cpu_limit(cpu_limit).set_memory_request(memory).set_memory_limit(memory)
-            task.set_caching_options(name not in CHANGES_STATE)
+            task.set_caching_options(name not in (CHANGES_STATE if cluster else LOCAL_UNCACHED))
             if cluster:
                 task.set_retry(**RETRY)
                 kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH, size_limit=scratch_size)
@@ -292,7 +302,8 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
                                           critic_learning_rate=ppo_critic_learning_rate, kl_coef=ppo_kl_coef,
                                           lora_rank=ppo_lora_rank, memory_budget=ppo_memory_budget, seed=seed,
                                           config=ppo_config, num_nodes=ppo_num_nodes,
-                                          gpus_per_node=ppo_gpus_per_node, **shared, **tracking))
+                                          gpus_per_node=ppo_gpus_per_node, checkpoint_uri=checkpoint_uri,
+                                          **shared, **tracking))
                 ppo.set_display_name("Hydra-PPO")
                 evaluation = judged(ppo.outputs["policy"], baseline, "pairwise eval").outputs["evaluation"]
                 registered = configure(register_model(evaluation=evaluation, policy_run_id=ppo.outputs["Output"],
@@ -326,8 +337,8 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
             # the same data and budget for Hydra-SFT and, where needed, the SFT model and the reward model
             budget = dict(data=data, steps=sft_steps, learning_rate=sft_learning_rate,
                           demo_batch_size=sft_demo_batch_size, pair_batch_size=sft_pair_batch_size, seed=seed,
-                          config=sft_config, num_nodes=sft_num_nodes, gpus_per_node=sft_gpus_per_node, **shared,
-                          **tracking)
+                          config=sft_config, num_nodes=sft_num_nodes, gpus_per_node=sft_gpus_per_node,
+                          checkpoint_uri=checkpoint_uri, **shared, **tracking)
             sft = configure(hydra_sft(base_model=base_model, base_preset=base_preset, **budget,
                                       registered_model=registered_sft_model))
             sft.set_display_name("Hydra-SFT")

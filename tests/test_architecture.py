@@ -16,6 +16,7 @@ LIBRARY = ROOT / "hydra_core"
 LAYERS = (
     ("distributed",),  # infrastructure: the data-parallel processes, which config's checks ask about
     ("config", "runtime", "memory", "plots", "checkpoint", "tracking"),  # infrastructure
+    ("checkpoint_store",),  # infrastructure: where checkpoints live, over the checkpoint format
     ("data",),
     ("models",),
     ("eval",),

@@ -20,6 +20,7 @@ def check_settings(
     max_records: int,
     eval_fraction: float,
     seed: int,
+    checkpoint_uri: str,
     sft_steps: int,
     sft_learning_rate: float,
     sft_demo_batch_size: int,

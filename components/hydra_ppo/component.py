@@ -37,6 +37,7 @@ def hydra_ppo(
     num_nodes: int = 1,
     gpus_per_node: int = 1,
     workspace: str = "",
+    checkpoint_uri: str = "",
     task_config: dsl.TaskConfig = None,
 ) -> str:
     """RL from a Hydra-SFT model (`sft_model`) for the run label `variant`: a layout (full, lora,
@@ -53,7 +54,11 @@ def hydra_ppo(
     GPUs each (0: CPU nodes), more than one of either, it trains in a Kubeflow Trainer TrainJob that runs the
     stage's command under torchrun (components.trainjob), its files shared under `workspace` (a PVC mount: the
     pipeline's dsl.WORKSPACE_PATH_PLACEHOLDER; kfp fills `task_config` with what the step mounts), and this
-    step records the job's training in its run as it does its own. Returns the MLflow run id."""
+    step records the job's training in its run as it does its own. Checkpoints (`checkpoint_every` in `config`)
+    go to a location of this step's own under `checkpoint_uri`, else under `workspace` (components.checkpoints),
+    where a retry of the step resumes them. Returns the MLflow run id."""
+    given = dict(locals())
+    from components.checkpoints import step_checkpoints
     from components.metrics import PPO_KEYS, fill_metrics
     from components.parameters import unless_kept
     from components.trainjob import stage_trainer
@@ -69,8 +74,11 @@ def hydra_ppo(
                                                                                "output_dir", "seed"),
                        **models, data=data.path, output_dir=policy.path, learning_rate=learning_rate,
                        critic_learning_rate=critic_learning_rate, kl_coef=kl_coef, memory_budget=memory_budget,
+                       checkpoint_uri=checkpoint_uri or None,
                        **unless_kept(steps=steps, rollout_batch_size=rollout_batch_size,
                                      mini_batch_size=mini_batch_size, lora_rank=lora_rank, seed=seed))
+    cfg.checkpoint_uri = step_checkpoints(cfg.checkpoint_uri, workspace, f"ppo-{run_label(cfg.variant, cfg.algorithm)}",
+                                          given, outputs=("policy", "metrics"))
     train = stage_trainer("ppo", num_nodes, gpus_per_node, workspace, task_config)
     parent = parent_from(parent_run_id, pipeline_run and pipeline_run.metadata, data.metadata)
     tracking = Tracking(tracking_uri, experiment, parent)

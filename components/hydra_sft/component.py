@@ -33,6 +33,7 @@ def hydra_sft(
     workspace: str = "",
     task_config: dsl.TaskConfig = None,
     registered_model: str = "",
+    checkpoint_uri: str = "",
 ) -> str:
     """Train Hydra-SFT on a prepared directory (hydra_core SFTConfig: a parameter left None, an integer -1, keeps
     the config default, `config` sets any other field) from `init_model` when given (e.g. a reward
@@ -46,8 +47,11 @@ def hydra_sft(
     of `gpus_per_node` GPUs each (0: CPU nodes), more than one of either, it trains in a Kubeflow Trainer
     TrainJob that runs the stage's command under torchrun (components.trainjob), its files shared under
     `workspace` (a PVC mount: the pipeline's dsl.WORKSPACE_PATH_PLACEHOLDER; kfp fills `task_config` with what
-    the step mounts), and this step records the job's training in its run as it does its own. Returns the
-    MLflow run id."""
+    the step mounts), and this step records the job's training in its run as it does its own. Checkpoints go to a
+    location of this step's own under `checkpoint_uri`, else under `workspace` (components.checkpoints), where a
+    retry of the step resumes them. Returns the MLflow run id."""
+    given = dict(locals())
+    from components.checkpoints import step_checkpoints
     from components.metrics import SFT_KEYS, fill_metrics
     from components.parameters import unless_kept
     from components.trainjob import stage_trainer
@@ -59,8 +63,11 @@ def hydra_sft(
 
     start = init_model.path if init_model is not None else base_model
     cfg = from_parameters(SFTConfig, config, model=start or None, data=data.path, output_dir=model.path, mode=mode,
-                          learning_rate=learning_rate, **unless_kept(steps=steps, demo_batch_size=demo_batch_size,
-                                                                     pair_batch_size=pair_batch_size, seed=seed))
+                          learning_rate=learning_rate, checkpoint_uri=checkpoint_uri or None,
+                          **unless_kept(steps=steps, demo_batch_size=demo_batch_size, pair_batch_size=pair_batch_size,
+                                        seed=seed))
+    cfg.checkpoint_uri = step_checkpoints(cfg.checkpoint_uri, workspace, stages.SFT_RUN_NAMES[cfg.mode], given,
+                                          outputs=("model", "metrics"))
     train = stage_trainer("sft", num_nodes, gpus_per_node, workspace, task_config)
     cfg.model = stages.base_model(start, base_preset)  # after the settings are checked: it may build one
     sources = {cfg.model: stages.typed_base_model(start, base_preset), model.path: stages.OWN_OUTPUT["sft"],

@@ -111,14 +111,18 @@ def check_parameters(values: Mapping[str, Any], rules: Mapping[str, Any]) -> Non
 
     `rules` says how (plain JSON, so a pipeline step can receive it): `fields` maps a parameter to
     the (stage, field) it sets, `configs` a `*_config` parameter to its stage, `wired` each stage's
-    fields the pipeline sets itself, `seeded` the stages the `seed` parameter seeds, `labels` a
+    fields the pipeline sets itself, `shared` the parameters that set the field of their name in several
+    stages (`seed`: every stage's) with those stages, `labels` a
     list parameter of run labels (`hydra`, `hydra-grpo`; it sets the stage's variant and algorithm)
     to the per-label settings table that goes with it (`check_label_table`), and `placements` each
     training stage's `Placement` fields to the parameters that set them. A stage's config is
     built from its own parameters, then a label's table entries, then its `*_config` parameter.
     """
     fields = {name: tuple(target) for name, target in rules["fields"].items()}
-    configs, wired, seeded = rules["configs"], rules["wired"], rules["seeded"]
+    configs, wired, shared = rules["configs"], rules["wired"], rules["shared"]
+
+    def sets(stage: str) -> list[str]:  # the shared parameters that set a field of `stage`
+        return [name for name, stages in shared.items() if stage in stages]
     labels = dict(rules.get("labels", {}))
 
     def named(parameter: str) -> Namer:
@@ -128,7 +132,7 @@ def check_parameters(values: Mapping[str, Any], rules: Mapping[str, Any]) -> Non
         for field in values[name]:
             if field in wired[stage]:
                 raise ConfigError(f"pipeline parameter {name}: {field!r} is set by the pipeline itself")
-            own = "seed" if field == "seed" and stage in seeded else next(
+            own = field if field in sets(stage) else next(
                 (p for p, target in fields.items() if target == (stage, field)), None)
             label = next((p for p in labels if fields[p][0] == stage), None) if field in LABEL_FIELDS else None
             if label:
@@ -139,14 +143,14 @@ def check_parameters(values: Mapping[str, Any], rules: Mapping[str, Any]) -> Non
     for name, table in labels.items():
         stage = fields[name][0]
         check_label_table(STAGE_CONFIGS[stage], values[table], f"pipeline parameter {table}",
-                          refused=[*wired[stage], *(["seed"] if stage in seeded else [])])
+                          refused=[*wired[stage], *sets(stage)])
     for config_name, stage in configs.items():
         owners = {field: n for n, (target, field) in fields.items() if target == stage}
 
         def unset(field: str, config_name=config_name, owners=owners) -> str:  # a field left at its default
             return f"pipeline parameter {owners[field] if field in owners else f'{config_name}[{field!r}]'}"
 
-        layers = [({"seed": values["seed"]}, named("seed"))] if stage in seeded else []
+        layers = [({name: values[name]}, named(name)) for name in sets(stage)]
         builds: list[tuple[str, list]] = [("", [])]  # one config, or one per item of a list parameter
         for field, name in owners.items():
             value = values[name]

@@ -297,7 +297,7 @@ class PPOConfig:
     chat_template: str = ""  # as SFT's: "" the model's own, none for plain text, or a Jinja template file
     # data-parallel processes only: each model sharded over them by FSDP2 (decoder layers and the rest), for
     # backbones that do not fit one device; the adapters and heads train as without it. No `full`, no quantised
-    # backbone, no checkpoints (the end policy is saved)
+    # backbone; checkpoints hold each process's shards and resume on as many processes
     shard_backbone: bool = False
 
     def relations(self, name: Namer):

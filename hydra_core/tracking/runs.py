@@ -32,6 +32,7 @@ from hydra_core.tracking.mlflow_tracker import (
 
 PIPELINE_JOB_TAG = "hydra_rlhf.pipeline_job"  # on the parent run: the Kubeflow job it records
 STAGE_TAG = "hydra_rlhf.stage"
+PIPELINE_STATE_TAG = "hydra_rlhf.pipeline_state"  # how the job ended (RESUMED: a later run continues it)
 KFP_RUN_TAG, KFP_LINK_TAG = "hydra_rlhf.kfp_run_id", "hydra_rlhf.kfp_run_url"
 REUSED_TAG = "hydra_rlhf.reused."  # + a reused step's run name, on the parent run: that run's id
 # Set in the image when it is built (containers/Dockerfile): the code's commit and the image's own name
@@ -191,6 +192,22 @@ def nest_reused_runs(tracking: Tracking, *inputs: Mapping | None) -> list[str]:
     return nested
 
 
+def reopen_pipeline_run(tracking: Tracking, job_name: str) -> str:
+    """Set the parent run of pipeline job `job_name` running again, for a run that continues that job (a local
+    `run --resume`); its steps nest under it and its compare step ends it. Returns its id, "" when none."""
+    uri = tracking.resolved_uri
+    if not uri:
+        return ""
+    client = connect(uri)
+    experiment = client.get_experiment_by_name(tracking.resolved_experiment)
+    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PIPELINE_JOB_TAG}` = '{job_name}'"
+                               ) if experiment else []
+    for parent in found:
+        client.set_tag(parent.info.run_id, PIPELINE_STATE_TAG, "RESUMED")
+        client.update_run(parent.info.run_id, status="RUNNING")
+    return found[0].info.run_id if found else ""
+
+
 def close_pipeline_run(tracking: Tracking, job_name: str, state: str, error: str = "") -> list[str]:
     """End the MLflow runs of pipeline job `job_name` that are still open, however the job ended.
 
@@ -214,7 +231,7 @@ def close_pipeline_run(tracking: Tracking, job_name: str, state: str, error: str
             for run in [*stages, parent]:
                 if run.info.status != "RUNNING":
                     continue
-                client.set_tag(run.info.run_id, "hydra_rlhf.pipeline_state", state)
+                client.set_tag(run.info.run_id, PIPELINE_STATE_TAG, state)
                 if error:
                     client.set_tag(run.info.run_id, "hydra_rlhf.pipeline_error", error[:5000])
                 status = ("FINISHED" if state == "SUCCEEDED" else "FAILED") if run is parent else "KILLED"
