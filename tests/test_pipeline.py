@@ -285,6 +285,53 @@ def test_a_retried_run_takes_data_prep_and_the_sft_trainings_from_the_cache(tmp_
     assert "open-pipeline-run" in varies("hydra-ppo") and varies("close-pipeline-run") == ["close-pipeline-run"]
 
 
+class Attempt:
+    """What a step's body gets for an artifact: a URI (an attempt of a task gets the same inputs as the one before)."""
+
+    def __init__(self, uri):
+        self.uri = uri
+
+
+@pytest.mark.parametrize("workspace", ["", "200Gi"])
+def test_the_training_steps_get_a_checkpoint_location_that_a_retry_finds_and_another_run_does_not(tmp_path,
+                                                                                                   workspace):
+    """Compiled, every SFT and PPO task gets the checkpoint_uri parameter and, with a workspace, the workspace; its
+    location is the step's label and its inputs (components.checkpoints), so each attempt of a task (the same inputs,
+    other pod settings and outputs) gets the same one. A PPO task reads the parent-run artifact of its own pipeline
+    run, so another run's PPO step gets another location; a cached step (SFT) takes nothing run-specific, and a run
+    with exactly its inputs gets its location, as it would get its cached outputs."""
+    from components.checkpoints import step_checkpoints
+
+    spec, _ = yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "p.yaml"), workspace=workspace)).read_text())
+    sources, tasks = origins(spec), dag_tasks(spec)
+    training = [name for name in tasks if re.sub(r"-\d+$", "", name) in ("hydra-sft", "hydra-ppo")]
+    assert len(training) == 5  # Hydra-SFT, SFT, reward model, and PPO in each branch
+    for name in training:
+        parameters = tasks[name][0]["inputs"]["parameters"]
+        assert parameters["checkpoint_uri"] == {"componentInputParameter": "pipelinechannel--checkpoint_uri"} or \
+            ("parameter", "checkpoint_uri") in sources[name], name
+        if workspace:
+            assert parameters["workspace"]["runtimeValue"]["constant"] == "{{$.workspace_path}}", name
+    ppo = next(name for name in training if name.startswith("hydra-ppo"))
+    assert ("task", "open-pipeline-run") in sources[ppo]  # its run's own parent-run artifact
+
+    def location(run: str, attempt: int, base: str = "s3://bucket/ckpt") -> str:
+        given = {"data": Attempt(f"s3://root/{run}/data-prep/data"), "variant": "hydra", "steps": 100,
+                 "pipeline_run": Attempt(f"s3://root/{run}/open-pipeline-run/pipeline_run"),
+                 "policy": Attempt(f"s3://root/{run}/hydra-ppo/attempt-{attempt}/policy"),
+                 "metrics": Attempt(f"s3://root/{run}/hydra-ppo/attempt-{attempt}/metrics"),
+                 "task_config": {"pod": f"hydra-ppo-{attempt}"}}
+        return step_checkpoints(base, "/kfp-workspace" if workspace else "", "ppo-hydra", given, ("policy", "metrics"))
+
+    assert location("run-1", 1) == location("run-1", 2) == location("run-1", 3)
+    assert location("run-2", 1) != location("run-1", 1)
+    assert location("run-1", 1).startswith("s3://bucket/ckpt/ppo-hydra-")
+    if workspace:  # without a checkpoint_uri the workspace holds them, which every attempt of the run mounts
+        assert location("run-1", 1, base="").startswith("/kfp-workspace/checkpoints/ppo-hydra-")
+    else:
+        assert location("run-1", 1, base="") == ""  # nowhere to keep them beyond the pod: none
+
+
 def test_the_local_build_retries_nothing_and_mounts_no_scratch(tmp_path):
     """On one machine a retry only delays the failure's report, and /scratch does not exist."""
     spec, platform = yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "local.yaml"), cluster=False)).read_text())
@@ -335,6 +382,9 @@ def test_bad_task_settings_are_refused_naming_the_flag(tmp_path, argv, message, 
     (["kfp_ui_url=ftp://kubeflow"], "pipeline parameter kfp_ui_url 'ftp://kubeflow': expected the KFP UI's http(s)"),
     (["kfp_ui_url=kubeflow.example.com"], "kfp_ui_url 'kubeflow.example.com': expected the KFP UI's http(s) address"),
     (["sft_num_nodes=0"], "pipeline parameter sft_num_nodes: 0 is out of range; it must be at least 1"),
+    (["checkpoint_uri=foo://bucket/ckpt"], "pipeline parameter checkpoint_uri: 'foo://bucket/ckpt': Protocol not known"),
+    (['ppo_config={"checkpoint_uri": "/mnt/x"}'],
+     "pipeline parameter ppo_config: set 'checkpoint_uri' with the pipeline parameter checkpoint_uri"),
     (["ppo_gpus_per_node=-1"], "pipeline parameter ppo_gpus_per_node: -1 is out of range; it must be at least 0"),
     (["ppo_num_nodes=2"], "pipeline parameter ppo_num_nodes=2: the ppo steps on more than one node or GPU train in a "
                           "Kubeflow Trainer TrainJob, whose nodes need storage they share with the step; a local run "

@@ -91,7 +91,8 @@ def test_a_killed_ppo_step_resumes_with_run_resume_to_the_uninterrupted_policy(t
     [ppo], [sft], [prep] = by_name["ppo-hydra"], by_name["hydra-sft"], by_name["data-prep"]
     [parent] = [r for r in runs if r.data.tags.get("hydra_rlhf.stage") == "pipeline"]
     assert all(r.info.status == "FINISHED" for r in runs), {r.info.run_name: r.info.status for r in runs}
-    assert ppo.data.tags["mlflow.parentRunId"] == parent.info.run_id == sft.data.tags["mlflow.parentRunId"]
+    assert ppo.data.tags["mlflow.parentRunId"] == parent.info.run_id == sft.data.tags["mlflow.parentRunId"] == \
+        prep.data.tags["mlflow.parentRunId"]
     resumed_at = int(ppo.data.tags[RESUMED_TAG])
     assert resumed_at in (2, 4) and ppo.data.params[RESUMED_PARAM] == str(resumed_at)
     for key in ("objective/kl", "loss/policy", "time/s_per_sample"):
