@@ -27,25 +27,29 @@ RUN = ["max_records=400", 'data_config={"arithmetic_eval_prompts": 40}', "sft_st
        "eval_max_prompts=10"]
 
 
-def _ppo_step() -> list[psutil.Process]:
-    """The processes of the pipeline's PPO step (kfp's executor running the hydra_ppo component)."""
+def _ppo_step(run: subprocess.Popen) -> list[psutil.Process]:
+    """The processes of the run's PPO step (kfp's executor running the hydra_ppo component): its own alone, not
+    those of another test's run beside it."""
     found = []
-    for process in psutil.process_iter(["cmdline"]):
-        line = " ".join(process.info["cmdline"] or [])
+    for process in psutil.Process(run.pid).children(recursive=True):
+        try:
+            line = " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            continue
         if "executor_main" in line and "hydra_ppo" in line:
             found.append(process)
     return found
 
 
-def _kill_ppo_after_its_first_checkpoint(out: Path, run: subprocess.Popen, timeout: float = 600) -> str:
+def _kill_ppo_after_its_first_checkpoint(out: Path, run: subprocess.Popen, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and run.poll() is None:
         if list((out / "checkpoints").glob("ppo-hydra-*/checkpoints/step-*/state.json")):
-            killed = _ppo_step()
+            killed = _ppo_step(run)
             for process in killed:
                 process.send_signal(signal.SIGKILL)
             if killed:
-                return " ".join(killed[0].info["cmdline"])
+                return
         time.sleep(0.05)
     raise AssertionError(f"the PPO step wrote no checkpoint (run ended: {run.poll()})")
 
