@@ -88,6 +88,9 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
     out = Path(output_dir or default_output_dir()).resolve()
     if "kfp-workspace" in str(out):  # kfp 2.17 rewrites any path containing it as a workspace path
         raise ValueError(f"{out}: the output folder's path must not contain 'kfp-workspace'")
+    if not record and (out / RUN_RECORD).exists():  # its cache would hand this run the earlier one's steps
+        raise ValueError(f"--output-dir {out}: holds an earlier run ({RUN_RECORD}); continue it with --resume {out}, "
+                         "or choose another folder")
     arguments = dict(arguments or {})
     arguments["tracking_uri"] = (arguments.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
                                  or f"sqlite:///{out / 'mlflow.db'}")

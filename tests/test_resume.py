@@ -76,6 +76,12 @@ def test_a_killed_ppo_step_resumes_with_run_resume_to_the_uninterrupted_policy(t
     assert f"resumed from {kept}/checkpoints/step-" in ppo_log
     assert not kept.exists()  # the finished step removed its checkpoints
     assert json.loads((out / "run.json").read_text())["state"] == "succeeded"
+    assert cli.main(["run", "--resume", str(out)]) == 2  # finished: nothing to continue
+    assert cli.main(["run", "--output-dir", str(out)]) == 2  # a new run would take this one's steps from its cache
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [f"hydra-rlhf run: error: --resume {out}: that run finished; there is nothing to continue",
+                      f"hydra-rlhf run: error: --output-dir {out}: holds an earlier run (run.json); continue it "
+                      f"with --resume {out}, or choose another folder"], errors
 
     first, resumed = sorted((out / "pipeline").iterdir(), key=lambda p: p.stat().st_mtime)
     for step in ("data-prep", "hydra-sft"):  # taken from the first run's folders, not run again
