@@ -47,6 +47,19 @@ def peak_bytes(device: torch.device) -> int:
     return peak_rss_bytes()
 
 
+def allocated_bytes(device: torch.device) -> int:
+    """What torch's CUDA allocator holds now (0 on CPU, where peaks are RSS and need no starting point)."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def peak_with_engine(device: torch.device, peak: int, resident: int, engine_bytes: int) -> int:
+    """A phase's peak with an inference engine in the process (`engine_bytes`, awake during the phase). On CPU the
+    process's RSS holds the engine already. On CUDA the engine's memory may sit outside what torch's allocator
+    counts (vLLM's sleep-mode pool), so the peak is at least what was allocated when the phase began plus the
+    engine's; where the allocator does count it, `peak` is already the larger of the two."""
+    return max(peak, resident + engine_bytes) if device.type == "cuda" else peak
+
+
 def stage_peak_bytes(rows) -> int:
     """The highest `memory/peak_bytes` among a stage's metric rows (0 when none has one)."""
     return max((row["memory/peak_bytes"] for row in rows if row.get("memory/peak_bytes") is not None), default=0)

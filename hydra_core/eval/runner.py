@@ -23,9 +23,9 @@ from hydra_core.eval.pairwise import judge_pairs, tally
 from hydra_core.eval.report import SUMMARY_METRICS, headline, metric_names, write_report
 from hydra_core.eval.stats import win_rate
 from hydra_core.models.generation import Decoding, generate
-from hydra_core.models.hydra import CONFIG_FILE, load_hydra
+from hydra_core.models.hydra import CONFIG_FILE, load_hydra, load_tokenizer
 from hydra_core.models.reference import check_model
-from hydra_core.runtime import pick_device, seed_everything
+from hydra_core.runtime import default_dtype, pick_device, seed_everything
 from hydra_core.tracking.base import Tracker
 
 
@@ -80,18 +80,34 @@ def decoding_of(cfg: EvalConfig) -> Decoding:
 
 
 def respond(policy: str, prompts: list[EvalPrompt], cfg: EvalConfig) -> tuple[list[Response], dict]:
-    """One response per prompt from `policy`, which is then freed before the next model loads; and how many
-    prompts its tokenizer cut (`encoding.truncation`)."""
-    model = load_hydra(policy, heads=(), device=pick_device(), trust_remote_code=cfg.trust_remote_code,
-                       chat_template=cfg.chat_template).eval()
-    cut = truncation(model.tokenizer, prompts, cfg.max_prompt_length)
+    """One response per prompt from `policy` (by HF generate or vLLM's engine, `rollout_engine`), which is then
+    freed before the next model loads; and how many prompts its tokenizer cut (`encoding.truncation`)."""
+    device = pick_device()
+    texts = [p.prompt for p in prompts]
     # Seeding per policy makes each one's samples independent of which policy went first.
     seed_everything(cfg.seed)
-    out = generate(model, [p.prompt for p in prompts], decoding_of(cfg), max_prompt_length=cfg.max_prompt_length)
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    if cfg.rollout_engine == "vllm":
+        from hydra_core.models.vllm_engine import VLLMEngine
+
+        tokenizer = load_tokenizer(policy, cfg.trust_remote_code, cfg.chat_template)
+        cut = truncation(tokenizer, prompts, cfg.max_prompt_length)
+        engine = VLLMEngine(policy, device=device, dtype=default_dtype(device), max_sequences=min(len(texts), 256),
+                            max_tokens=cfg.max_prompt_length + cfg.max_new_tokens, seed=cfg.seed,
+                            trust_remote_code=cfg.trust_remote_code)
+        try:
+            out = engine.generate(tokenizer, texts, decoding_of(cfg), max_prompt_length=cfg.max_prompt_length,
+                                  seed=cfg.seed)
+        finally:
+            engine.close()
+    else:
+        model = load_hydra(policy, heads=(), device=device, trust_remote_code=cfg.trust_remote_code,
+                           chat_template=cfg.chat_template).eval()
+        cut = truncation(model.tokenizer, prompts, cfg.max_prompt_length)
+        out = generate(model, texts, decoding_of(cfg), max_prompt_length=cfg.max_prompt_length)
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return [Response(text, bool(ended)) for text, ended in zip(out.texts, out.ended.tolist())], cut
 
 

@@ -31,6 +31,9 @@ class Generated:
     response_mask: torch.Tensor  # [B, R] 1 up to and including the end of turn or EOS
     ended: torch.Tensor  # [B] bool, the response ended (end of turn or EOS) within the cap
     texts: list[str]  # the responses' content: decoded without special tokens
+    # [B, R] the engine's log-probs of the response tokens, after temperature (0 past the end); None from HF
+    # generate, whose log-probs the trainer computes itself
+    logprobs: torch.Tensor | None = None
 
 
 def response_mask_after_eos(response_ids: torch.Tensor, stop: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,10 +69,11 @@ def generate(model, prompts: list[Prompt], decoding: Decoding, *, max_prompt_len
             **sampling,
         )
         parts.append((batch["input_ids"], batch["attention_mask"], out[:, batch["input_ids"].shape[1]:]))
-    return _join(parts, tokenizer, prompts)
+    return join_generated(parts, tokenizer, prompts)
 
 
-def _join(parts, tokenizer, prompts: list[Prompt]) -> Generated:
+def join_generated(parts, tokenizer, prompts: list[Prompt]) -> Generated:
+    """One `Generated` from batches of (left-padded prompt ids, their mask, response ids padded on the right)."""
     width_q = max(q.shape[1] for q, _, _ in parts)
     width_r = max(max(r.shape[1] for _, _, r in parts), 1)
     pad = tokenizer.pad_token_id

@@ -247,6 +247,16 @@ def is_hydra_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).exists()
 
 
+def load_tokenizer(path: str, trust_remote_code: bool = False, chat_template: str = ""):
+    """A model's tokenizer as every stage uses it: with the `chat_template` setting applied (data.chat), and EOS
+    for padding where it has no pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    apply_template_setting(tokenizer, chat_template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # common for Llama/GPT-style tokenizers
+    return tokenizer
+
+
 def load_hydra(
     path: str,
     *,
@@ -267,10 +277,7 @@ def load_hydra(
     never quantised.
     """
     dtype = dtype or default_dtype(device)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    apply_template_setting(tokenizer, chat_template)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # common for Llama/GPT-style tokenizers
+    tokenizer = load_tokenizer(path, trust_remote_code, chat_template)
     backbone = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                     **loading_settings(quantization, dtype, device))
     keep_differentiable(backbone)

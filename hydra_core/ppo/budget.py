@@ -176,6 +176,7 @@ def probe(spec_path: Path, result_path: Path) -> int:
     """The probe process: one iteration of the spec's config on the worst case; writes its peak as JSON."""
     from hydra_core.memory import peak_bytes
     from hydra_core.ppo.iteration import ppo_iteration
+    from hydra_core.ppo.rollouts import make_rollouts
     from hydra_core.runtime import keep_freed_memory, pick_device, seed_everything
 
     spec = json.loads(spec_path.read_text())
@@ -190,8 +191,12 @@ def probe(spec_path: Path, result_path: Path) -> int:
         seed_everything(cfg.seed)
         stack, optimizer, scheduler = full_length_stack(cfg, device)
         prompts = longest_prompts(cfg, stack.policy_model.tokenizer, cfg.rollout_batch_size)
+        # the run's rollout engine, its memory counted in the probe's (with vLLM: the engine's weights and a KV
+        # cache for this batch), every response forced to full length there too
+        rollouts = make_rollouts(cfg, stack, full_length=True)
         peak = peak_bytes(device)  # loading; the iteration resets the peak per phase and reports their largest
-        metrics = ppo_iteration(cfg, stack, prompts, optimizer, scheduler, step=1, last_checkpoint=None)
+        metrics = ppo_iteration(cfg, stack, prompts, optimizer, scheduler, step=1, last_checkpoint=None,
+                                rollouts=rollouts)
         peak = max(peak, metrics["memory/peak_bytes"])
     except Exception as e:  # noqa: BLE001 - an OOM is a measurement; anything else propagates below
         if not out_of_memory(e):

@@ -3,7 +3,9 @@ algorithm (they differ only in how step 2 estimates advantages, and whether ther
 
 Each iteration, in order:
   1. rollout  - sample `samples_per_prompt` responses to each prompt of a batch from the actor (KV
-                cache, stop at EOS); ReMax also the greedy response to each prompt
+                cache, stop at EOS); ReMax also the greedy response to each prompt. HF generate on the
+                trainer's model, or vLLM's engine with the actor's adapter (`rollouts`): either way the
+                trainer computes every log-prob below itself
   2. score    - reference log-probs and reward-model scores (no grad; one adapters-off pass in hydra
                 and j-hydra), then the old policy's log-probs (and values, with a critic) and the
                 advantages: PPO folds the per-token KL into the reward, adds the score on the last token
@@ -31,10 +33,11 @@ import torch
 
 from hydra_core.config.settings import PPOConfig
 from hydra_core.distributed import Processes
-from hydra_core.memory import peak_bytes, reset_peak
-from hydra_core.models.generation import Decoding, generate
+from hydra_core.memory import allocated_bytes, peak_bytes, peak_with_engine, reset_peak
+from hydra_core.models.generation import Decoding
 from hydra_core.ppo import algorithm as A
 from hydra_core.ppo.roles import PolicyStack
+from hydra_core.ppo.rollouts import HFRollouts, logprob_gap
 
 
 
@@ -129,28 +132,39 @@ def _policy_outputs(cfg: PPOConfig, stack: PolicyStack, ids, mask, response, res
     return A.token_logprobs(out.logits, response, cfg.temperature), values
 
 
+def rollout_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The sampling seed of step `step`'s rollout on process `rank`, for an engine that seeds each request (vLLM):
+    a resumed run samples what the uninterrupted one did."""
+    return (seed * 1_000_003 + step * 65_537 + rank * 7_919) % 2**31
+
+
 def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, scheduler, step: int,
-                  last_checkpoint, processes: Processes | None = None) -> dict[str, float]:
-    """One iteration on this process's `prompts`; the metrics are over all processes."""
+                  last_checkpoint, processes: Processes | None = None, rollouts=None) -> dict[str, float]:
+    """One iteration on this process's `prompts`; the metrics are over all processes. `rollouts` samples step 1
+    (`ppo.rollouts`; default: HF generate on the actor)."""
     processes = processes or Processes(device=stack.device)
+    rollouts = rollouts or HFRollouts(stack)
     device = stack.device
     k = cfg.samples_per_prompt
     kl_in_loss = cfg.algorithm == "grpo" and cfg.grpo_kl == "loss"
     timings, peaks = {}, {}
 
-    # 1. rollout
+    # 1. rollout (by the trainer's model or an engine beside it, which then sleeps until the next rollout)
     reset_peak(device)
-    t0 = time.perf_counter()
+    t0, resident = time.perf_counter(), allocated_bytes(device)
     sampling = Decoding(max_new_tokens=cfg.max_new_tokens, greedy=False, temperature=cfg.temperature,
                         top_k=cfg.top_k, top_p=cfg.top_p)
     texts = [p.prompt for p in prompts for _ in range(k)]  # a prompt's k responses are adjacent rows
-    with stack.generator() as actor:
-        rollout = generate(actor, texts, sampling, max_prompt_length=cfg.max_prompt_length, batch_size=len(texts))
-        greedy = (generate(actor, [p.prompt for p in prompts], replace(sampling, greedy=True),
-                           max_prompt_length=cfg.max_prompt_length, batch_size=len(prompts))
-                  if cfg.algorithm == "remax" else None)
+    seed = rollout_seed(cfg.seed, step, processes.rank)
+    rollout = rollouts.generate(texts, sampling, max_prompt_length=cfg.max_prompt_length, batch_size=len(texts),
+                                seed=seed)
+    greedy = (rollouts.generate([p.prompt for p in prompts], replace(sampling, greedy=True),
+                                max_prompt_length=cfg.max_prompt_length, batch_size=len(prompts), seed=seed)
+              if cfg.algorithm == "remax" else None)
+    rollouts.sleep()
     ids, mask, response, fmask, response_slice = _sequences(rollout, device)
-    timings["generation"], peaks["generation"] = time.perf_counter() - t0, peak_bytes(device)
+    timings["generation"] = time.perf_counter() - t0
+    peaks["generation"] = peak_with_engine(device, peak_bytes(device), resident, rollouts.memory_bytes)
 
     # 2. score: the reference log-probs and the rewards (one adapters-off pass in hydra and j-hydra)
     reset_peak(device)
@@ -185,10 +199,11 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
         """The end of step 2, once the old log-probs are known: the KL and the advantages."""
         kl = A.kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * fmask
         check_finite(step, "scoring", last_checkpoint, reward=scores, kl=kl)
-        return kl, *estimate_advantages(cfg, scores, kl, fmask, old_values, greedy_scores, processes.sum)
+        gap = logprob_gap(rollout.logprobs, old_logprobs, fmask)  # the engine's policy against the trained one
+        return kl, gap, *estimate_advantages(cfg, scores, kl, fmask, old_values, greedy_scores, processes.sum)
 
     if not reuse:
-        kl, advantages, returns = advantages_from(old_logprobs)
+        kl, gap, advantages, returns = advantages_from(old_logprobs)
 
     # 3. optimise
     reset_peak(device)
@@ -204,7 +219,7 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
                 old_logprobs = logprobs.detach()
                 old_values = values.detach() if stack.shared_actor_critic else old_values
                 with torch.no_grad():
-                    kl, advantages, returns = advantages_from(old_logprobs)
+                    kl, gap, advantages, returns = advantages_from(old_logprobs)
             pg_loss, mb_stats = A.policy_loss(logprobs, old_logprobs[mb], advantages[mb], mb_fmask, cfg.clip_range,
                                               cfg.loss_normalisation)
             actor_loss = pg_loss
@@ -236,6 +251,7 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             stats.append(mb_stats)
+    rollouts.policy_updated()
     timings["training"], peaks["training"] = time.perf_counter() - t0, peak_bytes(device)
 
     seq_kl = kl.sum(dim=1)
@@ -259,6 +275,8 @@ def ppo_iteration(cfg: PPOConfig, stack: PolicyStack, prompts, optimizer, schedu
         metrics.update({name: v.item() for name, v in A.group_stats(scores, k).items()})
     if greedy_scores is not None:
         metrics["objective/greedy_scores"] = greedy_scores.mean().item()
+    if gap is not None:
+        metrics["rollout/logprob_gap"] = gap.item()
     metrics.update({f"time/{phase}_s": s for phase, s in timings.items()})
     metrics.update({f"memory/peak_{phase}_bytes": b for phase, b in peaks.items()})
     # the means over the processes; the slowest one sets the pace and the fullest one the peak

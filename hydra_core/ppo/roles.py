@@ -70,6 +70,11 @@ def _paths(cfg: PPOConfig) -> dict[str, str]:
     return {"policy": cfg.model, "reward": cfg.reward_model or cfg.model}
 
 
+def actor_source(cfg: PPOConfig) -> str:
+    """The model (directory or hub id) the actor's backbone is loaded from: what a rollout engine loads too."""
+    return _paths(cfg)[SOURCES[LAYOUTS[cfg.variant][0].model]]
+
+
 def adapter_sources(cfg: PPOConfig) -> list[str]:
     """The models (directories or hub ids) this layout puts LoRA adapters on, so that their
     `lora_target_modules` can be checked before any work."""

@@ -4,6 +4,7 @@ greedy gold accuracy, metrics and curves, and the saved policy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -31,6 +32,7 @@ from hydra_core.plots import plot_curves
 from hydra_core.ppo.budget import fit_rollout_batch
 from hydra_core.ppo.iteration import build_optimizer, check_finite, ppo_iteration
 from hydra_core.ppo.roles import PolicyStack, adapter_sources
+from hydra_core.ppo.rollouts import make_rollouts
 from hydra_core.runtime import keep_freed_memory, pick_device, seed_everything
 from hydra_core.tracking.base import JsonlTracker, MultiTracker, Tracker
 
@@ -40,7 +42,7 @@ CURVES_FILE = "ppo_curves.png"
 RESUMABLE = ("resume", "overwrite", "checkpoint_every", "checkpoint_uri", "eval_every", "greedy_eval_prompts", "kl_ceiling", "device",
              "output_dir", "trust_remote_code", "gradient_checkpointing")
 CURVES = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value", "loss/kl",
-          "policy/clipfrac", "objective/group_reward_std", "eval/gold_accuracy")
+          "policy/clipfrac", "objective/group_reward_std", "rollout/logprob_gap", "eval/gold_accuracy")
 
 
 def _describe(step: int, steps: int, m: dict) -> str:
@@ -48,6 +50,7 @@ def _describe(step: int, steps: int, m: dict) -> str:
             f"clipfrac {m['policy/clipfrac']:.3f} | eos {m['val/eos_rate']:.2f} | "
             f"gen {m['time/generation_s']:.1f}s score {m['time/scoring_s']:.1f}s train {m['time/training_s']:.1f}s | "
             f"{1000 * m['time/s_per_sample']:.1f} ms/sample | peak {m['memory/peak_bytes'] / 2**20:.0f} MiB"
+            + (f" | logprob gap {m['rollout/logprob_gap']:.2e}" if "rollout/logprob_gap" in m else "")
             + (f" | gold {m['eval/gold_accuracy']:.3f}" if "eval/gold_accuracy" in m else ""))
 
 
@@ -95,66 +98,72 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
     optimizer, scheduler = build_optimizer(cfg, stack)
     trainable = stack.named_trainable()
 
-    def gold() -> float:
-        with stack.generator() as actor:
-            return gold_accuracy(actor, eval_prompts, verifier, cfg.max_new_tokens, cfg.max_prompt_length)
+    # the engine's memory is freed once training ends, whichever way it ends
+    with contextlib.closing(make_rollouts(cfg, stack)) as rollouts:
+        def gold() -> float:
+            out = gold_accuracy(rollouts.generate, eval_prompts, verifier, cfg.max_new_tokens, cfg.max_prompt_length)
+            rollouts.sleep()
+            return out
 
-    store = CheckpointStore(cfg.checkpoint_uri, out_dir)
-    if main:
-        store.pull()
-    processes.barrier()
-    start, history, last_checkpoint = 0, [], None
-    if (cfg.resume or store.durable) and (last_checkpoint := checkpoint.latest(store.local)):
-        start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, {"prompts": prompts},
-                                         to_dict(cfg), RESUMABLE, processes.rank, processes.world)
+        store = CheckpointStore(cfg.checkpoint_uri, out_dir)
         if main:
-            announce_resume(tracker, last_checkpoint, start)
-    if main:  # the rows after the checkpoint are redone below; a fresh run keeps none of an earlier one's
-        local.start_from(history)
-    label = run_label(cfg.variant, cfg.algorithm)
-    summary: dict = {"variant": label, "layout": cfg.variant, "algorithm": cfg.algorithm, "steps": cfg.steps,
-                     "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation,
-                     "mixed_precision": stack.precision, "processes": processes.world, "truncation": cut,
-                     **wrapped_modules(stack.unique_modules())}
-    if budget_search:
-        summary["memory_budget_search"] = budget_search
-    if evaluates:
-        before = history[0]["eval/gold_accuracy_before"] if history else gold()
-        summary["eval/gold_accuracy_before"] = before
-        if not history:
-            tracker.log_metrics({"eval/gold_accuracy_before": before, "eval/gold_accuracy": before}, 0)
-            history.append({"step": 0, "eval/gold_accuracy_before": before, "eval/gold_accuracy": before})
+            store.pull()
+        processes.barrier()
+        start, history, last_checkpoint = 0, [], None
+        if (cfg.resume or store.durable) and (last_checkpoint := checkpoint.latest(store.local)):
+            start, history = checkpoint.load(last_checkpoint, trainable, optimizer, scheduler, {"prompts": prompts},
+                                             to_dict(cfg), RESUMABLE, processes.rank, processes.world)
+            if main:
+                announce_resume(tracker, last_checkpoint, start)
+        if main:  # the rows after the checkpoint are redone below; a fresh run keeps none of an earlier one's
+            local.start_from(history)
+        label = run_label(cfg.variant, cfg.algorithm)
+        summary: dict = {"variant": label, "layout": cfg.variant, "algorithm": cfg.algorithm, "steps": cfg.steps,
+                         "samples_per_prompt": cfg.samples_per_prompt, "loss_normalisation": cfg.loss_normalisation,
+                         "mixed_precision": stack.precision, "processes": processes.world, "truncation": cut,
+                         **wrapped_modules(stack.unique_modules())}
+        if budget_search:
+            summary["memory_budget_search"] = budget_search
+        if evaluates:
+            before = history[0]["eval/gold_accuracy_before"] if history else gold()
+            summary["eval/gold_accuracy_before"] = before
+            if not history:
+                tracker.log_metrics({"eval/gold_accuracy_before": before, "eval/gold_accuracy": before}, 0)
+                history.append({"step": 0, "eval/gold_accuracy_before": before, "eval/gold_accuracy": before})
 
-    name = f"{ALGORITHM_NAMES[cfg.algorithm]} ({cfg.variant})"
-    bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not (progress and main))
-    started = time.perf_counter()
-    for step in range(start + 1, cfg.steps + 1):
-        metrics = ppo_iteration(cfg, stack, prompts.next(), optimizer, scheduler, step, last_checkpoint, processes)
-        if metrics["objective/kl"] > cfg.kl_ceiling and main:
-            warnings.warn(f"PPO step {step}: KL {metrics['objective/kl']:.3f} is past the ceiling {cfg.kl_ceiling}; "
-                          "the policy is drifting from the reference (raise --kl-coef?)", stacklevel=1)
-        if evaluates and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            metrics["eval/gold_accuracy"] = gold()
-        tracker.log_metrics(metrics, step)
-        history.append({"step": step, **metrics})
-        bar.update(1)
-        if main:
-            bar.write(_describe(step, cfg.steps, metrics))
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            # never let a poisoned state replace the last good checkpoint; a sharded tensor is looked at whole,
-            # so that every process stops alike (and a process's shard may be empty)
-            largest = [full_tensor(p.detach()).float().abs().max() for p in trainable.values()]
-            check_finite(step, "checkpoint", last_checkpoint, weights=torch.stack(largest))
-            rng = processes.gather(checkpoint.rng_state())  # every process's, for an exact resume
-            if main or cfg.shard_backbone:  # sharded, every process writes its own shards
-                last_checkpoint = checkpoint.save(store.local, step, trainable, optimizer, scheduler,
-                                                  {"prompts": prompts}, history, to_dict(cfg), rng)
-            if main:  # its save returns once every process's shards are written
-                store.push(last_checkpoint)
-    bar.close()
-    if evaluates and "eval/gold_accuracy" not in history[-1]:
-        history[-1]["eval/gold_accuracy"] = gold()
-        tracker.log_metrics({"eval/gold_accuracy": history[-1]["eval/gold_accuracy"]}, cfg.steps)
+        name = f"{ALGORITHM_NAMES[cfg.algorithm]} ({cfg.variant})"
+        bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not (progress and main))
+        started = time.perf_counter()
+        for step in range(start + 1, cfg.steps + 1):
+            metrics = ppo_iteration(cfg, stack, prompts.next(), optimizer, scheduler, step, last_checkpoint, processes,
+                                    rollouts)
+            if metrics["objective/kl"] > cfg.kl_ceiling and main:
+                warnings.warn(f"PPO step {step}: KL {metrics['objective/kl']:.3f} is past the ceiling "
+                              f"{cfg.kl_ceiling}; the policy is drifting from the reference (raise --kl-coef?)",
+                              stacklevel=1)
+            if evaluates and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                metrics["eval/gold_accuracy"] = gold()
+            tracker.log_metrics(metrics, step)
+            history.append({"step": step, **metrics})
+            bar.update(1)
+            if main:
+                bar.write(_describe(step, cfg.steps, metrics))
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                # never let a poisoned state replace the last good checkpoint; a sharded tensor is looked at whole,
+                # so that every process stops alike (and a process's shard may be empty)
+                largest = [full_tensor(p.detach()).float().abs().max() for p in trainable.values()]
+                check_finite(step, "checkpoint", last_checkpoint, weights=torch.stack(largest))
+                rng = processes.gather(checkpoint.rng_state())  # every process's, for an exact resume
+                if main or cfg.shard_backbone:  # sharded, every process writes its own shards
+                    last_checkpoint = checkpoint.save(store.local, step, trainable, optimizer, scheduler,
+                                                      {"prompts": prompts}, history, to_dict(cfg), rng)
+                if main:  # its save returns once every process's shards are written
+                    store.push(last_checkpoint)
+        bar.close()
+        if evaluates and "eval/gold_accuracy" not in history[-1]:
+            history[-1]["eval/gold_accuracy"] = gold()
+            tracker.log_metrics({"eval/gold_accuracy": history[-1]["eval/gold_accuracy"]}, cfg.steps)
+        engine_memory = {"memory/engine_bytes": rollouts.memory_bytes} if rollouts.memory_bytes else {}
     train_seconds = time.perf_counter() - started
     with stack.saved_policy(main) as policy:  # every process enters: a sharded adapter is gathered from all
         if main:
@@ -164,7 +173,7 @@ def run_ppo(cfg: PPOConfig, tracker: Tracker | None = None, progress: bool = Tru
 
     if verifier:
         summary["eval/gold_accuracy"] = history[-1]["eval/gold_accuracy"]
-    memory = model_memory(stack.unique_modules(), [optimizer], trainable=list(trainable.values()))
+    memory = {**model_memory(stack.unique_modules(), [optimizer], trainable=list(trainable.values())), **engine_memory}
     summary.update({k: v for k, v in history[-1].items() if k != "step"})
     summary.update(memory)
     summary["train_seconds_this_run"] = train_seconds

@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from hydra_core.data.tasks import verifier_for
 from hydra_core.distributed import Processes
 from hydra_core.eval.gold import gold_accuracy
 from hydra_core.memory import model_memory, peak_bytes, stage_peak_bytes
+from hydra_core.models.generation import generate
 from hydra_core.models.hydra import HydraModel, load_hydra
 from hydra_core.models.lora import add_lora, check_lora_targets, wrapped_modules
 from hydra_core.models.reference import check_model
@@ -242,7 +244,8 @@ def run_sft(cfg: SFTConfig, tracker: Tracker | None = None, progress: bool = Tru
         memory = model_memory([model], [optimizer])
         model.eval()
         if verifier:
-            gold = {"eval/gold_accuracy": gold_accuracy(model, prompts_eval, verifier, cfg.max_new_tokens)}
+            gold = {"eval/gold_accuracy": gold_accuracy(partial(generate, model), prompts_eval, verifier,
+                                                        cfg.max_new_tokens)}
             record(gold, cfg.steps)
         # figures of the finished stage, one value each: params, not one-point charts
         tracker.log_params({**memory, "memory/stage_peak_bytes": stage_peak_bytes(history),
