@@ -27,10 +27,10 @@ MiB = 2**20
 # CPU worker's RSS follows its live tensors (as max_memory_allocated does on CUDA) instead of the
 # heap's high-water slack. Applied to every run alike; --no-tight-malloc turns it off.
 TIGHT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-# The memory levers a run's name may add to its label after a "+" (`hydra+4bit`, `hydra+4bit+gc`): the PPO
+# The levers a run's name may add to its label after a "+" (`hydra+4bit`, `hydra+4bit+gc`, `hydra+vllm`): the PPO
 # settings each one sets.
 LEVERS = {"gc": {"gradient_checkpointing": True}, "8bit": {"quantize_backbone": "8bit"},
-          "4bit": {"quantize_backbone": "4bit"}}
+          "4bit": {"quantize_backbone": "4bit"}, "vllm": {"rollout_engine": "vllm"}}
 
 
 def split_run(name: str) -> tuple[str, dict]:
@@ -122,6 +122,7 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
     from hydra_core.memory import model_memory
     from hydra_core.ppo.budget import full_length_stack
     from hydra_core.ppo.iteration import ppo_iteration
+    from hydra_core.ppo.rollouts import make_rollouts
     from hydra_core.runtime import seed_everything
 
     label, levers = split_run(spec["variant"])
@@ -140,6 +141,7 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
     seed_everything(cfg.seed)
     # Every response runs to the cap, so all variants do equal work; run_ppo's optimizer (the schedule is constant).
     stack, optimizer, scheduler = full_length_stack(cfg, device)
+    rollouts = make_rollouts(cfg, stack, full_length=True)  # with vLLM its engine's load counts in the load peak
     grads = _grad_probe(optimizer)
     load_peak = meter.peak()
 
@@ -150,7 +152,7 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
         meter.reset()
         _sync(device)
         t0 = time.perf_counter()
-        metrics = ppo_iteration(cfg, stack, prompts, optimizer, scheduler, step, None)
+        metrics = ppo_iteration(cfg, stack, prompts, optimizer, scheduler, step, None, rollouts=rollouts)
         _sync(device)
         wall = time.perf_counter() - t0  # the whole iteration, synchronised (phase times are the loop's own)
         tokens = metrics["time/tokens_per_s"] * metrics["time/step_s"]
@@ -162,6 +164,8 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
         print(f"  [{spec['size']} {spec['variant']} b={batch}] iteration {step}/{cfg.steps}: {wall:.2f}s, "
               f"peak {metrics['iteration_peak_bytes'] / MiB:.0f} MiB", file=sys.stderr)
 
+    engine_bytes = rollouts.memory_bytes
+    rollouts.close()
     trainable = list(stack.named_trainable().values())
     memory = model_memory(stack.unique_modules(), [optimizer], trainable=trainable)
     measured = rows[spec["warmup"]:] or rows
@@ -171,6 +175,9 @@ def _ppo_worker(spec: dict, device, meter: _Meter) -> dict:
         "iteration_peak_bytes": max(r["iteration_peak_bytes"] for r in rows),
         "memory": {**memory, "memory/grad_bytes": grads["grad_bytes"]},
         "backbones": len(stack.unique_modules()),
+        "rollout_engine": cfg.rollout_engine,
+        "engine_bytes": engine_bytes,  # the engine's weights and KV cache, beside the trainer's models (0: hf)
+        "logprob_gap": summary.get("rollout/logprob_gap"),
         "mixed_precision": stack.precision,
         "responses": batch,
         "samples_per_prompt": k,

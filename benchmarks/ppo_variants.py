@@ -44,8 +44,8 @@ from pathlib import Path
 
 from hydra_core.config.settings import MODEL_PRESETS as SIZES
 from hydra_core.config.fields import ConfigError, build
-from hydra_core.config.settings import (PPO_VARIANTS, PRECISIONS, RUN_LABELS, PPOConfig, parse_bytes, parse_run_label,
-                                        run_label)
+from hydra_core.config.settings import (PPO_VARIANTS, PRECISIONS, ROLLOUT_ENGINES, RUN_LABELS, PPOConfig, parse_bytes,
+                                        parse_run_label, run_label, vllm_missing)
 
 # The sibling modules are imported by name. Python puts a script's own directory first on sys.path,
 # but not under -P or PYTHONSAFEPATH, nor when this file is loaded from elsewhere (a test, runpy).
@@ -108,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated runs: sft, a layout (PPO) or layout-algorithm such as hydra-grpo, each PPO "
                         f"run with memory levers after '+' if asked ({', '.join(LEVERS)}: hydra+4bit, hydra+gc) "
                         f"(default: {','.join(DEFAULT_RUNS)})")
+    p.add_argument("--rollout-engine", type=_csv(ROLLOUT_ENGINES), default=["hf"],
+                   help="who samples the rollouts: hf, vllm or hf,vllm (each PPO run once per engine, `label+vllm`)")
     p.add_argument("--batch", type=int, default=8, help="sampled responses per iteration = SFT batch")
     p.add_argument("--samples-per-prompt", type=int, default=4,
                    help="RLOO and GRPO: responses per prompt (a group); must divide --batch")
@@ -148,11 +150,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         if quantised and importlib.util.find_spec("bitsandbytes") is None:
             p.error(f"--variants {','.join(quantised)}: a quantised backbone needs bitsandbytes, an optional extra: "
                     "pip install 'hydra-rlhf[quantization]'")
+        if "vllm" in args.rollout_engine and (problem := vllm_missing()):
+            p.error(f"--rollout-engine vllm {problem}")
+        args.variants = with_engines(args.variants, args.rollout_engine)
         grouped = [v for v in args.variants if split_run(v)[0].endswith(("-rloo", "-grpo"))]
         if grouped and (args.samples_per_prompt < 2 or args.batch % args.samples_per_prompt):
             p.error(f"--samples-per-prompt: {args.samples_per_prompt} must be at least 2 and divide --batch "
                     f"({args.batch}) for {', '.join(grouped)}")
     return args
+
+
+def with_engines(runs: list[str], engines: list[str]) -> list[str]:
+    """Each PPO run once per rollout engine, side by side (`hydra`, `hydra+vllm`); the SFT baseline, and the runs
+    vLLM cannot serve (full, a quantised backbone), once with hf."""
+    out = []
+    for run in runs:
+        label, levers = split_run(run)
+        served = label != SFT and parse_run_label(label)["variant"] != "full" and "quantize_backbone" not in levers
+        out += [run if engine == "hf" else f"{run}+{engine}" for engine in engines if engine == "hf" or served]
+    return list(dict.fromkeys(out))
 
 
 def _cuda_expected(device: str) -> bool:

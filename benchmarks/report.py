@@ -29,7 +29,7 @@ def add_decode_floor(runs: list[dict], bandwidth: float | None) -> None:
 def table(runs: list[dict], cuda: bool) -> str:
     head = ["size", "variant", "batch", "peak MiB", "net MiB" if not cuda else "", "load MiB", "train peak MiB",
             "params M", "train M", "param MiB", "grad MiB", "optim MiB", "s/sample", "tok/s", "gen s", "floor s",
-            "score s", "old s", "train s"]
+            "score s", "old s", "train s", "engine MiB"]
     rows = []
     for r in runs:
         if r["status"] != "ok":
@@ -44,7 +44,8 @@ def table(runs: list[dict], cuda: bool) -> str:
                      fmt_mib(m["memory/optimizer_bytes"]),
                      f"{r['s_per_sample']:.4f}", f"{r['tokens_per_s']:,.0f}",
                      *(fmt_num(x, "{:.3f}") for x in (ph.get("generation"), r.get("decode_floor_s"),
-                                                       ph.get("scoring"), ph.get("old_policy"), ph.get("training")))])
+                                                       ph.get("scoring"), ph.get("old_policy"), ph.get("training"))),
+                     fmt_mib(r.get("engine_bytes")) if r.get("engine_bytes") else "-"])
     keep = [i for i, h in enumerate(head) if h]
     head, rows = [head[i] for i in keep], [[row[i] for i in keep] for row in rows]
     widths = [max(len(head[i]), *(len(row[i]) for row in rows)) for i in range(len(head))]
@@ -98,13 +99,19 @@ def targets(runs: list[dict], budget: list[dict], cuda: bool) -> list[dict]:
                 out.append({"target": f"{variant} s/sample <= {most} x the SFT step's", "size": size,
                             "measure": "s/sample", "ppo_s": run["s_per_sample"], "sft_s": sft["s_per_sample"],
                             "ratio": ratio, "verdict": _verdict(ratio <= most), "headline": size == "llama-120m"})
-        hydra = by.get((size, "hydra"))
-        if hydra and hydra.get("decode_floor_s"):
-            ratio = hydra["phases_s"]["generation"] / hydra["decode_floor_s"]
-            out.append({"target": "Hydra-PPO generation within 2 x the decode floor", "size": size,
-                        "measure": "generation s", "generation_s": hydra["phases_s"]["generation"],
-                        "floor_s": hydra["decode_floor_s"], "ratio": ratio, "verdict": _verdict(ratio <= 2.0),
-                        "headline": size == "llama-120m"})
+        for run, engine in ((by.get((size, "hydra")), ""), (by.get((size, "hydra+vllm")), " (vLLM rollouts)")):
+            if run and run.get("decode_floor_s"):
+                ratio = run["phases_s"]["generation"] / run["decode_floor_s"]
+                out.append({"target": f"Hydra-PPO generation{engine} within 2 x the decode floor", "size": size,
+                            "measure": "generation s", "generation_s": run["phases_s"]["generation"],
+                            "floor_s": run["decode_floor_s"], "ratio": ratio, "verdict": _verdict(ratio <= 2.0),
+                            "headline": size == "llama-120m"})
+        hydra, vllm = by.get((size, "hydra")), by.get((size, "hydra+vllm"))
+        if hydra and vllm:  # issue 22: the engine's speed-up is a GPU's; on a CPU the two decode alike
+            ratio = vllm["s_per_sample"] / hydra["s_per_sample"]
+            out.append({"target": "Hydra-PPO s/sample with vLLM rollouts <= 0.5 x with HF generate", "size": size,
+                        "measure": "s/sample", "vllm_s": vllm["s_per_sample"], "hf_s": hydra["s_per_sample"],
+                        "ratio": ratio, "verdict": _verdict(ratio <= 0.5), "headline": cuda})
     found = {(b["size"], b["variant"]): b for b in budget}
     for size in dict.fromkeys(b["size"] for b in budget):
         hydra, lora = found.get((size, "hydra")), found.get((size, "lora"))
@@ -122,6 +129,10 @@ def describe_target(t: dict) -> str:
     note = "" if t.get("headline", True) else "  (indicative: the target is stated at ~120M)"
     if "ppo_s" in t:
         return (f"[{t['verdict']}] {t['target']} | {t['size']}: {t['ppo_s']:.4f} vs {t['sft_s']:.4f} s/sample "
+                f"(ratio {t['ratio']:.2f}){note}")
+    if "vllm_s" in t:
+        note = "" if t["headline"] else "  (reported: the target is a GPU's)"
+        return (f"[{t['verdict']}] {t['target']} | {t['size']}: {t['vllm_s']:.4f} vs {t['hf_s']:.4f} s/sample "
                 f"(ratio {t['ratio']:.2f}){note}")
     if "floor_s" in t:
         return (f"[{t['verdict']}] {t['target']} | {t['size']}: {t['generation_s']:.3f} s vs floor "

@@ -27,7 +27,8 @@ from hydra_core.checkpoint_store import CheckpointStore, uri_problem
 from hydra_core.config.fields import build, to_dict
 from hydra_core.config.files import config_file_name, save_config
 from hydra_core.config.parameters import uses_separate_models
-from hydra_core.config.settings import DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig, SFTConfig
+from hydra_core.config.settings import (DataConfig, EvalConfig, ExportConfig, ModelInitConfig, PPOConfig, SFTConfig,
+                                      check_rollout_engine)
 from hydra_core.data.prepare import prepare
 from hydra_core.data.splits import MANIFEST, SPLIT_FILES, split_path
 from hydra_core.eval.report import FILES as EVAL_FILES
@@ -260,6 +261,7 @@ def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None,
     `train`: trains elsewhere in place of `run_ppo` here (`_trained_elsewhere`). The summary it returns says
     how long the stage took (`stage_seconds`); {} on the other processes of a data-parallel run."""
     started = time.perf_counter()
+    check_rollout_engine(cfg.rollout_engine)
     store = _checkpoints(cfg)
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
@@ -288,6 +290,7 @@ def ppo_models(label: str, hydra_sft: str, sft: str = "", reward_model: str = ""
 def evaluate(cfg: EvalConfig, tracking: Tracking, tags: dict | None = None, sources: dict | None = None) -> dict:
     """`run_eval` in a `pairwise-eval` run, with the judgments as an MLflow table. `sources`: what the run
     records in place of local paths (`_stage_run`)."""
+    check_rollout_engine(cfg.rollout_engine)
     out = Path(cfg.output_dir)
     # A rerun into the same folder is how the judge cache saves a paid judge's calls; two at once
     # would each pay for every judgment and overwrite each other's report.

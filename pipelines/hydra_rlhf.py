@@ -116,7 +116,7 @@ STAGE_PARAMETERS = {
     "ppo_rollout_batch_size": ("ppo", "rollout_batch_size"), "ppo_mini_batch_size": ("ppo", "mini_batch_size"),
     "ppo_learning_rate": ("ppo", "learning_rate"), "ppo_critic_learning_rate": ("ppo", "critic_learning_rate"),
     "ppo_kl_coef": ("ppo", "kl_coef"), "ppo_lora_rank": ("ppo", "lora_rank"),
-    "ppo_memory_budget": ("ppo", "memory_budget"),
+    "ppo_memory_budget": ("ppo", "memory_budget"), "ppo_rollout_engine": ("ppo", "rollout_engine"),
     "judge": ("eval", "judge"), "judge_model": ("eval", "judge_model"), "judge_base_url": ("eval", "judge_base_url"),
     "eval_max_prompts": ("eval", "max_prompts"),
 }
@@ -232,6 +232,7 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
         ppo_kl_coef: float = _P.kl_coef,
         ppo_lora_rank: int = _P.lora_rank,
         ppo_memory_budget: str = _P.memory_budget,
+        ppo_rollout_engine: str = _P.rollout_engine,
         ppo_num_nodes: int = _N.num_nodes,
         ppo_gpus_per_node: int = _N.gpus_per_node,
         judge: str = _E.judge,
@@ -300,7 +301,8 @@ def build(use_gpu: bool = False, accelerator: str = ACCELERATOR, parallelism: in
                                           rollout_batch_size=ppo_rollout_batch_size,
                                           mini_batch_size=ppo_mini_batch_size, learning_rate=ppo_learning_rate,
                                           critic_learning_rate=ppo_critic_learning_rate, kl_coef=ppo_kl_coef,
-                                          lora_rank=ppo_lora_rank, memory_budget=ppo_memory_budget, seed=seed,
+                                          lora_rank=ppo_lora_rank, memory_budget=ppo_memory_budget,
+                                          rollout_engine=ppo_rollout_engine, seed=seed,
                                           config=ppo_config, num_nodes=ppo_num_nodes,
                                           gpus_per_node=ppo_gpus_per_node, checkpoint_uri=checkpoint_uri,
                                           **shared, **tracking))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from kfp import local
 
+from hydra_core.config.settings import check_rollout_engine
 from components.trainjob_settings import BACKEND_VARIABLE
 from pipelines.arguments import check_shared_storage
 from pipelines.console import ANSI, console_for
@@ -85,6 +86,8 @@ def run_local(arguments: dict | None = None, output_dir: str | Path | None = Non
     container_jobs = os.environ.get(BACKEND_VARIABLE) == "container" and runner == "subprocess"
     check_shared_storage(arguments or {}, container_jobs, f"a local run creates one only on this machine's Docker: "
                          f"set {BACKEND_VARIABLE}=container (with --runner subprocess)")
+    if runner == "subprocess" and not container_jobs:  # every step runs in this Python: its vLLM is theirs
+        check_rollout_engine((arguments or {}).get("ppo_rollout_engine", ""), "-p ppo_rollout_engine=vllm")
     out = Path(output_dir or default_output_dir()).resolve()
     if "kfp-workspace" in str(out):  # kfp 2.17 rewrites any path containing it as a workspace path
         raise ValueError(f"{out}: the output folder's path must not contain 'kfp-workspace'")

@@ -57,9 +57,9 @@ def test_the_readme_is_a_landing_page_with_the_two_commands():
     assert len(readme.splitlines()) <= 200
     [commands, *_] = code_blocks("README.md", "bash")
     assert "./setup.sh && .venv/bin/hydra-rlhf run" in commands
-    assert "./setup.sh && .venv/bin/python -m pytest -q" in commands
+    assert "./setup.sh --vllm && .venv/bin/python -m pytest -q" in commands
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "./setup.sh" in ci and ".venv/bin/python -m pytest -q" in ci  # CI runs the README's test command
+    assert "./setup.sh --vllm" in ci and ".venv/bin/python -m pytest -q" in ci  # CI runs the README's test command
 
 
 def test_the_pipeline_picture_shows_every_component():

@@ -34,6 +34,7 @@ def check_settings(
     ppo_kl_coef: float,
     ppo_lora_rank: int,
     ppo_memory_budget: str,
+    ppo_rollout_engine: str,
     judge: str,
     judge_model: str,
     judge_base_url: str,

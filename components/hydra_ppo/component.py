@@ -29,6 +29,7 @@ def hydra_ppo(
     kl_coef: Optional[float] = None,
     lora_rank: int = -1,
     memory_budget: Optional[str] = None,
+    rollout_engine: Optional[str] = None,
     seed: int = -1,
     config: dict = {},
     tracking_uri: str = "",
@@ -74,7 +75,7 @@ def hydra_ppo(
                                                                                "output_dir", "seed"),
                        **models, data=data.path, output_dir=policy.path, learning_rate=learning_rate,
                        critic_learning_rate=critic_learning_rate, kl_coef=kl_coef, memory_budget=memory_budget,
-                       checkpoint_uri=checkpoint_uri or None,
+                       rollout_engine=rollout_engine, checkpoint_uri=checkpoint_uri or None,
                        **unless_kept(steps=steps, rollout_batch_size=rollout_batch_size,
                                      mini_batch_size=mini_batch_size, lora_rank=lora_rank, seed=seed))
     cfg.checkpoint_uri = step_checkpoints(cfg.checkpoint_uri, workspace, f"ppo-{run_label(cfg.variant, cfg.algorithm)}",

@@ -77,9 +77,12 @@ def vllm_missing() -> str | None:
     return None if importlib.util.find_spec("vllm") else f"needs vLLM, which is not installed: {VLLM_EXTRA}"
 
 
-def _rollout_engine(cfg, name: Namer):
-    if cfg.rollout_engine == "vllm" and (problem := vllm_missing()):
-        yield "rollout_engine", f"vllm {problem}"
+def check_rollout_engine(engine: str, setting: str = "--rollout-engine vllm") -> None:
+    """A ValueError in one line where `engine` cannot run in this environment. Not one of the relations: a
+    pipeline checks its settings where it is compiled or in its first step, neither of which is the image the
+    PPO step runs in, so each stage asks this when it starts, before it loads anything."""
+    if engine == "vllm" and (problem := vllm_missing()):
+        raise ValueError(f"{setting} {problem}")
 
 
 def _chat_template_file(cfg, name: Namer):
@@ -322,7 +325,6 @@ class PPOConfig:
 
     def relations(self, name: Namer):
         yield from _resume_or_overwrite(self, name)
-        yield from _rollout_engine(self, name)
         yield from _engine_layout(self, name, launched_world())
         yield from _checkpoint_uri(self, name)
         yield from _chat_template_file(self, name)
@@ -436,7 +438,6 @@ class EvalConfig:
     rollout_engine: Literal[ROLLOUT_ENGINES] = "hf"
 
     def relations(self, name: Namer):
-        yield from _rollout_engine(self, name)
         if self.judge == "openai" and not self.judge_base_url.startswith(("http://", "https://")):
             yield "judge_base_url", f"{self.judge_base_url!r} is not an http(s) URL"
         yield from _chat_template_file(self, name)
