@@ -32,6 +32,13 @@ bench() { echo "$(date -u +%H:%M:%S) ppo_variants.py $*"; "$PYTHON" benchmarks/p
 status=0
 if [[ $PARTS == *,variants,* ]]; then
     bench --sizes llama-120m --batch 8 --iterations 3 --out "$OUT/llama-120m" || status=1
+    # both rollout engines side by side (hydra, hydra+vllm), where vLLM is installed (./setup.sh --vllm)
+    if "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"; then
+        bench --sizes llama-120m --variants hydra --rollout-engine hf,vllm --batch 8 --new-tokens 32 \
+            --iterations 3 --out "$OUT/vllm" || status=1
+    else
+        echo "vLLM rollouts: skipped, vllm is not installed (./setup.sh --vllm)"
+    fi
     bench --sizes llama-1b --batch 8 --iterations 3 --out "$OUT/llama-1b" \
         --variants sft,full,lora,lora-dynamic,j-hydra,hydra,hydra-grpo,lora-grpo || status=1
 fi

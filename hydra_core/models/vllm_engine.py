@@ -97,6 +97,24 @@ class _RandomState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
+def _parameter_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _checkpoint_bytes(folder: str, dtype: torch.dtype) -> int:
+    """The bytes of a local checkpoint's weights in `dtype`, read from the safetensors headers (0 for a hub id).
+    Counted from the checkpoint, not from the engine's modules: on CPU vLLM repacks linear weights for its kernels
+    into tensors that are no parameters."""
+    from safetensors import safe_open
+
+    size = torch.tensor([], dtype=dtype).element_size()
+    total = 0
+    for file in Path(folder).glob("*.safetensors") if Path(folder).is_dir() else ():
+        with safe_open(str(file), framework="pt") as f:
+            total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys()) * size
+    return total
+
+
 class VLLMEngine:
     """One model in vLLM's offline engine, in this process.
 
@@ -139,16 +157,8 @@ class VLLMEngine:
             # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process
             torch.set_num_threads = set_num_threads
             random_state.restore()
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self._model_parameters())
+        self.weight_bytes = _checkpoint_bytes(self._view, dtype) or sum(self.llm.apply_model(_parameter_bytes))
         self.awake = True
-
-    def _model_parameters(self):
-        """The engine's model's parameters, where this vLLM lets them be reached in this process (else none)."""
-        try:
-            model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        except AttributeError:
-            return []
-        return list(model.parameters())
 
     @property
     def memory_bytes(self) -> int:
