@@ -131,6 +131,25 @@ def logged_rows(path: Path) -> dict[int, dict]:
     return rows
 
 
+def embedded_stages(tmp_path: Path):
+    """The embedded default's base model, data and Hydra-SFT (1,500 steps, minutes) under `tmp_path`, each stage a
+    fresh process on its recipe; returns the stage runner (`stage(*args, launcher=...)`, asserting success) and its
+    environment, which a caller may change between stages."""
+    recipe = ["--config", str(ROOT / "configs" / "embedded-default.yaml")]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+    def stage(*args, launcher=(sys.executable,)):
+        proc = subprocess.run([*launcher, "-m", "hydra_core.cli", *args, *recipe], env=env, capture_output=True,
+                              text=True, timeout=3600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    stage("init-model", "--output-dir", str(tmp_path / "base"))
+    stage("prepare", "--output-dir", str(tmp_path / "data"))
+    stage("sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "data"), "--output-dir",
+          str(tmp_path / "sft"))
+    return stage, env
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 now: for a server or a process group's rendezvous."""
     with socket.socket() as s:

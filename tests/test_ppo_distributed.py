@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import free_port, kill_and_resume, logged_rows, tiny_ppo_config
+from conftest import embedded_stages, free_port, kill_and_resume, logged_rows, tiny_ppo_config
 from hydra_core import checkpoint
 from hydra_core.config.fields import ConfigError, build, flag
 from hydra_core.config.settings import PPOConfig
@@ -143,18 +143,7 @@ def test_settings_that_do_not_split_over_the_processes_are_refused(monkeypatch, 
 def test_two_processes_raise_gold_accuracy_on_the_embedded_default_as_one_does(tmp_path):
     """The embedded default's Hydra-SFT (1,500 steps, minutes), then its Hydra-PPO in one process and in two
     at the same global batch: both raise the greedy gold accuracy."""
-    recipe = ["--config", str(Path(__file__).parents[1] / "configs" / "embedded-default.yaml")]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-
-    def stage(*args, launcher=(sys.executable,)):
-        proc = subprocess.run([*launcher, "-m", "hydra_core.cli", *args, *recipe], env=env, capture_output=True,
-                              text=True, timeout=1800)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    stage("init-model", "--output-dir", str(tmp_path / "base"))
-    stage("prepare", "--output-dir", str(tmp_path / "data"))
-    stage("sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "data"), "--output-dir",
-          str(tmp_path / "sft"))
+    stage, env = embedded_stages(tmp_path)
     gold = {}
     for processes, launcher in ((1, (sys.executable,)), (2, TORCHRUN)):
         out = tmp_path / f"ppo-{processes}"

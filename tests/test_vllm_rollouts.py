@@ -7,8 +7,6 @@ The tests that run an engine need the vllm extra (`./setup.sh --vllm`, which the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from hydra_core.ppo.iteration import build_optimizer, ppo_iteration
 from hydra_core.ppo.roles import PolicyStack
 from hydra_core.ppo.rollouts import HFRollouts, make_rollouts
 from hydra_core.ppo.trainer import run_ppo
-from tests.conftest import tiny_ppo_config
+from conftest import embedded_stages, tiny_ppo_config
 
 needs_vllm = pytest.mark.skipif(not any(Path(p, "vllm").is_dir() for p in sys.path if p),
                                 reason="the vllm extra is not installed (./setup.sh --vllm)")
@@ -126,18 +124,7 @@ def test_without_the_extra_ppo_and_eval_stop_in_one_line_naming_it(monkeypatch, 
 def test_vllm_rollouts_raise_gold_accuracy_on_the_embedded_default_as_hf_generate_does(tmp_path):
     """The embedded default's Hydra-SFT (1,500 steps, minutes), then its Hydra-PPO once with each rollout engine:
     both raise the greedy gold accuracy, to within 3 points of each other."""
-    recipe = ["--config", str(Path(__file__).parents[1] / "configs" / "embedded-default.yaml")]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-
-    def stage(*args):
-        proc = subprocess.run([sys.executable, "-m", "hydra_core.cli", *args, *recipe], env=env, capture_output=True,
-                              text=True, timeout=3600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    stage("init-model", "--output-dir", str(tmp_path / "base"))
-    stage("prepare", "--output-dir", str(tmp_path / "data"))
-    stage("sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "data"), "--output-dir",
-          str(tmp_path / "sft"))
+    stage, env = embedded_stages(tmp_path)
     gold = {}
     for engine in ("hf", "vllm"):
         out = tmp_path / f"ppo-{engine}"
