@@ -21,7 +21,7 @@ from hydra_core.eval import runner
 from hydra_core.models.generation import response_mask_after_eos
 from hydra_core.models.hydra import load_hydra, reward_scores
 from hydra_core.models.presets import build_base_model
-from hydra_core.ppo import iteration as ppo_iteration
+from hydra_core.ppo import rollouts as ppo_rollouts
 from hydra_core.ppo import trainer as ppo_trainer
 from hydra_core.sft.trainer import run_sft
 
@@ -198,7 +198,7 @@ def test_a_prompt_is_rendered_by_the_template_identically_in_sft_reward_rollout_
             return out
         return wrapped
 
-    monkeypatch.setattr(ppo_iteration, "generate", recording(ppo_iteration.generate))
+    monkeypatch.setattr(ppo_rollouts, "generate", recording(ppo_rollouts.generate))
     ppo_trainer.run_ppo(tiny_ppo_config(qwen_hydra_sft, chat_data, tmp_path / "ppo", steps=1, rollout_batch_size=16,
                                         mini_batch_size=8), progress=False)
     rollout = dict(seen)
