@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from hydra_core.launch import launched_world
+
 # gradients are averaged in flat buffers of at most this many elements: one buffer for a few LoRA sets,
 # a handful for a `full` 1B model, without a second copy of every gradient at once
 BUCKET_ELEMENTS = 1 << 24
@@ -35,16 +37,6 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """`t` whole: a sharded parameter gathered from every process (a collective: every process must ask, in the
     same order), any other tensor as it is."""
     return t.full_tensor() if is_sharded(t) else t
-
-
-def launched_world() -> int:
-    """How many processes the launcher started (1 outside torchrun / accelerate launch)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def accelerate_fsdp_launch() -> bool:
-    """Whether `accelerate launch` ran with a config of distributed_type FSDP (it exports ACCELERATE_USE_FSDP)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,14 @@ inputs, its output directory as the `model` artifact and a registered model vers
 judgments as a table. It returns the stage's summary plus a `tracking` entry (state, run id,
 where pending records wait), which also goes into the stage's summary file.
 
-The last two stages of a pipeline are here too: `register_policy` (the registry's rules are in
-`hydra_core.registry`) and `compare_variants`, which closes the pipeline's parent run.
+The pipeline's record-keeping steps after evaluation (registering, comparing) are in `hydra_core.selection`,
+and the stage's MLflow run itself in `hydra_core.stage_run`.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -32,22 +31,19 @@ from hydra_core.config.settings import (DataConfig, EvalConfig, ExportConfig, Mo
 from hydra_core.data.prepare import prepare
 from hydra_core.data.splits import MANIFEST, SPLIT_FILES, split_path
 from hydra_core.eval.report import FILES as EVAL_FILES
-from hydra_core.eval.report import SUMMARY_METRICS as EVAL_METRICS
-from hydra_core.eval.report import metric_names
 from hydra_core.eval.runner import run_eval
 from hydra_core.models.hydra import load_hydra, saved_heads
 from hydra_core.models.presets import build_base_model
 from hydra_core.models.reference import check_model
-from hydra_core.plots import plot_comparison
 from hydra_core.ppo.trainer import CURVES_FILE as PPO_CURVES
 from hydra_core.ppo.trainer import SUMMARY_FILE as PPO_SUMMARY
 from hydra_core.ppo.trainer import run_ppo
 from hydra_core.sft.trainer import CURVES_FILE as SFT_CURVES
 from hydra_core.sft.trainer import SUMMARY_FILE as SFT_SUMMARY
 from hydra_core.sft.trainer import run_sft
-from hydra_core.tracking.base import numeric_entries
+from hydra_core.stage_run import stage_run
 from hydra_core.tracking.mlflow_tracker import PENDING_DIR, RUN_ID, MlflowTracker
-from hydra_core.tracking.runs import STAGE_TAG, Tracking, main_process
+from hydra_core.tracking.runs import Tracking, main_process
 
 LOCK = ".hydra-rlhf.lock"  # held by the stage writing an output directory, while it runs
 # resumable state, tracking leftovers and the lock: not part of a model
@@ -102,37 +98,6 @@ def _claim(cfg: SFTConfig | PPOConfig) -> None:
     for name in earlier:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-@contextmanager
-def _stage_run(tracking: Tracking, run_name: str, output_dir: str | Path, summary_file: Path | None = None,
-               tags: dict | None = None, sources: dict | None = None, store: CheckpointStore | None = None):
-    """The stage's MLflow run, ended FAILED if the stage raises; its status goes into the summary file.
-    `sources` ({local path: what it stands for}) is what the run records in place of those paths
-    (`MlflowTracker.name_sources`); they go into the summary file too, for the steps reading it. With a
-    durable checkpoint `store`, the run an earlier attempt recorded there is reopened (a resumed stage logs
-    into it), and a new run is recorded there; once the stage has finished, the store is removed."""
-    earlier = store.recorded_run() if store and main_process() else ""
-    run = tracking.tracker(run_name, output_dir, run_id=earlier, tags={STAGE_TAG: run_name, **(tags or {})})
-    if store and main_process() and run.run_id != earlier:
-        store.record_run(run.run_id)
-    run.name_sources(sources or {})
-    try:
-        yield run
-    except BaseException:
-        run.close("FAILED")
-        raise
-    run.close("FINISHED")
-    if store and store.durable and main_process():
-        store.clear()
-    if summary_file is not None and summary_file.exists() and main_process():
-        summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        summary["tracking"] = run.status()
-        if sources:
-            summary["sources"] = {path: source.replace(RUN_ID, run.run_id) for path, source in sources.items()}
-        tmp = summary_file.with_name(summary_file.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, summary_file)
 
 
 def _log_splits(run: MlflowTracker, data_dir: str, names, source: str = "") -> None:
@@ -215,11 +180,11 @@ OWN_OUTPUT = {"sft": f"runs:/{RUN_ID}/{registry.MODEL_ARTIFACT}", "ppo": f"runs:
 
 def prepare_data(cfg: DataConfig, tracking: Tracking, sources: dict | None = None) -> dict:
     """`prepare` in a `data-prep` run: params, split counts, the prepared files, every split as a dataset.
-    `sources`: what the run records in place of local paths (`_stage_run`; a pipeline step's output
+    `sources`: what the run records in place of local paths (`stage_run`; a pipeline step's output
     directory: OWN_OUTPUT["data"])."""
     if cfg.tokenizer:  # before any work: a mistyped directory or an unreachable hub is one line
         check_model(cfg.tokenizer, "tokenizer")
-    with _stage_run(tracking, "data-prep", cfg.output_dir, sources=sources) as run:
+    with stage_run(tracking, "data-prep", cfg.output_dir, sources=sources) as run:
         manifest = prepare(cfg)
         counts = {f"data/{name}": n for name, n in manifest["counts"].items()}
         run.log_params({**to_dict(cfg), **counts})  # one value each: params, not one-point charts
@@ -233,14 +198,14 @@ def prepare_data(cfg: DataConfig, tracking: Tracking, sources: dict | None = Non
 def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "", sources: dict | None = None,
         train: Callable[[SFTConfig], None] | None = None) -> dict:
     """`run_sft` in a run named by its mode; the model directory is logged and, given a name, registered.
-    `sources`: what the run records in place of local paths (`_stage_run`). `train`: trains elsewhere in
+    `sources`: what the run records in place of local paths (`stage_run`). `train`: trains elsewhere in
     place of `run_sft` here (`_trained_elsewhere`). Returns {} on the other processes of a distributed run."""
     run_name = SFT_RUN_NAMES[cfg.mode]
     registered = {}
     store = _checkpoints(cfg)
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
-            _stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY, sources=sources,
+            stage_run(tracking, run_name, cfg.output_dir, Path(cfg.output_dir) / SFT_SUMMARY, sources=sources,
                        store=store) as run:
         _log_splits(run, cfg.data, ("demos_train", "pairs_train"))
         summary = run_sft(cfg, run) if train is None else _trained_elsewhere(train, cfg, run, SFT_SUMMARY, SFT_CURVES)
@@ -257,7 +222,7 @@ def sft(cfg: SFTConfig, tracking: Tracking, registered_model: str = "", sources:
 def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None,
         train: Callable[[PPOConfig], None] | None = None) -> dict:
     """`run_ppo` in an `<algorithm>-<variant>` run (`ppo-hydra`, `grpo-hydra`); the policy directory is
-    logged as the `model` artifact. `sources`: what the run records in place of local paths (`_stage_run`);
+    logged as the `model` artifact. `sources`: what the run records in place of local paths (`stage_run`);
     `train`: trains elsewhere in place of `run_ppo` here (`_trained_elsewhere`). The summary it returns says
     how long the stage took (`stage_seconds`); {} on the other processes of a data-parallel run."""
     started = time.perf_counter()
@@ -265,7 +230,7 @@ def ppo(cfg: PPOConfig, tracking: Tracking, sources: dict | None = None,
     store = _checkpoints(cfg)
     _claim(cfg)
     with _exclusive(cfg.output_dir, cfg.STAGE), \
-            _stage_run(tracking, f"{cfg.algorithm}-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
+            stage_run(tracking, f"{cfg.algorithm}-{cfg.variant}", cfg.output_dir, Path(cfg.output_dir) / PPO_SUMMARY,
                        tags={"variant": cfg.variant, "algorithm": cfg.algorithm}, sources=sources,
                        store=store) as run:
         _log_splits(run, cfg.data, ("prompts_train",))
@@ -289,12 +254,12 @@ def ppo_models(label: str, hydra_sft: str, sft: str = "", reward_model: str = ""
 
 def evaluate(cfg: EvalConfig, tracking: Tracking, tags: dict | None = None, sources: dict | None = None) -> dict:
     """`run_eval` in a `pairwise-eval` run, with the judgments as an MLflow table. `sources`: what the run
-    records in place of local paths (`_stage_run`)."""
+    records in place of local paths (`stage_run`)."""
     check_rollout_engine(cfg.rollout_engine)
     out = Path(cfg.output_dir)
     # A rerun into the same folder is how the judge cache saves a paid judge's calls; two at once
     # would each pay for every judgment and overwrite each other's report.
-    with _exclusive(out, cfg.STAGE), _stage_run(tracking, "pairwise-eval", out, out / EVAL_FILES["summary"],
+    with _exclusive(out, cfg.STAGE), stage_run(tracking, "pairwise-eval", out, out / EVAL_FILES["summary"],
                                                  tags=tags, sources=sources) as run:
         if Path(cfg.prompts).is_dir():
             _log_splits(run, cfg.prompts, ("prompts_eval",))
@@ -309,95 +274,3 @@ def export(cfg: ExportConfig) -> Path:
     out = model.export_policy(cfg.output_dir)
     save_config(cfg, out)
     return out
-
-
-def register_policy(tracking: Tracking, evaluation_dir: str, policy_run_id: str, registered_model: str,
-                    champion_threshold: float, variant: str, record_dir: str | Path) -> dict:
-    """`registry.register_policy` in a `register-<variant>` run, for the policy that `evaluation_dir`
-    (an eval output) judged."""
-    evaluation = json.loads((Path(evaluation_dir) / EVAL_FILES["summary"]).read_text(encoding="utf-8"))
-    with _stage_run(tracking, f"register-{variant}", record_dir, tags={"variant": variant},
-                    sources=evaluation.get("sources")) as run:
-        run.log_params({"registered_model": registered_model, "champion_threshold": champion_threshold,
-                        "policy_run_id": policy_run_id})
-        metrics = metric_names(numeric_entries(evaluation, EVAL_METRICS))
-        run.log_metrics(metrics, step=0)
-        decision = registry.register_policy(run, evaluation, metrics, policy_run_id, registered_model,
-                                            champion_threshold, variant, tracking.parent_run_id)
-        run.set_tags({"decision": ",".join(decision["aliases"]) or "not registered"})
-    return {**decision, "tracking": run.status()}
-
-
-# (row key, title); the rows are pairwise_eval outputs' metadata: the eval's figures and the candidate's
-COMPARISON_COLUMNS = (("variant", "label"), ("algorithm", "algorithm"), ("win_rate", "win-rate"),
-                      ("win_rate_low", "low"), ("win_rate_high", "high"), ("wins", "W"), ("ties", "T"),
-                      ("losses", "L"), ("errors", "E"), ("eval/gold_accuracy_before", "gold before"),
-                      ("eval/gold_accuracy", "gold after"), ("memory/peak_bytes", "peak MiB"),
-                      ("memory/trainable_params", "trainable"), ("time/s_per_sample", "s/sample"),
-                      ("train_seconds", "train s"), ("stage_seconds", "stage s"))
-BASELINES = {"hydra-sft": "Hydra-SFT", "sft": "SFT"}  # a model's `variant` -> how the table names it
-COMPARISON_FILES = {"table": "comparison.md", "chart": "comparison.png"}
-
-
-def comparison_rows(rows: list[dict]) -> list[dict]:
-    """pairwise_eval outputs as table rows, best judged lower bound first. A policy's row names its
-    run label and algorithm and the seconds its PPO loop trained; an SFT model's row (Hydra-SFT judged
-    against the SFT model) has no algorithm and no gold accuracy before."""
-    table = []
-    for row in rows:
-        row = dict(row)
-        row.setdefault("algorithm", "-")
-        if "train_seconds_this_run" in row:
-            row["train_seconds"] = row["train_seconds_this_run"]
-        table.append(row)
-    return sorted(table, key=lambda r: -(r.get("win_rate_low") or 0.0))
-
-
-def compare_variants(tracking: Tracking, rows: list[dict], record_dir: str | Path, registered_model: str = "",
-                     versions: list[str] = (), champion_threshold: float = registry.CHAMPION_THRESHOLD) -> str:
-    """The variants side by side, best lower bound first, as Markdown, and as a chart (win-rate with its
-    interval, gold accuracy before and after) beside it in `record_dir`; both logged to the pipeline's
-    run (with per-variant metrics), which is then closed. Every row was judged against one baseline,
-    named in the title. Given the registered `versions` of the variants, the aliases are settled on
-    the best of them (`registry.settle_aliases`)."""
-    ranked = comparison_rows(rows)
-    baselines = sorted({str(r.get("baseline", "hydra-sft")) for r in ranked}) or ["hydra-sft"]
-    against = " and ".join(BASELINES.get(b, b) for b in baselines)
-    lines = [f"# PPO variants against the {against} baseline", "",
-             "| " + " | ".join(title for _, title in COMPARISON_COLUMNS) + " |",
-             "|" + "---|" * len(COMPARISON_COLUMNS)]
-    for row in ranked:
-        lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _ in COMPARISON_COLUMNS) + " |")
-    settled = registry.settle_aliases(tracking, registered_model, list(versions), champion_threshold)
-    text = "\n".join([*lines, *(["", settled] if settled else [])]) + "\n"
-    record_dir = Path(record_dir)
-    record_dir.mkdir(parents=True, exist_ok=True)
-    table = record_dir / COMPARISON_FILES["table"]
-    table.write_text(text, encoding="utf-8")
-    chart = plot_comparison(ranked, record_dir / COMPARISON_FILES["chart"], title=f"judged against {against}")
-    if tracking.parent_run_id:
-        run = tracking.top_level().tracker("pipeline", record_dir, run_id=tracking.parent_run_id,
-                                           system_metrics=False)
-        for row in ranked:
-            variant = row.get("variant", "policy")
-            figures = metric_names(numeric_entries(row, EVAL_METRICS))
-            run.log_metrics({f"{variant}/{name}": value for name, value in figures.items()}, step=0)
-        for path in (table, chart):
-            if path is not None:
-                run.log_artifact(path)
-        run.close("FINISHED")
-    return text
-
-
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "-"
-    if key == "memory/peak_bytes":
-        return f"{value / 2**20:.0f}"
-    if key.endswith("seconds"):
-        return f"{value:.0f}"
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:.3f}"
-    if isinstance(value, float):
-        return f"{value:.0f}"
-    return str(value)

@@ -14,15 +14,16 @@ LIBRARY = ROOT / "hydra_core"
 
 # bottom first; a module may import its own package and anything in a lower layer
 LAYERS = (
-    ("distributed",),  # infrastructure: the data-parallel processes, which config's checks ask about
+    ("launch",),  # infrastructure: how many processes the launcher started, which config's checks ask about
+    ("distributed",),  # infrastructure: the data-parallel processes
     ("config", "runtime", "memory", "plots", "checkpoint", "tracking"),  # infrastructure
     ("checkpoint_store",),  # infrastructure: where checkpoints live, over the checkpoint format
     ("data",),
     ("models",),
     ("eval",),
     ("sft", "ppo"),
-    ("registry",),
-    ("stages",),
+    ("registry", "stage_run"),
+    ("stages", "selection"),
     ("cli",),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -81,6 +82,19 @@ def test_the_whole_library_and_its_cli_load_without_kfp():
             "cli.build_parser({c.name: c for c in cli.COMMANDS})\n"
             "assert not [m for m in sys.modules if m.split('.')[0] in ('kfp', 'pipelines', 'components')], "
             "sorted(m for m in sys.modules if m.split('.')[0] in ('kfp', 'pipelines', 'components'))")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_the_steps_that_train_nothing_load_neither_torch_nor_transformers():
+    """Checking the settings, opening and closing the pipeline's run, registering and comparing read records and
+    write them: importing torch and transformers (8-10 s a process here) would be most of each step's time."""
+    code = ("import sys\n"
+            "import components.check_settings.component, components.open_pipeline_run.component\n"
+            "import components.close_pipeline_run.component, components.register_model.component\n"
+            "import components.compare_variants.component\n"
+            "import hydra_core.config.parameters, hydra_core.selection, hydra_core.tracking.runs\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 

@@ -574,7 +574,7 @@ def test_a_failed_local_run_says_so_and_leaves_no_mlflow_run_open(tmp_path, monk
 
 
 def test_the_comparison_table_and_chart_name_the_label_algorithm_and_baseline(tmp_path):
-    from hydra_core import stages
+    from hydra_core import selection
     from hydra_core.tracking.runs import Tracking
 
     judged = {"baseline": "sft", "wins": 60, "ties": 130, "losses": 10, "errors": 0}
@@ -586,7 +586,7 @@ def test_the_comparison_table_and_chart_name_the_label_algorithm_and_baseline(tm
              "win_rate_high": 0.717, "eval/gold_accuracy_before": 0.6125, "eval/gold_accuracy": 0.96},
             {**judged, "variant": "hydra-sft", "win_rate": 0.465, "win_rate_low": 0.397, "win_rate_high": 0.534,
              "eval/gold_accuracy": 0.6125, "train_seconds": 309.4}]  # Hydra-SFT's row: an SFT model's figures
-    text = stages.compare_variants(Tracking("", "", ""), rows, tmp_path)
+    text = selection.compare_variants(Tracking("", "", ""), rows, tmp_path)
     lines = text.splitlines()
     assert lines[0] == "# PPO variants against the SFT baseline"
     assert lines[2] == ("| label | algorithm | win-rate | low | high | W | T | L | E | gold before | gold after | "
@@ -596,5 +596,5 @@ def test_the_comparison_table_and_chart_name_the_label_algorithm_and_baseline(tm
                         "50 | 54 |")
     assert lines[6].startswith("| hydra-sft | - | 0.465 |") and lines[6].endswith("| - | 0.613 | - | - | - | 309 | - |")
     assert (tmp_path / "comparison.md").read_text() == text and (tmp_path / "comparison.png").stat().st_size > 0
-    without = stages.compare_variants(Tracking("", "", ""), [{**rows[1], "baseline": "hydra-sft"}], tmp_path / "b")
+    without = selection.compare_variants(Tracking("", "", ""), [{**rows[1], "baseline": "hydra-sft"}], tmp_path / "b")
     assert without.startswith("# PPO variants against the Hydra-SFT baseline")

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 
 from conftest import code_blocks, free_port, stop_process_group, tiny_ppo_config, tiny_sft_config
-from hydra_core import registry, stages
+from hydra_core import registry, selection, stages
 from hydra_core.data.encoding import pair_batch
 from hydra_core.data.schema import PreferencePair
 from hydra_core.eval.report import FILES as EVAL_FILES
@@ -55,7 +55,7 @@ def registered(tmp_path_factory, base_model_dir, arithmetic_dir):
     ppo = stages.ppo(tiny_ppo_config(str(root / "sft"), arithmetic_dir, root / "ppo"), tracking)
     (root / "eval").mkdir()
     (root / "eval" / EVAL_FILES["summary"]).write_text(json.dumps(EVALUATION))
-    decision = stages.register_policy(tracking, str(root / "eval"), ppo["tracking"]["run_id"], registry.POLICY_MODEL,
+    decision = selection.register_policy(tracking, str(root / "eval"), ppo["tracking"]["run_id"], registry.POLICY_MODEL,
                                       0.5, "hydra", root / "register")
     return {"uri": tracking.resolved_uri, "sft": sft, "ppo": ppo, "decision": decision, "root": root}
 

@@ -14,7 +14,7 @@ import requests
 from mlflow import MlflowClient
 
 from conftest import KfpArtifact, free_port, stop_process_group, tiny_sft_config
-from hydra_core import cli, registry, stages
+from hydra_core import cli, registry, selection, stages
 from hydra_core.config.settings import DataConfig
 from hydra_core.tracking.mlflow_tracker import JOURNAL, PENDING_DIR, MlflowTracker, replay
 from hydra_core.tracking.runs import (
@@ -374,7 +374,7 @@ def test_stages_log_to_a_live_server(mlflow_server, tmp_path, base_model_dir, mo
                                           arithmetic_eval_prompts=20), tracking)
     sft = stages.sft(tiny_sft_config(base_model_dir, str(tmp_path / "data"), str(tmp_path / "sft")), tracking,
                      registered_model="server-sft")
-    stages.compare_variants(tracking, [{"variant": "none", "win_rate": 0.5, "win_rate_low": 0.4}], tmp_path / "cmp")
+    selection.compare_variants(tracking, [{"variant": "none", "win_rate": 0.5, "win_rate_low": 0.4}], tmp_path / "cmp")
 
     client = MlflowClient(mlflow_server)
     parent = client.get_run(tracking.parent_run_id)

@@ -30,13 +30,13 @@ def compare_variants(
     import os
     from pathlib import Path
 
-    from hydra_core import stages
+    from hydra_core import selection
     from hydra_core.tracking.runs import Tracking
 
     rows = [dict(e.metadata) for e in evaluations]
     if hydra_sft_evaluation is not None:
         rows.append(dict(hydra_sft_evaluation.metadata))
-    text = stages.compare_variants(Tracking(tracking_uri, experiment, parent_run_id), rows,
+    text = selection.compare_variants(Tracking(tracking_uri, experiment, parent_run_id), rows,
                                    record_dir=os.path.dirname(comparison.path), registered_model=registered_model,
                                    versions=versions, champion_threshold=champion_threshold)
     Path(comparison.path).write_text(text, encoding="utf-8")

@@ -25,11 +25,11 @@ def register_model(
     import os
     from pathlib import Path
 
-    from hydra_core import stages
+    from hydra_core import selection
     from hydra_core.tracking.runs import Tracking, parent_from
 
     parent = parent_from(parent_run_id, evaluation.metadata)
-    result = stages.register_policy(Tracking(tracking_uri, experiment, parent), evaluation.path, policy_run_id,
+    result = selection.register_policy(Tracking(tracking_uri, experiment, parent), evaluation.path, policy_run_id,
                                     registered_model, champion_threshold,
                                     variant=evaluation.metadata.get("variant") or "policy",
                                     record_dir=os.path.dirname(decision.path))

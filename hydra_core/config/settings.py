@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from hydra_core.config.fields import Namer, setting
-from hydra_core.distributed import accelerate_fsdp_launch, launched_world
+from hydra_core.launch import accelerate_fsdp_launch, launched_world
 
 # The choices of the fields below: each list is written here once, and everything else reads it.
 DATA_FORMATS = ("arithmetic", "generic", "conversational", "hh-rlhf", "stack-exchange-paired", "tldr")

@@ -10,11 +10,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, Protocol
 
-
 from hydra_core.data.schema import Prompt
 from hydra_core.data.tasks import Verifier
-from hydra_core.models.hydra import load_hydra, require_reward_head, reward_scores
-from hydra_core.runtime import pick_device
 
 Verdict = Literal["A", "B", "tie", "error"]
 REWARD_TIE_EPSILON = 1e-4  # closer rewards are a tie: the same text padded differently differs in float32 noise
@@ -82,6 +79,10 @@ class RewardModelJudge:
     concurrency = 1  # one model on one device: threads would only contend for it
 
     def __init__(self, path: str, *, trust_remote_code: bool = False, chat_template: str = ""):
+        # The one judge that needs torch and transformers, imported here: steps that only read judgments
+        # (register, compare) import this module without them.
+        from hydra_core.models.hydra import require_reward_head
+
         try:
             require_reward_head(path, "the reward-model judge (--reward-model)")
         except ValueError as e:
@@ -93,11 +94,16 @@ class RewardModelJudge:
     @cached_property
     def model(self):
         # Loaded on first use, so the policies that generate before judging never share memory with it.
+        from hydra_core.models.hydra import load_hydra
+        from hydra_core.runtime import pick_device
+
         model = load_hydra(self.path, heads=("reward",), device=pick_device(),
                            trust_remote_code=self.trust_remote_code, chat_template=self.chat_template)
         return model.eval()
 
     def judge(self, prompt: Prompt, a: Response, b: Response, reference: str = "") -> Judgment:
+        from hydra_core.models.hydra import reward_scores
+
         reward_a, reward_b = reward_scores(self.model, [(prompt, a.text), (prompt, b.text)])
         if abs(reward_a - reward_b) <= REWARD_TIE_EPSILON:
             verdict = "tie"
